@@ -1,0 +1,152 @@
+"""The calibration set: its committed definition (calib_data/manifest.json), the array it
+materializes to, and the INC-compatible dataloader that feeds it.
+
+Calibration images come from the MNIST *train* split only; the 2022 zoo recipe calibrated on test
+images, which leaks into the accuracy it reported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Split, preprocess
+from .errors import ConfigError, DataError
+from .fsio import atomic_write_bytes, atomic_write_text, sha256_bytes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST_VERSION = 1
+
+
+def select_indices(n_total: int, count: int, seed: int) -> list[int]:
+    """``count`` distinct indices of ``range(n_total)`` picked by ``seed``, sorted."""
+    if not 1 <= count <= n_total:
+        raise ConfigError(f"quantization.calibration.sampling_size: must be in 1..{n_total}, got {count}")
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n_total, size=count, replace=False))
+
+
+def array_sha256(x: np.ndarray) -> str:
+    """sha256 of the little-endian float32 bytes (C order) of the calibration array."""
+    return sha256_bytes(np.ascontiguousarray(x, dtype="<f4").tobytes())
+
+
+@dataclass
+class CalibrationSet:
+    x: np.ndarray  # float32, preprocessed, in the model's layout
+    labels: np.ndarray
+    definition: dict  # split, count, seed, indices, preprocessing, sha256, source
+
+    @property
+    def sha256(self) -> str:
+        return self.definition["sha256"]
+
+    def summary(self) -> dict:
+        d = dict(self.definition)
+        d.pop("indices", None)
+        return d
+
+
+def definition_key(split: str, count: int, seed: int, preprocessing: dict) -> dict:
+    return {"split": split, "count": count, "seed": seed, "preprocessing": preprocessing}
+
+
+def manifest_path(cfg) -> Path | None:
+    value = cfg.quantization.calibration.manifest
+    if value is None:
+        return None
+    p = Path(value)
+    if not p.is_absolute():
+        base = Path(cfg.source).parent if cfg.source not in ("<defaults>", "<config>") else REPO_ROOT
+        p = base / p
+    return p
+
+
+def read_manifest(path: Path) -> list[dict]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"quantization.calibration.manifest: {path} not found") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"quantization.calibration.manifest: {path} is not a readable JSON manifest ({e})") from None
+    sets = doc.get("sets") if isinstance(doc, dict) else None
+    if not isinstance(sets, list):
+        raise ConfigError(f"quantization.calibration.manifest: {path} has no 'sets' list")
+    return sets
+
+
+def build(cfg, train: Split) -> CalibrationSet:
+    """Materialize the calibration set the config asks for, checked against the manifest.
+
+    If the manifest defines a set with the same split, count, seed and preprocessing, its indices
+    are used and the resulting array must have the manifest's sha256 (else DataError: the data or
+    the preprocessing code changed). Otherwise the set is defined ad hoc from count and seed.
+    """
+    c = cfg.quantization.calibration
+    key = definition_key(c.split, c.sampling_size, c.seed, cfg.preprocessing_dict())
+    if c.sampling_size > len(train.labels):
+        raise ConfigError(f"quantization.calibration.sampling_size: {c.sampling_size} is larger than the {c.split} split ({len(train.labels)} images)")
+    mpath = manifest_path(cfg)
+    entry = None
+    if mpath is not None:
+        entry = next((s for s in read_manifest(mpath) if {k: s.get(k) for k in key} == key), None)
+    indices = entry["indices"] if entry else select_indices(len(train.labels), c.sampling_size, c.seed)
+    p = cfg.preprocessing
+    x = preprocess(train.images[indices], cfg.scale, p.mean, p.std, p.layout)
+    sha = array_sha256(x)
+    if entry and entry["sha256"] != sha:
+        raise DataError(
+            f"calibration set {entry.get('name', '?')} from {mpath}: sha256 {sha} differs from the manifest's {entry['sha256']}; "
+            "the MNIST files or the preprocessing code changed"
+        )
+    definition = dict(key, indices=indices, sha256=sha, shape=list(x.shape),
+                      name=entry.get("name") if entry else None,
+                      source=f"manifest {mpath.name}" if entry else "ad hoc (not in the manifest)")
+    return CalibrationSet(x, train.labels[indices], definition)
+
+
+def manifest_entry(cs: CalibrationSet, name: str) -> dict:
+    d = cs.definition
+    return {"name": name, "split": d["split"], "count": d["count"], "seed": d["seed"],
+            "preprocessing": d["preprocessing"], "shape": d["shape"], "sha256": d["sha256"], "indices": d["indices"]}
+
+
+def write_manifest(path: Path, entries: list[dict]) -> None:
+    doc = {"version": MANIFEST_VERSION,
+           "about": "Committed definitions of calibration sets (MNIST train-split indices + preprocessing + sha256 "
+                    "of the resulting float32 array). Pixels are never committed: `python -m quant calib` "
+                    "materializes them into calib_data/*.npy (git-ignored) and checks the sha256.",
+           "sets": entries}
+    text = json.dumps(doc, indent=1)
+    text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
+    atomic_write_text(path, text + "\n")
+
+
+def save_array(cs: CalibrationSet, folder: Path) -> Path:
+    """Write the materialized array to ``folder/calib-<sha12>.npy`` (atomically)."""
+    buf = io.BytesIO()
+    np.save(buf, cs.x, allow_pickle=False)
+    out = folder / f"calib-{cs.sha256[:12]}.npy"
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+class CalibDataLoader:
+    """INC-compatible calibration dataloader: a ``batch_size`` attribute; iterates (input, label)."""
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray, batch_size: int = 1):
+        self.x, self.labels, self.batch_size = x, labels, batch_size
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.batch_size):
+            yield self.x[i:i + self.batch_size], self.labels[i:i + self.batch_size]
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+

@@ -1,0 +1,327 @@
+"""The toolkit's YAML config (``mnist.yaml``): schema, defaults, validation, INC-1.x key mapping.
+
+Loaded with ``yaml.safe_load`` only. Any problem raises :class:`ConfigError` (exit 2) with one line
+naming the file and the key path: unknown keys (with a did-you-mean), wrong types, values out of
+range. The INC-1.x keys of the zoo's 2022 recipe are mapped onto this schema before validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fractions
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .fsio import sha256_bytes
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class F:
+    """A leaf of the schema."""
+
+    kind: str  # str | int | float | bool | fraction | list[str] | criterion
+    default: Any
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    nullable: bool = False
+    doc: str = ""
+
+
+SCHEMA: dict[str, Any] = {
+    "version": F("str", None, nullable=True, doc="accepted for INC-1.x configs; ignored"),
+    "model": {
+        "name": F("str", "mnist-12", doc="a label used in reports"),
+        "input_name": F("str", None, nullable=True, doc="input tensor name; detected from the model when null"),
+        "output": F("str", "logits", choices=("logits", "probabilities"), doc="what the model's output holds"),
+        "dynamic_batch": F("bool", False, doc="rewrite a fixed batch of 1 to a symbolic batch before quantizing"),
+    },
+    "dataset": {
+        "root": F("str", None, nullable=True, doc="MNIST folder; else --data_dir / $MNIST_DIR / cache"),
+        "download": F("bool", True, doc="download missing files (md5-verified) into the chosen folder"),
+        "verify_md5": F("bool", True, doc="check the md5 of the four canonical files"),
+    },
+    "preprocessing": {
+        "scale": F("fraction", "1/255", min=0, min_exclusive=True, doc="pixels (0..255) are multiplied by this"),
+        "mean": F("float", 0.0, doc="subtracted after scaling"),
+        "std": F("float", 1.0, min=0, min_exclusive=True, doc="divided by after subtracting mean"),
+        "layout": F("str", "NCHW", choices=("NCHW", "NHWC", "flat"), doc="[N,1,28,28] | [N,28,28,1] | [N,784]"),
+    },
+    "quantization": {
+        "approach": F("str", "static", choices=("static",), doc="post-training static quantization"),
+        "format": F("str", "QOperator", choices=("QOperator", "QDQ"), doc="QLinear* ops (the zoo's) or QuantizeLinear/DequantizeLinear pairs"),
+        "per_channel": F("bool", False, doc="per-channel weight scales (QDQ needs opset >= 13)"),
+        "op_types_to_keep_fp32": F("list[str]", [], doc="op types never quantized, e.g. [MatMul]"),
+        "nodes_to_keep_fp32": F("list[str]", [], doc="node names never quantized"),
+        "calibration": {
+            "split": F("str", "train", choices=("train",), doc="calibration never uses test images"),
+            "sampling_size": F("int", 100, min=1, max=60000, doc="number of calibration images"),
+            "seed": F("int", 9527, min=0, doc="seed that picks the calibration images"),
+            "manifest": F("str", "calib_data/manifest.json", nullable=True, doc="committed definition checked against"),
+        },
+    },
+    "tuning": {
+        "accuracy_criterion": F("criterion", {"relative": 0.01}, doc="{relative: x} or {absolute: x}, x >= 0"),
+        "strategy": F("str", "basic", choices=("basic", "conservative", "mse", "mse_v2", "random", "exhaustive", "bayesian"), doc="INC tuning strategy"),
+        "objective": F("str", "accuracy", choices=("accuracy", "performance"), doc="what INC optimises among configs that meet the criterion"),
+        "timeout": F("int", 0, min=0, doc="seconds; 0 = no limit"),
+        "max_trials": F("int", 100, min=1, doc="tuning trials at most"),
+        "random_seed": F("int", 9527, min=0, doc="INC's random seed"),
+    },
+    "evaluation": {
+        "batch_size": F("int", 1, min=1, max=10000, doc="batch for accuracy runs (models with a fixed batch of 1 use 1)"),
+    },
+    "benchmark": {
+        "batch_size": F("int", 1, min=1, max=10000),
+        "iterations": F("int", 1000, min=1),
+        "warmup": F("int", 100, min=0),
+        "threads": F("int", 1, min=1, max=256, doc="onnxruntime intra-op threads"),
+    },
+    "output": {
+        "report": F("str", None, nullable=True, doc="report path (.json; .md beside it); default beside the model"),
+    },
+}
+
+_LEGACY_FRAMEWORK = {"onnxrt_qlinearops": "QOperator", "onnxrt_qdq": "QDQ", "onnxrt_qdqops": "QDQ"}
+
+
+class Section:
+    """A validated config section: attribute access, read-only by convention."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.to_dict() if isinstance(v, Section) else copy.deepcopy(v)) for k, v in self.__dict__.items()}
+
+    def __repr__(self) -> str:
+        return f"Section({self.to_dict()!r})"
+
+
+class Config(Section):
+    source: str
+    sha256: str
+
+    @property
+    def criterion(self) -> tuple[str, float]:
+        ((kind, value),) = self.tuning.accuracy_criterion.items()
+        return kind, float(value)
+
+    @property
+    def scale(self) -> float:
+        return float(fractions.Fraction(self.preprocessing.scale))
+
+    def preprocessing_dict(self) -> dict[str, Any]:
+        p = self.preprocessing
+        return {"scale": str(p.scale), "mean": p.mean, "std": p.std, "layout": p.layout}
+
+
+def _err(source: str, key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
+
+
+def _typename(v: Any) -> str:
+    return {"NoneType": "null", "dict": "mapping", "list": "list", "str": "string", "bool": "boolean"}.get(type(v).__name__, type(v).__name__)
+
+
+def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
+    if value is None:
+        if f.nullable:
+            return None
+        raise _err(source, key, "must not be null")
+    k = f.kind
+    if k == "str":
+        if not isinstance(value, str):
+            raise _err(source, key, f"expected a string, got {_typename(value)} {value!r}")
+    elif k == "bool":
+        if not isinstance(value, bool):
+            raise _err(source, key, f"expected true or false, got {_typename(value)} {value!r}")
+    elif k == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _err(source, key, f"expected an integer, got {_typename(value)} {value!r}")
+    elif k == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _err(source, key, f"expected a number, got {_typename(value)} {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _err(source, key, "must be a finite number")
+    elif k == "fraction":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")
+        try:
+            fr = fractions.Fraction(str(value).strip())
+        except (ValueError, ZeroDivisionError):
+            raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
+        if f.min is not None and (fr <= f.min if f.min_exclusive else fr < f.min):
+            raise _err(source, key, f"must be {'>' if f.min_exclusive else '>='} {f.min}, got {value!r}")
+        return str(value).strip() if isinstance(value, str) else value
+    elif k == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise _err(source, key, f"expected a list of strings, got {_typename(value)} {value!r}")
+        return list(value)
+    elif k == "criterion":
+        if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("relative", "absolute"):
+            raise _err(source, key, f"expected exactly one of {{relative: x}} or {{absolute: x}}, got {value!r}")
+        (ck, cv), = value.items()
+        if isinstance(cv, bool) or not isinstance(cv, (int, float)):
+            raise _err(source, f"{key}.{ck}", f"expected a number, got {_typename(cv)} {cv!r}")
+        if not 0 <= cv < 1:
+            raise _err(source, f"{key}.{ck}", f"tolerance must be in [0, 1), got {cv!r}")
+        return {ck: float(cv)}
+    if f.choices is not None and value not in f.choices:
+        hint = difflib.get_close_matches(str(value), [str(c) for c in f.choices], n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise _err(source, key, f"must be one of {', '.join(map(str, f.choices))}; got {value!r}{extra}")
+    if k in ("int", "float"):
+        if f.min is not None and (value <= f.min if f.min_exclusive else value < f.min):
+            raise _err(source, key, f"must be {'>' if f.min_exclusive else '>='} {f.min:g}, got {value!r}")
+        if f.max is not None and value > f.max:
+            raise _err(source, key, f"must be <= {f.max:g}, got {value!r}")
+    return value
+
+
+def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:
+    if not isinstance(data, dict):
+        raise _err(source, prefix, f"expected a mapping, got {_typename(data)}")
+    for key in data:
+        if not isinstance(key, str) or key not in schema:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            hint = difflib.get_close_matches(str(key), list(schema), n=1)
+            extra = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
+            raise _err(source, "", f"unknown key {path!r}{extra}")
+    out = {}
+    for key, spec in schema.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(spec, dict):
+            out[key] = Section(_validate(spec, data.get(key, {}) if data.get(key) is not None else {}, path, source))
+        else:
+            out[key] = _check_leaf(spec, data[key], path, source) if key in data else copy.deepcopy(spec.default)
+    return out
+
+
+def _map_legacy(raw: dict, source: str) -> dict:
+    """Rewrite the INC-1.x keys of the zoo recipe into this schema (in place on a copy)."""
+    d = copy.deepcopy(raw)
+
+    def sect(name: str) -> dict:
+        v = d.get(name)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise _err(source, name, f"expected a mapping, got {_typename(v)}")
+        return v
+
+    model, quant, tuning, evaluation = sect("model"), sect("quantization"), sect("tuning"), sect("evaluation")
+    if "framework" in model:
+        fw = model.pop("framework")
+        if fw == "onnxrt_integerops":
+            raise _err(source, "model.framework", "onnxrt_integerops (dynamic quantization) is not supported; use onnxrt_qlinearops or onnxrt_qdq")
+        if fw not in _LEGACY_FRAMEWORK:
+            raise _err(source, "model.framework", f"must be one of {', '.join(_LEGACY_FRAMEWORK)}; got {fw!r}")
+        if "format" in quant and quant["format"] != _LEGACY_FRAMEWORK[fw]:
+            raise _err(source, "model.framework", f"{fw} contradicts quantization.format {quant['format']!r}")
+        quant["format"] = _LEGACY_FRAMEWORK[fw]
+        d["quantization"] = quant
+    if quant.get("approach") == "post_training_static_quant":
+        quant["approach"] = "static"
+    elif quant.get("approach") == "post_training_dynamic_quant":
+        raise _err(source, "quantization.approach", "dynamic quantization is not supported; use post_training_static_quant / static")
+    cal = quant.get("calibration")
+    if isinstance(cal, dict) and isinstance(cal.get("sampling_size"), list):
+        if len(cal["sampling_size"]) != 1:
+            raise _err(source, "quantization.calibration.sampling_size", "give one size, e.g. 100")
+        cal["sampling_size"] = cal["sampling_size"][0]
+    if "exit_policy" in tuning:
+        ep = tuning.pop("exit_policy")
+        if not isinstance(ep, dict):
+            raise _err(source, "tuning.exit_policy", f"expected a mapping, got {_typename(ep)}")
+        for k, v in ep.items():
+            if k not in ("timeout", "max_trials"):
+                raise _err(source, "", f"unknown key 'tuning.exit_policy.{k}' (supported: timeout, max_trials)")
+            if k in tuning and tuning[k] != v:
+                raise _err(source, f"tuning.exit_policy.{k}", f"contradicts tuning.{k}")
+            tuning[k] = v
+    if isinstance(tuning.get("strategy"), dict):
+        st = tuning["strategy"]
+        if set(st) != {"name"}:
+            raise _err(source, "tuning.strategy", "only {name: ...} is supported in the INC-1.x form")
+        tuning["strategy"] = st["name"]
+    if "accuracy" in evaluation:
+        acc = evaluation.pop("accuracy")
+        metric = acc.get("metric") if isinstance(acc, dict) else None
+        if not (isinstance(acc, dict) and set(acc) <= {"metric"} and metric in ({"topk": 1}, {"Accuracy": {}})):
+            raise _err(source, "evaluation.accuracy", "only the top-1 metric ({metric: {topk: 1}}) is supported")
+    for name, s in (("model", model), ("quantization", quant), ("tuning", tuning), ("evaluation", evaluation)):
+        if s or name in d:
+            d[name] = s
+    if d.get("evaluation") == {} and "evaluation" not in raw:
+        d.pop("evaluation")
+    return d
+
+
+def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None) -> Config:
+    if raw is None:
+        raise _err(source, "", "config is empty")
+    if not isinstance(raw, dict):
+        raise _err(source, "", f"config must be a mapping of sections, got a {_typename(raw)}")
+    values = _validate(SCHEMA, _map_legacy(raw, source), "", source)
+    cfg = Config(values)
+    cfg.source = source
+    cfg.sha256 = sha256 or sha256_bytes(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    return cfg
+
+
+def defaults() -> Config:
+    return from_dict({}, "<defaults>")
+
+
+def load(path: str | os.PathLike | None) -> Config:
+    """Load and validate a YAML config; ``None`` gives the defaults (identical to mnist.yaml)."""
+    if path is None:
+        return defaults()
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise _err(str(p), "", "is a directory, expected a YAML file")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise _err(str(p), "", f"larger than {MAX_CONFIG_BYTES} bytes; not a config")
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nesting too deep") from None
+    return from_dict(raw, str(p), sha256_bytes(data))
+
+
+def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, doc) rows for the README's config reference."""
+    rows = []
+    for key, spec in schema.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(spec, dict):
+            rows += describe_schema(spec, path)
+        else:
+            choices = f" ({' / '.join(map(str, spec.choices))})" if spec.choices else ""
+            rows.append((path, json.dumps(spec.default), spec.doc + choices))
+    return rows

@@ -1,0 +1,263 @@
+"""MNIST data: IDX reading with validation, locating/downloading the files, preprocessing.
+
+The four canonical LeCun files are read gzip-compressed or raw. Every read checks the IDX magic
+number, the dimensions and the byte count; labels must be 0..9 and images/labels must agree in
+count. With ``verify=True`` the md5 of each canonical file is checked too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import urllib.parse
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import DataError, InputError
+from .fsio import atomic_write_bytes
+
+# name -> (md5 of the .gz, md5 of the uncompressed file); from LeCun's page / ../shared SOURCES.md
+CANONICAL_MD5 = {
+    "train-images-idx3-ubyte": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
+}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SPLIT_SIZES = {"train": 60000, "test": 10000}
+
+# Public HTTPS mirrors of the canonical gzip files (the ones torchvision uses).
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+# The ONNX Model Zoo's mnist-12.onnx and its sha256 (../shared/models/SOURCES.md).
+ZOO_MODELS = {
+    "mnist-12.onnx": (
+        "https://github.com/onnx/models/raw/main/validated/vision/classification/mnist/model/mnist-12.onnx",
+        "5c688690f8bacf667d4c2074af5ad0646ca328d7ab03eccf944a65b320171bdd",
+    ),
+}
+MAX_DOWNLOAD_BYTES = 64 << 20  # every file we fetch is < 10 MB
+ENV_DATA_DIR = "MNIST_DIR"
+
+_IDX_DTYPES = {0x08: np.uint8}  # MNIST uses only unsigned bytes
+
+
+# ----------------------------------------------------------------------------------------- IDX
+def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Parse an IDX file's (uncompressed) bytes; raise DataError naming ``name`` on any defect."""
+    if len(raw) < 4:
+        raise DataError(f"{name}: not an IDX file (only {len(raw)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code not in _IDX_DTYPES or not 1 <= ndim <= 4:
+        raise DataError(f"{name}: wrong IDX magic number 0x{raw[:4].hex()} (expected 0x0000080N, unsigned bytes)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated IDX header")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - header != count:
+        what = "truncated" if len(raw) - header < count else "has trailing bytes"
+        raise DataError(f"{name}: {what}: header says {dims} = {count} bytes of data, file has {len(raw) - header}")
+    return np.frombuffer(raw, dtype=_IDX_DTYPES[dtype_code], offset=header).reshape(dims)
+
+
+def _decompress(raw: bytes, name: str) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{name}: corrupt gzip file ({e})") from None
+
+
+def read_idx(path: str | os.PathLike, expected_md5: tuple[str, ...] | None = None) -> np.ndarray:
+    """Read an IDX file, gzip-compressed or raw. ``expected_md5``: accepted md5s of the file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{p}: is a directory, expected an IDX file") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror})") from None
+    if expected_md5:
+        got = hashlib.md5(raw).hexdigest()
+        if got not in expected_md5:
+            raise DataError(f"{p}: md5 {got} does not match the canonical MNIST file ({expected_md5[0]})")
+    return read_idx_bytes(_decompress(raw, str(p)), str(p))
+
+
+def find_file(root: Path, stem: str) -> Path | None:
+    for cand in (root / f"{stem}.gz", root / stem):
+        if cand.is_file():
+            return cand
+    return None
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, 28, 28]
+    labels: np.ndarray  # uint8 [N]
+    files: tuple[str, str]
+
+
+def load_split(root: str | os.PathLike, split: str, verify: bool = True) -> Split:
+    """Load ``split`` ('train' or 'test') from ``root`` with full validation."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: MNIST folder not found")
+    img_stem, lbl_stem = SPLIT_FILES[split]
+    paths = []
+    for stem in (img_stem, lbl_stem):
+        p = find_file(root, stem)
+        if p is None:
+            raise DataError(f"{root}: missing MNIST file {stem}.gz (or {stem})")
+        paths.append(p)
+    md5 = (lambda s: CANONICAL_MD5[s]) if verify else (lambda s: None)
+    images = read_idx(paths[0], md5(img_stem))
+    labels = read_idx(paths[1], md5(lbl_stem))
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{paths[0]}: expected images of shape [N, 28, 28], got {list(images.shape)}")
+    if labels.ndim != 1:
+        raise DataError(f"{paths[1]}: expected a 1-D label file, got shape {list(labels.shape)}")
+    if len(images) != len(labels):
+        raise DataError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
+    if len(labels) and labels.max() > 9:
+        raise DataError(f"{paths[1]}: label {int(labels.max())} outside 0..9")
+    return Split(images, labels, (str(paths[0]), str(paths[1])))
+
+
+# ---------------------------------------------------------------------------- locating / fetch
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mnist-quant"
+
+
+def resolve_data_dir(flag: str | None, config_root: str | None) -> tuple[Path, str]:
+    """The MNIST folder to use and where that choice came from.
+
+    Order: ``--data_dir`` flag, config ``dataset.root``, ``$MNIST_DIR``, the user cache folder.
+    The first one given wins (no silent fall-through to another folder).
+    """
+    for value, source in ((flag, "--data_dir"), (config_root, "dataset.root"), (os.environ.get(ENV_DATA_DIR), ENV_DATA_DIR)):
+        if value:
+            return Path(value).expanduser(), source
+    return default_cache_dir() / "mnist", "cache"
+
+
+def missing_files(root: Path) -> list[str]:
+    return [stem for stem in CANONICAL_MD5 if find_file(root, stem) is None]
+
+
+Opener = Callable[..., object]
+
+
+def fetch_url(url: str, dest: Path, digest: str, algo: str, opener: Opener = urllib.request.urlopen, timeout: float = 30) -> None:
+    """Download ``url`` over HTTPS to ``dest``; the checksum is verified before the file is moved in."""
+    if urllib.parse.urlparse(url).scheme != "https":
+        raise InputError(f"refusing to download {url}: only https:// URLs are allowed")
+    h = hashlib.new(algo)
+    chunks = []
+    size = 0
+    with opener(url, timeout=timeout) as resp:
+        while True:
+            chunk = resp.read(1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_DOWNLOAD_BYTES:
+                raise InputError(f"{url}: larger than {MAX_DOWNLOAD_BYTES} bytes, refusing")
+            h.update(chunk)
+            chunks.append(chunk)
+    if h.hexdigest() != digest:
+        raise InputError(f"{url}: {algo} {h.hexdigest()} does not match the expected {digest}")
+    atomic_write_bytes(dest, b"".join(chunks))
+
+
+def download_mnist(root: Path, mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print) -> None:
+    """Download the missing canonical files into ``root``, trying each mirror, md5-verified."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stem in missing_files(root):
+        name = f"{stem}.gz"
+        errors = []
+        for mirror in mirrors:
+            url = mirror + name
+            try:
+                log(f"downloading {url}")
+                fetch_url(url, root / name, CANONICAL_MD5[stem][0], "md5", opener=opener)
+                break
+            except (OSError, InputError) as e:  # URLError is an OSError
+                errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
+        else:
+            raise DataError(
+                f"MNIST file {name} is missing in {root} and could not be downloaded ({'; '.join(errors)}); "
+                f"set --data_dir, dataset.root in the config, or {ENV_DATA_DIR} to a folder with the four MNIST IDX files"
+            )
+
+
+def ensure_data_dir(flag: str | None, config_root: str | None, download: bool = True,
+                    mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print) -> Path:
+    """Resolve the MNIST folder and make sure the four files are there (downloading if allowed)."""
+    root, source = resolve_data_dir(flag, config_root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} (from {source}): not a folder")
+    missing = missing_files(root) if root.is_dir() else list(CANONICAL_MD5)
+    if missing:
+        if not download:
+            raise DataError(
+                f"{root} (from {source}): missing MNIST file(s) {', '.join(m + '.gz' for m in missing)}; "
+                f"set --data_dir, dataset.root or {ENV_DATA_DIR}, or enable dataset.download"
+            )
+        try:
+            download_mnist(root, mirrors=mirrors, opener=opener, log=log)
+        except PermissionError as e:
+            raise DataError(f"{root} (from {source}): cannot write downloaded files ({e.strerror})") from None
+    return root
+
+
+def fetch_model(name: str, dest_dir: Path, opener: Opener = urllib.request.urlopen, log=print) -> Path:
+    """Download a zoo model (sha256-verified) into ``dest_dir`` unless a verified copy is there."""
+    from .fsio import file_digest
+
+    url, sha = ZOO_MODELS[name]
+    dest = dest_dir / name
+    if dest.is_file():
+        if file_digest(dest) == sha:
+            return dest
+        raise InputError(f"{dest}: exists but its sha256 does not match the zoo's {name}; remove it or choose another folder")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {url}")
+    try:
+        fetch_url(url, dest, sha, "sha256", opener=opener)
+    except OSError as e:
+        raise InputError(f"could not download {url} ({getattr(e, 'reason', None) or e}); pass --input_model with a local copy") from None
+    return dest
+
+
+# ------------------------------------------------------------------------------ preprocessing
+def preprocess(images: np.ndarray, scale: float, mean: float, std: float, layout: str) -> np.ndarray:
+    """uint8 [N,28,28] -> float32 model input: ``(pixel * scale - mean) / std`` in ``layout``.
+
+    layout: NCHW -> [N,1,28,28]; NHWC -> [N,28,28,1]; flat -> [N,784].
+    """
+    x = images.astype(np.float32) * np.float32(scale)
+    if mean != 0.0:
+        x -= np.float32(mean)
+    if std != 1.0:
+        x /= np.float32(std)
+    n = len(images)
+    shape = {"NCHW": (n, 1, 28, 28), "NHWC": (n, 28, 28, 1), "flat": (n, 784)}[layout]
+    return np.ascontiguousarray(x.reshape(shape), dtype=np.float32)

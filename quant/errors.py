@@ -1,0 +1,60 @@
+"""The toolkit's error types and the exit codes they map to.
+
+Every failure a user can cause is raised as a :class:`QuantError` subclass carrying a one-line
+message and an exit code; the CLI prints the message and exits with the code (no traceback
+unless ``--verbose``).
+"""
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2  # bad command line or config
+EXIT_ACCURACY = 3  # accuracy goal not met / gate failed
+EXIT_INVALID_INPUT = 4  # invalid model or data
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class QuantError(Exception):
+    """Base class: a failure with a one-line message and an exit code."""
+
+    exit_code = EXIT_UNEXPECTED
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(QuantError):
+    """Bad command-line flags, paths for outputs, or a bad config file (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """The YAML config is malformed, has unknown keys, wrong types or out-of-range values."""
+
+
+class InputError(QuantError):
+    """An input model or data file is missing, unreadable or invalid (exit 4)."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class DataError(InputError):
+    """MNIST files missing, corrupt, or failing their checksum."""
+
+
+class ModelError(InputError):
+    """An ONNX model that cannot be used for the requested operation."""
+
+
+class AccuracyError(QuantError):
+    """The accuracy goal was not met (exit 3). ``details`` carries figures for the report."""
+
+    exit_code = EXIT_ACCURACY
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}

@@ -1,0 +1,110 @@
+"""Reports: environment facts, JSON (schema-versioned) and Markdown rendering, atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from .fsio import atomic_write_text
+
+SCHEMA_VERSION = 1
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "int8_flags": {f: f in flags for f in INT8_CPU_FLAGS}}
+
+
+def environment(inc_version: str | None = None) -> dict:
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_info(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+    }
+    if inc_version:
+        env["neural_compressor"] = inc_version
+    return env
+
+
+def default_report_paths(model_path: str | os.PathLike, report: str | None) -> tuple[Path, Path]:
+    """(json, markdown) report paths: ``--report`` (its suffix replaced), else beside the model."""
+    if report:
+        base = Path(report)
+        return base.with_suffix(".json"), base.with_suffix(".md")
+    m = Path(model_path)
+    stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
+    return m.with_name(stem + ".report.json"), m.with_name(stem + ".report.md")
+
+
+def write(json_path: Path, doc: dict, md_path: Path, markdown: str) -> None:
+    atomic_write_text(json_path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(md_path, markdown)
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _ops(summary: dict) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in summary.items()) or "none"
+
+
+def render_tune(doc: dict) -> str:
+    f, q = doc["fp32"], doc["int8"]
+    crit = doc["criterion"]
+    cal = doc["calibration"]
+    lines = [
+        f"# Tuning report: {doc['model_name']}",
+        "",
+        f"**{'PASSED' if doc['passed'] else 'FAILED'}**: int8 top-1 {pct(q['accuracy'])} vs fp32 {pct(f['accuracy'])} "
+        f"(drop {100 * doc['accuracy_drop']:.2f} pp; criterion {crit['kind']} {crit['tolerance']:g}, "
+        f"i.e. int8 >= {pct(crit['min_accuracy'])}).",
+        "",
+        md_table(["", "fp32", "int8", "int8 / fp32"], [
+            ["top-1 (10k test images)", pct(f["accuracy"]), pct(q["accuracy"]), f"{q['accuracy'] / f['accuracy']:.4f}"],
+            ["file bytes", f"{f['bytes']:,}", f"{q['bytes']:,}", f"{q['bytes'] / f['bytes']:.3f}"],
+            ["opset", f["opset"], q["opset"], ""],
+        ]),
+        "",
+        f"- int8 ops: {_ops(q['ops']['int8'])}",
+        f"- fp32 ops: {_ops(q['ops']['fp32'])}",
+        f"- conversions: {_ops(q['ops']['convert'])}",
+        f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}",
+        f"- tuning: {doc['tuning']['trials']} trial(s), strategy {doc['tuning']['strategy']}, objective {doc['tuning']['objective']}, "
+        f"seed {doc['tuning']['random_seed']}, {doc['wall_seconds']:.1f} s wall",
+        f"- calibration set: {cal['count']} {cal['split']} images, seed {cal['seed']}, {cal['source']}, sha256 `{cal['sha256'][:16]}…`",
+        f"- preprocessing: {doc['preprocessing']}",
+        f"- input model: `{f['path']}` (sha256 `{f['sha256'][:16]}…`)",
+        f"- output model: `{q['path']}` (sha256 `{q['sha256'][:16]}…`)",
+        f"- config: `{doc['config']['path']}` (sha256 `{doc['config']['sha256'][:16]}…`)",
+        f"- versions: neural-compressor {doc['environment'].get('neural_compressor')}, onnxruntime {doc['environment']['onnxruntime']}, "
+        f"onnx {doc['environment']['onnx']}, numpy {doc['environment']['numpy']}, Python {doc['environment']['python']}",
+        f"- command: `{doc['command']}`",
+        "",
+    ]
+    return "\n".join(lines)

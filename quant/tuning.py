@@ -1,0 +1,127 @@
+"""Accuracy-aware post-training quantization with Intel Neural Compressor (2.x API, onnxrt).
+
+This is the only module that imports neural_compressor. INC's workspace (which holds its tuning
+history as a pickle) lives in a private temporary folder deleted after the run, and resuming is
+never enabled, so nothing a user supplies is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+
+from .errors import AccuracyError, QuantError
+
+_FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
+
+
+@dataclass
+class Trial:
+    index: int  # 0 = fp32 baseline
+    accuracy: float
+    seconds: float
+
+
+@dataclass
+class TuneResult:
+    model: onnx.ModelProto
+    trials: list[Trial] = field(default_factory=list)
+    inc_version: str = ""
+
+    @property
+    def baseline_accuracy(self) -> float:
+        return self.trials[0].accuracy
+
+
+def inc_version() -> str:
+    import neural_compressor
+
+    return neural_compressor.__version__
+
+
+def meets(criterion: tuple[str, float], baseline: float, acc: float) -> bool:
+    kind, tol = criterion
+    return acc >= baseline * (1 - tol) - 1e-12 if kind == "relative" else acc >= baseline - tol - 1e-12
+
+
+def _op_dicts(cfg) -> tuple[dict | None, dict | None]:
+    q = cfg.quantization
+    gran = "per_channel" if q.per_channel else "per_tensor"
+    op_type = {op: {"weight": {"granularity": [gran]}} for op in ("Conv", "MatMul", "Gemm")}
+    fp32 = {"weight": {"dtype": ["fp32"]}, "activation": {"dtype": ["fp32"]}}
+    for op in q.op_types_to_keep_fp32:
+        op_type[op] = copy.deepcopy(fp32)
+    op_name = {name: copy.deepcopy(fp32) for name in q.nodes_to_keep_fp32}
+    return op_type, (op_name or None)
+
+
+def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], float], verbose: bool = False,
+         log: Callable[[str], None] = print) -> TuneResult:
+    """Run INC's accuracy-aware tuning loop; ``eval_fn`` maps serialized model bytes to top-1.
+
+    Raises AccuracyError (exit 3) when no configuration meets ``cfg``'s accuracy criterion.
+    """
+    from neural_compressor import __version__ as version
+    from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, options
+    from neural_compressor.quantization import fit
+
+    logging.getLogger("neural_compressor").setLevel(logging.INFO if verbose else logging.ERROR)
+    kind, tol = cfg.criterion
+    trials: list[Trial] = []
+
+    def eval_func(model) -> float:
+        proto = model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model)
+        t0 = time.perf_counter()
+        acc = eval_fn(proto.SerializeToString())
+        trials.append(Trial(len(trials), acc, time.perf_counter() - t0))
+        if len(trials) == 1:
+            log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
+        else:
+            base = trials[0].accuracy
+            ok = "meets" if meets(cfg.criterion, base, acc) else "misses"
+            log(f"[tune] trial {len(trials) - 1}: int8 top-1 {acc:.2%} (drop {base - acc:+.2%}; {ok} the {kind} {tol:g} criterion)")
+        return acc
+
+    op_type_dict, op_name_dict = _op_dicts(cfg)
+    conf = PostTrainingQuantConfig(
+        approach="static",
+        device="cpu",
+        backend="default",
+        quant_format=_FORMAT[cfg.quantization.format],
+        calibration_sampling_size=[cfg.quantization.calibration.sampling_size],
+        op_type_dict=op_type_dict,
+        op_name_dict=op_name_dict,
+        accuracy_criterion=AccuracyCriterion(criterion=kind, tolerable_loss=tol, higher_is_better=True),
+        tuning_criterion=TuningCriterion(strategy=cfg.tuning.strategy, timeout=cfg.tuning.timeout,
+                                         max_trials=cfg.tuning.max_trials, objective=cfg.tuning.objective),
+    )
+    workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
+    saved = (options.workspace, options.resume_from, options.random_seed)
+    options.workspace, options.resume_from, options.random_seed = workspace, None, cfg.tuning.random_seed
+    try:
+        q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
+    except (KeyboardInterrupt, QuantError):
+        raise
+    except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
+    finally:
+        options.workspace, options.resume_from, options.random_seed = saved
+        shutil.rmtree(workspace, ignore_errors=True)
+    if q is None:
+        base = trials[0].accuracy if trials else float("nan")
+        best = max((t.accuracy for t in trials[1:]), default=float("nan"))
+        raise AccuracyError(
+            f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
+            f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}; no model written",
+            {"baseline_accuracy": base, "best_accuracy": best, "trials": len(trials) - 1},
+        )
+    model = q.model if hasattr(q, "model") else q
+    return TuneResult(model=model, trials=trials, inc_version=version)

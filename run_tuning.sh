@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Tune an fp32 ONNX MNIST model into int8 (the zoo recipe's interface):
+#   bash run_tuning.sh --input_model=mnist-12.onnx --config=mnist.yaml --output_model=mnist-12-int8.onnx [--data_dir=DIR] [--report=PATH]
+set -euo pipefail
+source "$(dirname "$0")/scripts/env.sh"
+py="$(quant_python)" || { echo "error: could not set up the Python environment" >&2; exit 1; }
+exec "$py" -m quant tune "$@"
