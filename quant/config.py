@@ -39,7 +39,7 @@ class F:
 
 
 SCHEMA: dict[str, Any] = {
-    "version": F("str", None, nullable=True, doc="accepted for INC-1.x configs; ignored"),
+    "version": F("scalar", None, nullable=True, doc="accepted for INC-1.x configs; ignored"),
     "model": {
         "name": F("str", "mnist-12", doc="a label used in reports"),
         "input_name": F("str", None, nullable=True, doc="input tensor name; detected from the model when null"),
@@ -126,6 +126,17 @@ class Config(Section):
         return {"scale": str(p.scale), "mean": p.mean, "std": p.std, "layout": p.layout}
 
 
+def _suggest(value: str, options) -> str | None:
+    """The closest option (case-insensitive prefix first, then difflib), for did-you-mean hints."""
+    opts = [str(o) for o in options]
+    low = str(value).lower()
+    pref = [o for o in opts if o.lower().startswith(low) or low.startswith(o.lower())]
+    if pref and low:
+        return pref[0]
+    hit = difflib.get_close_matches(low, [o.lower() for o in opts], n=1, cutoff=0.5)
+    return opts[[o.lower() for o in opts].index(hit[0])] if hit else None
+
+
 def _err(source: str, key: str, msg: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
 
@@ -140,6 +151,10 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
             return None
         raise _err(source, key, "must not be null")
     k = f.kind
+    if k == "scalar":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise _err(source, key, f"expected a version number or string, got {_typename(value)}")
+        return str(value)
     if k == "str":
         if not isinstance(value, str):
             raise _err(source, key, f"expected a string, got {_typename(value)} {value!r}")
@@ -179,8 +194,8 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
             raise _err(source, f"{key}.{ck}", f"tolerance must be in [0, 1), got {cv!r}")
         return {ck: float(cv)}
     if f.choices is not None and value not in f.choices:
-        hint = difflib.get_close_matches(str(value), [str(c) for c in f.choices], n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        hint = _suggest(str(value), f.choices)
+        extra = f" (did you mean {hint!r}?)" if hint else ""
         raise _err(source, key, f"must be one of {', '.join(map(str, f.choices))}; got {value!r}{extra}")
     if k in ("int", "float"):
         if f.min is not None and (value <= f.min if f.min_exclusive else value < f.min):
@@ -196,8 +211,8 @@ def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:
     for key in data:
         if not isinstance(key, str) or key not in schema:
             path = f"{prefix}.{key}" if prefix else str(key)
-            hint = difflib.get_close_matches(str(key), list(schema), n=1)
-            extra = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
+            hint = _suggest(str(key), list(schema))
+            extra = f" (did you mean {(prefix + '.' if prefix else '') + hint!r}?)" if hint else ""
             raise _err(source, "", f"unknown key {path!r}{extra}")
     out = {}
     for key, spec in schema.items():

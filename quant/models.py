@@ -213,10 +213,15 @@ def op_precisions(model: onnx.ModelProto) -> dict[str, list[str]]:
 
     A node is int8 when it is a QLinear*/Integer op, when its data input is an int8/uint8 tensor
     (e.g. MaxPool on uint8), or, in QDQ models, when its data inputs all come from
-    DequantizeLinear (onnxruntime fuses such Q->op->DQ groups into int8 kernels).
+    DequantizeLinear and its outputs all go to QuantizeLinear (onnxruntime fuses such DQ->op->Q
+    groups into int8 kernels).
     """
     types = _elem_types(model)
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
     inits = {i.name for i in model.graph.initializer}
     res = {"int8": [], "fp32": [], "convert": []}
     for n in model.graph.node:
@@ -229,7 +234,8 @@ def op_precisions(model: onnx.ModelProto) -> dict[str, list[str]]:
             res["int8"].append(label)
         elif data_inputs and types.get(data_inputs[0]) in INT8_TYPES:
             res["int8"].append(label)
-        elif data_inputs and all(i in dq_outputs for i in data_inputs) and n.op_type not in ("Reshape", "Flatten"):
+        elif (data_inputs and all(i in dq_outputs for i in data_inputs)
+              and all(consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in n.output)):
             res["int8"].append(label)
         else:
             res["fp32"].append(label)

@@ -1,0 +1,114 @@
+"""Fixtures. Real-data tests read $MNIST_DIR and $QUANT_MODELS_DIR; they skip with a stated reason
+when those are absent, and FAIL instead of skipping when $QUANT_REQUIRE_REAL_DATA=1 (set by CI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quant import config  # noqa: E402
+from quant.data import CANONICAL_MD5, find_file  # noqa: E402
+
+
+def _need(reason: str):
+    if os.environ.get("QUANT_REQUIRE_REAL_DATA") == "1":
+        pytest.fail(f"real data required ($QUANT_REQUIRE_REAL_DATA=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    d = os.environ.get("MNIST_DIR")
+    if not d:
+        _need("$MNIST_DIR is not set (point it at a folder with the four MNIST IDX files)")
+    p = Path(d)
+    missing = [s for s in CANONICAL_MD5 if find_file(p, s) is None]
+    if missing:
+        _need(f"$MNIST_DIR={d} lacks {missing}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    d = os.environ.get("QUANT_MODELS_DIR")
+    if not d:
+        _need("$QUANT_MODELS_DIR is not set (point it at a folder with the zoo's mnist-*.onnx)")
+    p = Path(d)
+    for name in ("mnist-12.onnx", "mnist-12-int8.onnx"):
+        if not (p / name).is_file():
+            _need(f"$QUANT_MODELS_DIR={d} lacks {name}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def splits(mnist_dir):
+    from quant.data import load_split
+
+    return {s: load_split(mnist_dir, s, verify=True) for s in ("train", "test")}
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, script: str | None = None, timeout: int = 300):
+    """Run ``python -m quant ARGS`` (or a repo shell script) in a subprocess; returns CompletedProcess."""
+    e = dict(os.environ)
+    e["QUANT_PYTHON"] = sys.executable
+    e.update(env or {})
+    cmd = ["bash", str(REPO / script), *args] if script else [sys.executable, "-m", "quant", *args]
+    return subprocess.run(cmd, cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, overrides: dict | None = None, base: str | None = None) -> Path:
+    """A YAML config: mnist.yaml's content (or ``base``) with nested ``overrides`` applied."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "mnist.yaml").read_text()) if base is None else yaml.safe_load(base)
+
+    def merge(d, o):
+        for k, v in o.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict) and k != "accuracy_criterion":
+                merge(d[k], v)
+            else:
+                d[k] = v
+
+    merge(doc, overrides or {})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tuned_mnist12(tmp_path_factory, mnist_dir, models_dir):
+    """The real mnist-12 tuned once with the default mnist.yaml through run_tuning.sh."""
+    out = tmp_path_factory.mktemp("tuned") / "mnist-12-int8.onnx"
+    r = run_cli(f"--input_model={models_dir / 'mnist-12.onnx'}", "--config=mnist.yaml", f"--output_model={out}",
+                f"--data_dir={mnist_dir}", script="run_tuning.sh")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+@pytest.fixture
+def synth_dir(tmp_path) -> Path:
+    from helpers import write_mnist
+
+    return write_mnist(tmp_path / "mnist")
+
+
+def synth_config(tmp_path: Path, overrides: dict | None = None) -> Path:
+    """Config for synthetic data: md5 checks off, no manifest, no download."""
+    o = {"dataset": {"verify_md5": False, "download": False}, "quantization": {"calibration": {"manifest": None, "sampling_size": 50}}}
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(o.get(k), dict):
+            o[k] = {**o[k], **v}
+        else:
+            o[k] = v
+    return write_config(tmp_path / "synth.yaml", o)
+
+
+@pytest.fixture
+def default_config():
+    return config.defaults()

@@ -1,0 +1,95 @@
+"""The command line through subprocesses: exit codes, one-line errors, nothing written on failure."""
+
+import pytest
+
+from conftest import REPO, run_cli, synth_config, write_config
+from helpers import mnist12_like, pattern_linear, save, write_mnist
+
+
+def _assert_clean_error(r, code, *words):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    for w in words:
+        assert w in last, (w, last)
+
+
+def test_help_and_usage_error():
+    assert run_cli("--help").returncode == 0
+    r = run_cli("tune", "--input_model=x.onnx")
+    _assert_clean_error(r, 2, "--output_model")
+    _assert_clean_error(run_cli("tune", "--input_model=x", "--output_model=y", "--cofig=c.yaml"), 2, "unrecognized")
+
+
+def test_missing_model_exit_4(tmp_path):
+    out = tmp_path / "o.onnx"
+    _assert_clean_error(run_cli("tune", f"--input_model={tmp_path}/none.onnx", f"--output_model={out}"), 4, "none.onnx", "not found")
+    assert not out.exists()
+
+
+def test_bad_config_exit_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tuning:\n  max_trial: 3\n")
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    r = run_cli("tune", f"--input_model={m}", f"--config={cfg}", f"--output_model={tmp_path}/o.onnx")
+    _assert_clean_error(r, 2, "c.yaml", "unknown key 'tuning.max_trial'", "did you mean 'tuning.max_trials'")
+
+
+def test_output_equal_to_input_refused(tmp_path):
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    before = m.read_bytes()
+    _assert_clean_error(run_cli("tune", f"--input_model={m}", f"--output_model={m}"), 2, "is the input model")
+    assert m.read_bytes() == before
+
+
+def test_output_folder_missing(tmp_path):
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    _assert_clean_error(run_cli("tune", f"--input_model={m}", f"--output_model={tmp_path}/no/o.onnx"), 2, "does not exist")
+
+
+def test_quantized_input_refused(tmp_path, synth_dir):
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    q = tmp_path / "q.onnx"
+    assert run_cli("tune", f"--input_model={m}", f"--config={cfg}", f"--output_model={q}", f"--data_dir={synth_dir}").returncode == 0
+    _assert_clean_error(run_cli("tune", f"--input_model={q}", f"--config={cfg}", f"--output_model={tmp_path}/qq.onnx",
+                                f"--data_dir={synth_dir}"), 4, "already quantized")
+
+
+def test_missing_data_exit_4(tmp_path):
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    cfg = write_config(tmp_path / "c.yaml", {"dataset": {"download": False}})
+    r = run_cli("tune", f"--input_model={m}", f"--config={cfg}", f"--output_model={tmp_path}/o.onnx", f"--data_dir={tmp_path}/nodata")
+    _assert_clean_error(r, 4, "nodata", "missing MNIST file")
+
+
+def test_zoo_style_script_both_flag_forms_and_exit_3(tmp_path):
+    d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
+    m = save(pattern_linear("N", "flat"), tmp_path / "fp32.onnx")
+    cfg = synth_config(tmp_path, {"preprocessing": {"layout": "flat"}, "tuning": {"max_trials": 1}})
+    out = tmp_path / "int8.onnx"
+    r = run_cli("--input_model", str(m), "--config", str(cfg), "--output_model", str(out), "--data_dir", str(d), script="run_tuning.sh")
+    _assert_clean_error(r, 3, "no int8 model met", "vs fp32 100.00%", "no model written")
+    assert not out.exists() and not list(tmp_path.glob("*.report.*"))
+
+
+def test_successful_run_prints_report(tmp_path, synth_dir):
+    m = save(pattern_linear("N", "flat"), tmp_path / "fp32.onnx")
+    cfg = synth_config(tmp_path, {"preprocessing": {"layout": "flat"}, "tuning": {"max_trials": 2}})
+    rep = tmp_path / "r" / "rep.json"
+    rep.parent.mkdir()
+    r = run_cli(f"--input_model={m}", f"--config={cfg}", f"--output_model={tmp_path}/int8.onnx", f"--data_dir={synth_dir}",
+                f"--report={rep}", script="run_tuning.sh")
+    assert r.returncode == 0, r.stderr
+    assert "**PASSED**" in r.stdout and rep.exists() and rep.with_suffix(".md").exists()
+    assert "[tune] trial 1:" in r.stderr
+
+
+@pytest.mark.realdata
+def test_fetch_with_local_data_verifies_without_network(mnist_dir, tmp_path, models_dir):
+    import shutil
+
+    shutil.copy(models_dir / "mnist-12.onnx", tmp_path / "mnist-12.onnx")
+    r = run_cli("fetch", f"--data_dir={mnist_dir}", f"--models_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert "md5 verified" in r.stderr and r.stdout.strip().endswith("mnist-12.onnx")

@@ -1,0 +1,158 @@
+import gzip
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import idx_bytes, write_idx, write_mnist
+from quant import data
+from quant.errors import DataError, InputError
+
+
+def test_read_idx_gz_and_raw_roundtrip(tmp_path):
+    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    assert np.array_equal(data.read_idx(write_idx(tmp_path / "a.gz", arr, gz=True)), arr)
+    assert np.array_equal(data.read_idx(write_idx(tmp_path / "a", arr, gz=False)), arr)
+
+
+@pytest.mark.parametrize("raw,words", [
+    (b"\x00\x00\x09\x01" + b"\x00" * 8, "magic"),
+    (b"\x01\x00\x08\x01\x00\x00\x00\x02ab", "magic"),
+    (b"\x00\x00", "not an IDX"),
+    (idx_bytes(np.zeros((3, 28, 28), np.uint8))[:-5], "truncated"),
+    (idx_bytes(np.zeros((3,), np.uint8)) + b"xx", "trailing"),
+])
+def test_read_idx_rejects_bad_bytes(raw, words):
+    with pytest.raises(DataError, match=words):
+        data.read_idx_bytes(raw, "f")
+
+
+def test_corrupt_gzip_named(tmp_path):
+    good = gzip.compress(idx_bytes(np.zeros((5,), np.uint8)))
+    p = tmp_path / "x.gz"
+    p.write_bytes(good[:10] + b"\xff" * 8 + good[18:])
+    with pytest.raises(DataError, match=r"x\.gz: corrupt gzip"):
+        data.read_idx(p)
+
+
+def test_md5_mismatch_is_reported(tmp_path):
+    p = write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(10, np.uint8))
+    with pytest.raises(DataError, match="md5 .* does not match"):
+        data.read_idx(p, data.CANONICAL_MD5["t10k-labels-idx1-ubyte"])
+
+
+def test_load_split_validation(tmp_path):
+    root = write_mnist(tmp_path / "m", n_train=30, n_test=20)
+    s = data.load_split(root, "test", verify=False)
+    assert s.images.shape == (20, 28, 28) and s.labels.shape == (20,)
+    # canonical md5 check fails on synthetic files
+    with pytest.raises(DataError, match="md5"):
+        data.load_split(root, "test", verify=True)
+    # count mismatch
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.zeros(19, np.uint8))
+    with pytest.raises(DataError, match="20 images but .* 19 labels"):
+        data.load_split(root, "test", verify=False)
+    # label out of range
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.full(20, 12, np.uint8))
+    with pytest.raises(DataError, match="label 12 outside 0..9"):
+        data.load_split(root, "test", verify=False)
+    # a missing file is named
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="missing MNIST file t10k-labels-idx1-ubyte"):
+        data.load_split(root, "test", verify=False)
+    with pytest.raises(DataError, match="folder not found"):
+        data.load_split(tmp_path / "nope", "test")
+
+
+def test_raw_files_are_accepted(tmp_path):
+    root = write_mnist(tmp_path / "raw", n_train=10, n_test=10, gz=False)
+    assert len(data.load_split(root, "train", verify=False).labels) == 10
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_DIR", "/env/dir")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.resolve_data_dir("/flag", "/cfg") == (Path("/flag"), "--data_dir")
+    assert data.resolve_data_dir(None, "/cfg") == (Path("/cfg"), "dataset.root")
+    assert data.resolve_data_dir(None, None) == (Path("/env/dir"), "MNIST_DIR")
+    monkeypatch.delenv("MNIST_DIR")
+    assert data.resolve_data_dir(None, None) == (tmp_path / "cache" / "mnist-quant" / "mnist", "cache")
+
+
+class FakeOpener:
+    """Serves bytes for URLs like a urlopen() would; records what was asked."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.asked = files, []
+
+    def __call__(self, url, timeout=None):
+        self.asked.append(url)
+        if url not in self.files:
+            raise OSError(f"unreachable {url}")
+        return io.BytesIO(self.files[url])
+
+
+def test_download_verifies_md5_and_falls_back_to_next_mirror(tmp_path, monkeypatch):
+    payloads = {stem: gzip.compress(idx_bytes(np.zeros(3, np.uint8)) + stem.encode()[:0]) for stem in data.CANONICAL_MD5}
+    monkeypatch.setattr(data, "CANONICAL_MD5", {s: (hashlib.md5(b).hexdigest(), "") for s, b in payloads.items()})
+    files = {f"https://m2.example/{s}.gz": b for s, b in payloads.items()}
+    opener = FakeOpener(files)
+    root = data.ensure_data_dir(str(tmp_path / "dl"), None, mirrors=("https://m1.example/", "https://m2.example/"),
+                                opener=opener, log=lambda m: None)
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"{s}.gz" for s in payloads)
+    assert any(u.startswith("https://m1.example/") for u in opener.asked)  # tried first, failed, fell back
+
+
+def test_download_with_bad_checksum_leaves_nothing(tmp_path):
+    opener = FakeOpener({f"https://m.example/{s}.gz": b"not mnist" for s in data.CANONICAL_MD5})
+    with pytest.raises(DataError, match="could not be downloaded.*md5.*MNIST_DIR"):
+        data.ensure_data_dir(str(tmp_path / "dl"), None, mirrors=("https://m.example/",), opener=opener, log=lambda m: None)
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_http_is_refused(tmp_path):
+    with pytest.raises(InputError, match="only https"):
+        data.fetch_url("http://example.com/x", tmp_path / "x", "0", "md5", opener=FakeOpener({}))
+
+
+def test_no_network_gives_clear_message(tmp_path):
+    # a real urlopen against a closed local port: the message must say what to set
+    with pytest.raises(DataError, match=r"--data_dir, dataset.root in the config, or MNIST_DIR"):
+        data.ensure_data_dir(str(tmp_path / "dl"), None, mirrors=("https://127.0.0.1:9/",), log=lambda m: None)
+
+
+def test_download_disabled_names_the_folder(tmp_path):
+    with pytest.raises(DataError, match=r"from --data_dir\): missing MNIST file"):
+        data.ensure_data_dir(str(tmp_path / "empty"), None, download=False)
+
+
+def test_fetch_model_checks_sha256(tmp_path, monkeypatch):
+    body = b"onnx bytes"
+    monkeypatch.setitem(data.ZOO_MODELS, "mnist-12.onnx", ("https://z.example/m.onnx", hashlib.sha256(body).hexdigest()))
+    p = data.fetch_model("mnist-12.onnx", tmp_path, opener=FakeOpener({"https://z.example/m.onnx": body}), log=lambda m: None)
+    assert p.read_bytes() == body
+    p.write_bytes(b"tampered")
+    with pytest.raises(InputError, match="sha256 does not match"):
+        data.fetch_model("mnist-12.onnx", tmp_path, opener=FakeOpener({}), log=lambda m: None)
+
+
+@pytest.mark.parametrize("layout,shape", [("NCHW", (2, 1, 28, 28)), ("NHWC", (2, 28, 28, 1)), ("flat", (2, 784))])
+def test_preprocess_layouts_and_values(layout, shape):
+    imgs = np.zeros((2, 28, 28), np.uint8)
+    imgs[0, 3, 5] = 255
+    x = data.preprocess(imgs, 1 / 255, 0.0, 1.0, layout)
+    assert x.shape == shape and x.dtype == np.float32 and x.max() == 1.0 and x.min() == 0.0
+    assert x.reshape(2, 28, 28)[0, 3, 5] == 1.0
+    y = data.preprocess(imgs, 1 / 255, 0.1307, 0.3081, layout)
+    assert np.isclose(y.reshape(2, 784)[1, 0], -0.1307 / 0.3081)
+
+
+@pytest.mark.realdata
+def test_real_mnist_files(splits):
+    assert splits["train"].images.shape == (60000, 28, 28)
+    assert splits["test"].images.shape == (10000, 28, 28)
+    # class counts from ../shared/data/mnist/SOURCES.md
+    assert np.bincount(splits["train"].labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(splits["test"].labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

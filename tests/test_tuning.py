@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import synth_config
+from helpers import mnist12_like, pattern_linear, save, write_mnist
+from quant import calib, config, models, tuning
+from quant.errors import AccuracyError
+from quant.pipeline import tune_model
+
+
+def _tune(tmp_path, model, data_dir, overrides=None, name="int8.onnx"):
+    src = save(model, tmp_path / "fp32.onnx")
+    out = tmp_path / name
+    doc = tune_model(str(src), str(out), config=synth_config(tmp_path, overrides), data_dir=str(data_dir), log=lambda m: None)
+    return out, doc
+
+
+def test_tune_mnist12_topology_gives_qoperator_model(tmp_path, synth_dir):
+    out, doc = _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
+    m = onnx.load(out)
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"} <= ops
+    assert doc["int8"]["bytes"] == out.stat().st_size < doc["fp32"]["bytes"]
+    assert doc["int8"]["ops"]["int8"]["QLinearConv"] == 2
+    rep = json.loads((tmp_path / "int8.report.json").read_text())
+    for k in ("passed", "accuracy_drop"):
+        assert k in rep
+    assert rep["fp32"]["accuracy"] == doc["fp32"]["accuracy"] and "accuracy" in rep["int8"]
+    assert rep["calibration"]["source"].startswith("ad hoc") and len(rep["calibration"]["sha256"]) == 64
+    assert (tmp_path / "int8.report.md").read_text().startswith("# Tuning report")
+
+
+def test_tune_qdq_format(tmp_path, synth_dir):
+    out, doc = _tune(tmp_path, pattern_linear("N", "flat"), synth_dir,
+                     {"preprocessing": {"layout": "flat"}, "quantization": {"format": "QDQ"}, "tuning": {"max_trials": 2}})
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert "QLinearMatMul" not in ops and ops.count("DequantizeLinear") >= 2
+    assert doc["int8"]["ops"]["int8"].get("MatMul") == 1
+    assert doc["int8"]["accuracy"] >= 0.99 * doc["fp32"]["accuracy"] and doc["fp32"]["accuracy"] == 1.0
+
+
+def test_same_seed_gives_byte_identical_models(tmp_path, synth_dir):
+    o = {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}}
+    a, doc_a = _tune(tmp_path, mnist12_like(), synth_dir, o, "a.onnx")
+    b, doc_b = _tune(tmp_path, mnist12_like(), synth_dir, o, "b.onnx")
+    assert a.read_bytes() == b.read_bytes()
+    assert doc_a["int8"]["accuracy"] == doc_b["int8"]["accuracy"]
+
+
+def test_keep_fp32_op_types(tmp_path, synth_dir):
+    out, doc = _tune(tmp_path, mnist12_like(), synth_dir,
+                     {"quantization": {"op_types_to_keep_fp32": ["MatMul"]}, "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    assert "MatMul" in doc["int8"]["ops"]["fp32"] and "QLinearMatMul" not in doc["int8"]["ops"]["int8"]
+
+
+def test_goal_not_met_raises_and_writes_nothing(tmp_path):
+    # calibrated on dim train images, evaluated on bright noisy test images: int8 clips to chance
+    d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
+    with pytest.raises(AccuracyError, match=r"no int8 model met the relative 0.01 .*best int8 top-1 .* vs fp32 100.00%") as e:
+        _tune(tmp_path, pattern_linear("N", "flat"), d, {"preprocessing": {"layout": "flat"}, "tuning": {"max_trials": 1}})
+    assert e.value.exit_code == 3 and e.value.details["baseline_accuracy"] == 1.0
+    assert not (tmp_path / "int8.onnx").exists() and not (tmp_path / "int8.report.json").exists()
+    assert not list(tmp_path.glob(".int8*"))  # no temp leftovers
+
+
+def test_fit_returning_none_is_handled(default_config):
+    """INC's fit returns None when the goal is missed: eval says 0.9 for fp32, 0.1 for every int8."""
+    calls = []
+
+    def fake_eval(_bytes):
+        calls.append(1)
+        return 0.9 if len(calls) == 1 else 0.1
+
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    cfg = config.from_dict({"tuning": {"max_trials": 2}})
+    with pytest.raises(AccuracyError, match=r"after \d+ trial\(s\): best int8 top-1 10.00% vs fp32 90.00%") as e:
+        tuning.tune(mnist12_like(), cfg, calib.CalibDataLoader(x, np.zeros(4)), fake_eval, log=lambda m: None)
+    assert e.value.details["best_accuracy"] == 0.1
+
+
+def test_meets():
+    assert tuning.meets(("relative", 0.01), 0.9890, 0.97912)
+    assert not tuning.meets(("relative", 0.01), 0.9890, 0.9790)
+    assert tuning.meets(("absolute", 0.001), 0.9890, 0.9880) and not tuning.meets(("absolute", 0.0), 0.9890, 0.9889)
+
+
+@pytest.mark.realdata
+def test_real_mnist12_meets_issue_figures(tuned_mnist12):
+    out, r = tuned_mnist12
+    rep = json.loads(out.with_name("mnist-12-int8.report.json").read_text())
+    assert rep["passed"] is True
+    assert rep["fp32"]["accuracy"] == pytest.approx(0.9890, abs=1e-4)
+    assert rep["int8"]["accuracy"] >= 0.9880
+    assert rep["int8"]["bytes"] <= 11000 and rep["fp32"]["bytes"] == 26143
+    assert rep["int8"]["ops"]["int8"]["QLinearConv"] == 2 and rep["int8"]["ops"]["int8"]["QLinearMatMul"] == 1
+    assert rep["calibration"]["name"] == "train-100-seed9527" and rep["calibration"]["split"] == "train"
+    assert rep["environment"]["neural_compressor"] == "2.6"
+    assert "[tune] trial 1: int8 top-1" in r.stderr and "# Tuning report" in r.stdout
+
+
+@pytest.mark.realdata
+def test_real_tuning_is_reproducible(tuned_mnist12, models_dir, mnist_dir, tmp_path):
+    out, _ = tuned_mnist12
+    again = tmp_path / "again.onnx"
+    tune_model(str(models_dir / "mnist-12.onnx"), str(again), config="mnist.yaml", data_dir=str(mnist_dir), log=lambda m: None)
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.realdata
+def test_tuned_model_computes_like_fp32(tuned_mnist12, models_dir, splits):
+    from quant import data, evaluation
+
+    out, _ = tuned_mnist12
+    x = data.preprocess(splits["test"].images[:500], 1 / 255, 0, 1, "NCHW")
+    f = evaluation.predict(evaluation.make_session((models_dir / "mnist-12.onnx").read_bytes()), x, "Input3")
+    q = evaluation.predict(evaluation.make_session(out.read_bytes()), x, "Input3")
+    assert np.mean(np.argmax(f, 1) == np.argmax(q, 1)) >= 0.99
+    assert models.signature(onnx.load(out), str(out)).input_shape == (1, 1, 28, 28)
