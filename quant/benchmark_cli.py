@@ -1,2 +1,45 @@
-def add_parser(sub):
-    pass
+"""``python -m quant benchmark`` (and run_benchmark.sh): flags of the zoo recipe's benchmark script."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("benchmark", help="size, accuracy and latency of int8 vs fp32; accuracy gate", allow_abbrev=False)
+    b.add_argument("--input_model", required=True, help="model to measure; several may be given comma-separated")
+    b.add_argument("--baseline_model", default=None, help="fp32 model to compare against (measured in the same run)")
+    b.add_argument("--config", default=None)
+    b.add_argument("--mode", default="performance", choices=("performance", "accuracy", "all"))
+    b.add_argument("--batch_size", type=int, default=None)
+    b.add_argument("--iterations", type=int, default=None)
+    b.add_argument("--warmup", type=int, default=None)
+    b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default 1)")
+    b.add_argument("--max_accuracy_drop", type=float, default=None, help="gate budget as a fraction (default: the config's criterion)")
+    b.add_argument("--data_dir", default=None)
+    b.add_argument("--report", default=None)
+    b.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    b.add_argument("--verbose", action="store_true")
+    b.set_defaults(func=cmd_benchmark)
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import benchmark_models
+    from .cli import _command_line, _log
+    from .errors import AccuracyError
+
+    inputs = [m for m in args.input_model.split(",") if m]
+    try:
+        doc = benchmark_models(inputs, args.baseline_model, config=args.config, mode=args.mode, data_dir=args.data_dir,
+                               batch_size=args.batch_size, iterations=args.iterations, warmup=args.warmup, threads=args.threads,
+                               max_accuracy_drop=args.max_accuracy_drop, report_path=args.report, log=_log,
+                               command=_command_line(), plots=not args.no_plots)
+    except AccuracyError as e:
+        if "markdown" in e.details:
+            print(e.details["markdown"])
+        raise
+    print(doc["markdown"])
+    _log(f"[benchmark] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
+    if doc.get("gate"):
+        print(doc["gate"]["verdict"], file=sys.stderr)
+    return 0

@@ -43,8 +43,6 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "name": F("str", "mnist-12", doc="a label used in reports"),
         "input_name": F("str", None, nullable=True, doc="input tensor name; detected from the model when null"),
-        "output": F("str", "logits", choices=("logits", "probabilities"), doc="what the model's output holds"),
-        "dynamic_batch": F("bool", False, doc="rewrite a fixed batch of 1 to a symbolic batch before quantizing"),
     },
     "dataset": {
         "root": F("str", None, nullable=True, doc="MNIST folder; else --data_dir / $MNIST_DIR / cache"),
@@ -55,7 +53,7 @@ SCHEMA: dict[str, Any] = {
         "scale": F("fraction", "1/255", min=0, min_exclusive=True, doc="pixels (0..255) are multiplied by this"),
         "mean": F("float", 0.0, doc="subtracted after scaling"),
         "std": F("float", 1.0, min=0, min_exclusive=True, doc="divided by after subtracting mean"),
-        "layout": F("str", "NCHW", choices=("NCHW", "NHWC", "flat"), doc="[N,1,28,28] | [N,28,28,1] | [N,784]"),
+        "layout": F("str", "NCHW", choices=("NCHW", "NHWC", "flat"), doc="input layout: NCHW [N,1,28,28], NHWC [N,28,28,1], flat [N,784]"),
     },
     "quantization": {
         "approach": F("str", "static", choices=("static",), doc="post-training static quantization"),
@@ -82,9 +80,9 @@ SCHEMA: dict[str, Any] = {
         "batch_size": F("int", 1, min=1, max=10000, doc="batch for accuracy runs (models with a fixed batch of 1 use 1)"),
     },
     "benchmark": {
-        "batch_size": F("int", 1, min=1, max=10000),
-        "iterations": F("int", 1000, min=1),
-        "warmup": F("int", 100, min=0),
+        "batch_size": F("int", 1, min=1, max=10000, doc="images per timed inference"),
+        "iterations": F("int", 1000, min=1, doc="timed inferences per model"),
+        "warmup": F("int", 100, min=0, doc="untimed inferences per model first"),
         "threads": F("int", 1, min=1, max=256, doc="onnxruntime intra-op threads"),
     },
     "output": {

@@ -1,0 +1,356 @@
+"""Benchmark harness: size, accuracy and latency of a model (int8) against a baseline (fp32),
+measured in one run, plus the CI accuracy gate.
+
+Latency is taken with ``time.perf_counter_ns`` around one ``run_with_iobinding`` call (inputs
+and outputs bound once, so per-call Python work is a single method call). Models are timed
+interleaved (A, B, A, B, ...) so machine drift affects all alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import data, evaluation, models, report
+from .errors import AccuracyError, UsageError
+from .fsio import atomic_write_bytes, check_writable_target
+
+MODES = ("performance", "accuracy", "all")
+
+
+# ---------------------------------------------------------------------------------- statistics
+def latency_stats(ns: np.ndarray) -> dict:
+    """Summary of per-inference wall times given in nanoseconds, in milliseconds."""
+    ms = np.asarray(ns, dtype=np.float64) / 1e6
+    return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "min": float(ms.min()), "max": float(ms.max()), "n": int(len(ms))}
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels.astype(np.int64), pred.astype(np.int64)), 1)
+    return cm
+
+
+def accuracy_stats(outputs: np.ndarray, labels: np.ndarray, baseline_outputs: np.ndarray | None = None) -> dict:
+    pred = np.argmax(outputs, axis=1)
+    cm = confusion_matrix(pred, labels)
+    support = cm.sum(axis=1)
+    out = {"top1": float(np.mean(pred == labels)), "images": int(len(labels)),
+           "per_class": [float(cm[c, c] / support[c]) if support[c] else None for c in range(10)],
+           "confusion_matrix": cm.tolist()}
+    if baseline_outputs is not None:
+        diff = np.abs(outputs.astype(np.float64) - baseline_outputs.astype(np.float64))
+        out["agreement_with_baseline"] = float(np.mean(pred == np.argmax(baseline_outputs, axis=1)))
+        out["output_abs_diff"] = {"mean": float(diff.mean()), "max": float(diff.max())}
+    return out
+
+
+def accuracy_budget(criterion: tuple[str, float], baseline_acc: float, max_drop: float | None) -> float:
+    """The largest allowed drop (fraction): --max_accuracy_drop, else the config's criterion."""
+    if max_drop is not None:
+        return max_drop
+    kind, tol = criterion
+    return baseline_acc * tol if kind == "relative" else tol
+
+
+def gate(baseline_acc: float, model_acc: float, budget: float) -> dict:
+    drop = baseline_acc - model_acc
+    passed = drop <= budget + 1e-12
+    verdict = (f"GATE {'PASSED' if passed else 'FAILED'}: accuracy drop {100 * drop:.2f} pp "
+               + (f"<= budget {100 * budget:.2f} pp (margin {max(0.0, 100 * (budget - drop)):.2f} pp)" if passed
+                  else f"exceeds budget {100 * budget:.2f} pp by {100 * (drop - budget):.2f} pp")
+               + f" (model {100 * model_acc:.2f} % vs baseline {100 * baseline_acc:.2f} %)")
+    return {"max_accuracy_drop": budget, "accuracy_drop": drop, "passed": bool(passed), "verdict": verdict}
+
+
+# ------------------------------------------------------------------------------------ timing
+@dataclass
+class Timed:
+    name: str
+    sess: object
+    io: object
+    per_call_images: int  # images per run() call
+    calls: int  # run() calls per timed unit (batch_size / per_call_images)
+
+
+def _bind(sess, input_name: str, x: np.ndarray):
+    io = sess.io_binding()
+    io.bind_cpu_input(input_name, np.ascontiguousarray(x))
+    for o in sess.get_outputs():
+        io.bind_output(o.name)
+    return io
+
+
+def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progress: bool = True) -> dict[str, np.ndarray]:
+    """Per-unit (one batch) wall times in ns for each target, measured round-robin."""
+    for t in targets:
+        for _ in range(warmup):
+            for _ in range(t.calls):
+                t.sess.run_with_iobinding(t.io)
+    times = {t.name: np.empty(iterations, dtype=np.int64) for t in targets}
+    it = range(iterations)
+    marks = set()
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="[benchmark] timing", unit="round", file=sys.stderr, mininterval=0.5, leave=False)
+    elif progress:  # progress lines for logs (CI): every quarter
+        marks = {iterations * q // 4 for q in (1, 2, 3)} - {0}
+    clock = time.perf_counter_ns
+    for i in it:
+        for t in targets:
+            run, io, calls = t.sess.run_with_iobinding, t.io, t.calls
+            t0 = clock()
+            for _ in range(calls):
+                run(io)
+            times[t.name][i] = clock() - t0
+        if i in marks:
+            print(f"[benchmark] timing: {i}/{iterations} rounds", file=sys.stderr, flush=True)
+    return times
+
+
+# ------------------------------------------------------------------------------------- driver
+def _model_entry(lm: models.LoadedModel) -> dict:
+    return {"path": lm.path, "bytes": lm.bytes, "sha256": lm.sha256, "opset": lm.opset,
+            "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(lm.proto)}
+
+
+def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, mode: str = "performance",
+                     data_dir: str | None = None, batch_size: int | None = None, iterations: int | None = None,
+                     warmup: int | None = None, threads: int | None = None, max_accuracy_drop: float | None = None,
+                     report_path: str | None = None, log: Callable[[str], None] = print, command: str | None = None,
+                     plots: bool = True) -> dict:
+    """Benchmark ``input_models`` (and ``baseline_model``) in one run; returns the report dict.
+
+    Raises AccuracyError (exit 3) in accuracy mode when the first model's drop against the baseline
+    exceeds the budget (``max_accuracy_drop`` or the config's accuracy criterion).
+    """
+    from .pipeline import load_config, load_splits, test_inputs
+
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
+    if not input_models:
+        raise UsageError("--input_model: at least one model is required")
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < 1:
+        raise UsageError(f"--max_accuracy_drop {max_accuracy_drop}: must be a fraction in [0, 1)")
+    if max_accuracy_drop is not None and baseline_model is None:
+        raise UsageError("--max_accuracy_drop needs --baseline_model (the drop is measured against it)")
+    cfg = load_config(config)
+    b = cfg.benchmark
+    batch_size, iterations = batch_size or b.batch_size, iterations or b.iterations
+    warmup = b.warmup if warmup is None else warmup
+    threads = threads or b.threads
+    for name, v, lo in (("--batch_size", batch_size, 1), ("--iterations", iterations, 1), ("--warmup", warmup, 0), ("--threads", threads, 1)):
+        if v < lo:
+            raise UsageError(f"{name} {v}: must be >= {lo}")
+    first = input_models[0]
+    json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report)
+    json_path = json_path.with_name(json_path.name.replace(".report.", ".benchmark.")) if not (report_path or cfg.output.report) else json_path
+    md_path = md_path.with_name(md_path.name.replace(".report.", ".benchmark.")) if not (report_path or cfg.output.report) else md_path
+    for p in (json_path, md_path):
+        check_writable_target(p, "--report")
+    for m in input_models + ([baseline_model] if baseline_model else []):
+        if Path(m).exists() and Path(m).resolve() in (json_path.resolve(), md_path.resolve()):
+            raise UsageError(f"--report {json_path}: would overwrite the model {m}")
+
+    # --- load and check every model before measuring anything
+    names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
+    loaded, sigs = {}, {}
+    for key, path in names:
+        lm = models.load(path, "baseline model" if key == "baseline" else "input model")
+        loaded[key] = lm
+        sigs[key] = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
+    splits = load_splits(cfg, data_dir, splits=("test",), log=log)
+    x_test, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
+    entries = {k: _model_entry(lm) for k, lm in loaded.items()}
+    sessions = {k: evaluation.make_session(lm.raw, threads, name=lm.path) for k, lm in loaded.items()}
+
+    # --- accuracy
+    if mode in ("accuracy", "all"):
+        outs = {}
+        for k in loaded:
+            t0 = time.perf_counter()
+            bs = evaluation.effective_batch(sigs[k].fixed_batch, cfg.evaluation.batch_size)
+            outs[k] = evaluation.predict(sessions[k], x_test, sigs[k].input_name, bs)
+            log(f"[benchmark] accuracy {loaded[k].path}: {100 * evaluation.accuracy(outs[k], labels):.2f} % ({time.perf_counter() - t0:.1f} s)")
+        for k in loaded:
+            entries[k]["accuracy_stats"] = accuracy_stats(outs[k], labels, outs.get("baseline") if k != "baseline" else None)
+            entries[k]["accuracy"] = entries[k]["accuracy_stats"]["top1"]
+
+    # --- latency / throughput
+    timing = None
+    if mode in ("performance", "all"):
+        targets = []
+        for k in loaded:
+            per_call = evaluation.effective_batch(sigs[k].fixed_batch, batch_size)
+            if batch_size % per_call:
+                raise UsageError(f"--batch_size {batch_size}: {loaded[k].path} has a fixed batch of {per_call}; use a multiple of it")
+            xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
+            targets.append(Timed(k, sessions[k], _bind(sessions[k], sigs[k].input_name, xb), per_call, batch_size // per_call))
+            entries[k]["image_by_image"] = per_call < batch_size
+        log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {batch_size}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
+        times = time_interleaved(targets, iterations, warmup, progress=True)
+        for k in loaded:
+            st = latency_stats(times[k])
+            entries[k]["latency_ms"] = st
+            entries[k]["throughput_per_s"] = batch_size / (st["mean"] / 1e3)
+            entries[k]["latencies_ns"] = times[k]
+        timing = {"batch_size": batch_size, "iterations": iterations, "warmup": warmup, "threads": threads,
+                  "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
+                  "method": "perf_counter_ns around InferenceSession.run_with_iobinding (inputs/outputs bound once); "
+                            "a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
+                  "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1,
+                                      "execution_mode": "sequential", "graph_optimization_level": "ORT_ENABLE_ALL",
+                                      "providers": ["CPUExecutionProvider"]}}
+
+    # --- ratios and gate
+    doc: dict = {"schema_version": report.SCHEMA_VERSION, "kind": "benchmark", "mode": mode,
+                 "preprocessing": cfg.preprocessing_dict(), "config": {"path": cfg.source, "sha256": cfg.sha256}}
+    base = entries.get("baseline")
+    for k, e in entries.items():
+        if k == "baseline" or base is None:
+            continue
+        if "accuracy" in e:
+            e["accuracy_drop"] = base["accuracy"] - e["accuracy"]
+        if "latency_ms" in e:
+            e["latency_ratio"] = e["latency_ms"]["p50"] / base["latency_ms"]["p50"]
+            e["throughput_ratio"] = e["throughput_per_s"] / base["throughput_per_s"]
+        e["size_ratio"] = base["bytes"] / e["bytes"]
+    raw_times = {k: e.pop("latencies_ns") for k, e in entries.items() if "latencies_ns" in e}
+    doc["model"] = entries["model"]
+    doc["baseline"] = base
+    doc["models"] = [entries[k] for k in entries if k != "baseline"]
+    for key in ("accuracy_drop", "latency_ratio", "throughput_ratio", "size_ratio"):
+        if key in entries["model"]:
+            doc[key] = entries["model"][key]
+    if timing:
+        doc["timing"] = timing
+    doc["environment"] = report.environment()
+    doc["command"] = command or shlex.join(["python", "-m", "quant", *sys.argv[1:]])
+    g = None
+    if mode in ("accuracy", "all") and base is not None:
+        budget = accuracy_budget(cfg.criterion, base["accuracy"], max_accuracy_drop)
+        g = gate(base["accuracy"], entries["model"]["accuracy"], budget)
+        g["budget_source"] = "--max_accuracy_drop" if max_accuracy_drop is not None else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})"
+        doc["gate"] = g
+    doc["reports"] = {"json": str(json_path), "markdown": str(md_path)}
+    if plots:
+        doc["plots"] = write_plots(json_path, entries, raw_times, log)
+    md = render(doc)
+    report.write(json_path, doc, md_path, md)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    doc["markdown"] = md
+    if g is not None and not g["passed"]:
+        raise AccuracyError(g["verdict"], doc)
+    return doc
+
+
+# ------------------------------------------------------------------------------------ output
+def _label(e: dict) -> str:
+    return e["path"]
+
+
+def render(doc: dict) -> str:
+    cols = ([doc["baseline"]] if doc.get("baseline") else []) + doc["models"]
+    head = ["", *[f"`{_label(e)}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
+    rows = [["file bytes", *[f"{e['bytes']:,}" for e in cols]],
+            ["weight bytes", *[f"{e['size']['weight_bytes']:,}" for e in cols]],
+            ["graph overhead bytes", *[f"{e['size']['graph_overhead_bytes']:,}" for e in cols]]]
+    if doc.get("baseline"):
+        rows.append(["size ratio (baseline / model)", *["1" if e is doc["baseline"] else f"{e['size_ratio']:.2f}x" for e in cols]])
+    if "accuracy" in cols[0]:
+        rows.append(["top-1 (10k test images)", *[report.pct(e["accuracy"]) for e in cols]])
+        if doc.get("baseline"):
+            rows.append(["accuracy drop", *["" if e is doc["baseline"] else f"{100 * e['accuracy_drop']:.2f} pp" for e in cols]])
+            rows.append(["top-1 agreement with baseline", *["" if e is doc["baseline"] else report.pct(e["accuracy_stats"]["agreement_with_baseline"]) for e in cols]])
+            rows.append(["mean / max abs output diff", *["" if e is doc["baseline"] else
+                         f"{e['accuracy_stats']['output_abs_diff']['mean']:.3g} / {e['accuracy_stats']['output_abs_diff']['max']:.3g}" for e in cols]])
+    if "latency_ms" in cols[0]:
+        t = doc["timing"]
+        rows.append([f"p50 latency, batch {t['batch_size']} (ms)", *[f"{e['latency_ms']['p50']:.4f}" for e in cols]])
+        rows.append(["mean / p90 / p99 (ms)", *[f"{e['latency_ms']['mean']:.4f} / {e['latency_ms']['p90']:.4f} / {e['latency_ms']['p99']:.4f}" for e in cols]])
+        rows.append(["throughput (images/s)", *[f"{e['throughput_per_s']:,.0f}" for e in cols]])
+        if doc.get("baseline"):
+            rows.append(["p50 latency ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['latency_ratio']:.2f}x" for e in cols]])
+            rows.append(["throughput ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['throughput_ratio']:.2f}x" for e in cols]])
+        if any(e.get("image_by_image") for e in cols):
+            rows.append(["note", *["fixed batch 1: run image by image" if e.get("image_by_image") else "" for e in cols]])
+    env = doc["environment"]
+    lines = [f"# Benchmark ({doc['mode']})", "", report.md_table(head, rows), ""]
+    if doc.get("gate"):
+        lines += [f"**{doc['gate']['verdict']}** — budget from {doc['gate']['budget_source']}.", ""]
+    if doc.get("timing"):
+        t = doc["timing"]
+        lines += [f"- timing: {t['iterations']} iterations after {t['warmup']} warm-up, {t['threads']} thread(s), {t['order']}; {t['method']}"]
+    flags = ", ".join(k for k, v in env["cpu"]["int8_flags"].items() if v) or "none"
+    lines += [f"- preprocessing: {doc['preprocessing']}",
+              f"- machine: {env['cpu']['model']}, {env['cpu']['cores']} cores, int8 CPU flags: {flags}",
+              f"- versions: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}",
+              f"- command: `{doc['command']}`"]
+    if doc.get("plots"):
+        lines.append(f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(json_path: Path, entries: dict, times: dict, log: Callable) -> dict | str:
+    """Latency histogram and confusion matrix PNGs beside the report (matplotlib is optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("[benchmark] matplotlib is not installed: plots skipped (pip install 'mnist-quant[plots]')")
+        return "skipped (matplotlib not installed)"
+    import io
+
+    out = {}
+    stem = json_path.name[:-5] if json_path.name.endswith(".json") else json_path.name
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        p = json_path.with_name(f"{stem}.{name}.png")
+        atomic_write_bytes(p, buf.getvalue())
+        out[name] = str(p)
+
+    if times:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        allv = np.concatenate([v / 1e3 for v in times.values()])
+        hi = np.percentile(allv, 99.5)
+        for k, v in times.items():
+            ax.hist(np.clip(v / 1e3, None, hi), bins=80, alpha=0.55, label=f"{entries[k]['path']} (p50 {np.median(v) / 1e3:.1f} us)")
+        ax.set_xlabel("latency per timed unit (us), clipped at p99.5")
+        ax.set_ylabel("count")
+        ax.legend(fontsize=8)
+        save(fig, "latency")
+    cms = [(k, e) for k, e in entries.items() if "accuracy_stats" in e]
+    if cms:
+        fig, axes = plt.subplots(1, len(cms), figsize=(4.2 * len(cms), 4), squeeze=False)
+        for ax, (k, e) in zip(axes[0], cms):
+            cm = np.array(e["accuracy_stats"]["confusion_matrix"])
+            ax.imshow(np.log1p(cm), cmap="Blues")
+            for i in range(10):
+                for j in range(10):
+                    if cm[i, j]:
+                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6)
+            ax.set_title(f"{e['path']}\ntop-1 {100 * e['accuracy']:.2f} %", fontsize=9)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_xticks(range(10))
+            ax.set_yticks(range(10))
+        save(fig, "confusion")
+    return out

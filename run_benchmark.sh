@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmark an int8 model against fp32 (the zoo recipe's interface, extended):
+#   bash run_benchmark.sh --input_model=INT8.onnx --config=mnist.yaml --mode=accuracy|performance|all \
+#       [--baseline_model=FP32.onnx] [--batch_size=N] [--iterations=N] [--warmup=N] [--threads=N] \
+#       [--max_accuracy_drop=FRACTION] [--report=PATH] [--data_dir=DIR]
+set -euo pipefail
+source "$(dirname "$0")/scripts/env.sh"
+py="$(quant_python)" || { echo "error: could not set up the Python environment" >&2; exit 1; }
+exec "$py" -m quant benchmark "$@"

@@ -1,0 +1,133 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, synth_config
+from helpers import mnist12_like, pattern_linear, save
+from quant import benchmark
+from quant.errors import AccuracyError, UsageError
+
+
+def test_latency_stats_on_known_values():
+    ns = np.arange(1, 101) * 1_000_000  # 1..100 ms
+    s = benchmark.latency_stats(ns)
+    assert s["min"] == 1 and s["max"] == 100 and s["mean"] == 50.5 and s["n"] == 100
+    assert s["p50"] == pytest.approx(50.5) and s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
+
+
+def test_accuracy_stats_confusion_agreement_diff():
+    labels = np.array([0, 1, 2, 2])
+    out = np.eye(10, dtype=np.float32)[[0, 1, 1, 2]]
+    base = np.eye(10, dtype=np.float32)[[0, 1, 2, 2]]
+    s = benchmark.accuracy_stats(out, labels, base)
+    assert s["top1"] == 0.75 and s["per_class"][:3] == [1.0, 1.0, 0.5] and s["per_class"][5] is None
+    cm = np.array(s["confusion_matrix"])
+    assert cm[2, 1] == 1 and cm[2, 2] == 1 and cm.sum() == 4
+    assert s["agreement_with_baseline"] == 0.75
+    assert s["output_abs_diff"] == {"mean": pytest.approx(2 / 40), "max": 1.0}
+
+
+@pytest.mark.parametrize("crit,base,flag,budget", [(("relative", 0.01), 0.98, None, 0.0098), (("absolute", 0.02), 0.98, None, 0.02),
+                                                   (("relative", 0.01), 0.98, 0.001, 0.001)])
+def test_budget(crit, base, flag, budget):
+    assert benchmark.accuracy_budget(crit, base, flag) == pytest.approx(budget)
+
+
+def test_gate_logic_and_verdict():
+    g = benchmark.gate(0.9890, 0.9880, 0.001)
+    assert g["passed"] and "GATE PASSED" in g["verdict"] and "margin 0.00 pp" in g["verdict"]
+    g = benchmark.gate(0.9890, 0.5452, 0.00989)
+    assert not g["passed"] and "exceeds budget 0.99 pp by 43.39 pp" in g["verdict"]
+    assert benchmark.gate(0.5, 0.6, 0.0)["passed"]  # improvements always pass
+
+
+def _bench(tmp_path, synth_dir, inputs, baseline=None, **kw):
+    cfg = synth_config(tmp_path, {"preprocessing": {"layout": kw.pop("layout", "NCHW")}})
+    return benchmark.benchmark_models([str(p) for p in inputs], str(baseline) if baseline else None, config=cfg, data_dir=str(synth_dir),
+                                      report_path=str(tmp_path / "rep.json"), log=lambda m: None, **kw)
+
+
+def test_report_schema_performance_and_accuracy(tmp_path, synth_dir):
+    a = save(mnist12_like(seed=1), tmp_path / "a.onnx")
+    b = save(mnist12_like(seed=2), tmp_path / "b.onnx")
+    doc = _bench(tmp_path, synth_dir, [a], b, mode="all", iterations=20, warmup=2, max_accuracy_drop=0.99, plots=False)
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    for key in ("path", "bytes", "accuracy", "throughput_per_s"):
+        assert key in rep["model"] and key in rep["baseline"]
+    for key in ("mean", "p50", "p90", "p99"):
+        assert rep["model"]["latency_ms"][key] > 0 and rep["baseline"]["latency_ms"][key] > 0
+    assert rep["schema_version"] == 1 and rep["gate"]["max_accuracy_drop"] == 0.99 and rep["gate"]["passed"] is True
+    assert rep["accuracy_drop"] == pytest.approx(rep["baseline"]["accuracy"] - rep["model"]["accuracy"])
+    assert rep["latency_ratio"] == pytest.approx(rep["model"]["latency_ms"]["p50"] / rep["baseline"]["latency_ms"]["p50"])
+    assert rep["throughput_ratio"] == pytest.approx(rep["model"]["throughput_per_s"] / rep["baseline"]["throughput_per_s"])
+    assert rep["model"]["latency_ms"]["n"] == 20 and rep["timing"]["threads"] == 1
+    assert set(rep["environment"]["cpu"]["int8_flags"]) >= {"avx2", "avx512_vnni"}
+    assert "| top-1 (10k test images) |" in doc["markdown"] and (tmp_path / "rep.md").exists()
+
+
+def test_fixed_batch_model_runs_image_by_image(tmp_path, synth_dir):
+    fixed = save(mnist12_like(batch=1), tmp_path / "f.onnx")
+    dyn = save(mnist12_like(batch="N"), tmp_path / "d.onnx")
+    doc = _bench(tmp_path, synth_dir, [fixed], dyn, mode="performance", batch_size=8, iterations=5, warmup=1, plots=False)
+    assert doc["model"]["image_by_image"] is True and doc["baseline"]["image_by_image"] is False
+    assert "fixed batch 1: run image by image" in doc["markdown"]
+
+
+def test_gate_failure_raises_exit_3_and_still_reports(tmp_path, synth_dir):
+    good = save(pattern_linear("N", "flat"), tmp_path / "good.onnx")
+    bad_model = pattern_linear("N", "flat")
+    bad_model.graph.initializer[0].raw_data = np.zeros((784, 10), np.float32).tobytes()
+    bad = save(bad_model, tmp_path / "bad.onnx")
+    with pytest.raises(AccuracyError, match="GATE FAILED") as e:
+        _bench(tmp_path, synth_dir, [bad], good, mode="accuracy", layout="flat", plots=False)
+    assert e.value.exit_code == 3
+    assert json.loads((tmp_path / "rep.json").read_text())["gate"]["passed"] is False
+
+
+def test_usage_errors(tmp_path, synth_dir):
+    a = save(mnist12_like(), tmp_path / "a.onnx")
+    with pytest.raises(UsageError, match="needs --baseline_model"):
+        _bench(tmp_path, synth_dir, [a], None, mode="accuracy", max_accuracy_drop=0.01)
+    with pytest.raises(UsageError, match="--mode"):
+        _bench(tmp_path, synth_dir, [a], None, mode="speed")
+
+
+def test_plots_and_step_summary(tmp_path, synth_dir, monkeypatch):
+    pytest.importorskip("matplotlib")
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    a = save(mnist12_like(), tmp_path / "a.onnx")
+    doc = _bench(tmp_path, synth_dir, [a], a, mode="all", iterations=5, warmup=1)
+    for name in ("latency", "confusion"):
+        png = doc["plots"][name]
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "# Benchmark (all)" in summary.read_text()
+
+
+@pytest.mark.realdata
+def test_zoo_int8_fails_the_gate_with_default_config(models_dir, mnist_dir, tmp_path):
+    r = run_cli("--input_model", str(models_dir / "mnist-12-int8.onnx"), f"--baseline_model={models_dir / 'mnist-12.onnx'}",
+                "--mode=accuracy", "--config=mnist.yaml", f"--data_dir={mnist_dir}", f"--report={tmp_path}/zoo.json", "--no_plots",
+                script="run_benchmark.sh")
+    assert r.returncode == 3, r.stderr
+    assert "54.52 %" in r.stdout and "98.90 %" in r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert "GATE FAILED" in last and "exceeds budget 0.99 pp by 43.39 pp" in last
+    rep = json.loads((tmp_path / "zoo.json").read_text())
+    assert rep["model"]["accuracy"] == pytest.approx(0.5452, abs=1e-4) and rep["gate"]["passed"] is False
+
+
+@pytest.mark.realdata
+def test_our_int8_passes_the_gate_and_performance_mode(tuned_mnist12, models_dir, mnist_dir, tmp_path):
+    out, _ = tuned_mnist12
+    r = run_cli(f"--input_model={out}", f"--baseline_model={models_dir / 'mnist-12.onnx'}", "--mode=accuracy", "--config=mnist.yaml",
+                f"--data_dir={mnist_dir}", f"--report={tmp_path}/ours.json", "--no_plots", script="run_benchmark.sh")
+    assert r.returncode == 0, r.stderr
+    assert "GATE PASSED" in r.stderr.strip().splitlines()[-1]
+    r = run_cli(f"--input_model={out}", f"--baseline_model={models_dir / 'mnist-12.onnx'}", "--config=mnist.yaml", "--iterations=200",
+                f"--data_dir={mnist_dir}", f"--report={tmp_path}/perf.json", "--no_plots", script="run_benchmark.sh")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "perf.json").read_text())
+    assert rep["mode"] == "performance" and rep["model"]["latency_ms"]["n"] == 200 and rep["latency_ratio"] > 0
