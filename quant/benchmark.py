@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import data, evaluation, models, report
+from . import evaluation, models, report
 from .errors import AccuracyError, UsageError
 from .fsio import atomic_write_bytes, check_writable_target
 
@@ -153,9 +153,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         if v < lo:
             raise UsageError(f"{name} {v}: must be >= {lo}")
     first = input_models[0]
-    json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report)
-    json_path = json_path.with_name(json_path.name.replace(".report.", ".benchmark.")) if not (report_path or cfg.output.report) else json_path
-    md_path = md_path.with_name(md_path.name.replace(".report.", ".benchmark.")) if not (report_path or cfg.output.report) else md_path
+    json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark")
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
     for m in input_models + ([baseline_model] if baseline_model else []):

@@ -8,7 +8,6 @@ only with --verbose).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import traceback

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +44,14 @@ def environment(inc_version: str | None = None) -> dict:
     return env
 
 
-def default_report_paths(model_path: str | os.PathLike, report: str | None) -> tuple[Path, Path]:
-    """(json, markdown) report paths: ``--report`` (its suffix replaced), else beside the model."""
+def default_report_paths(model_path: str | os.PathLike, report: str | None, kind: str = "report") -> tuple[Path, Path]:
+    """(json, markdown) report paths: ``--report`` (its suffix replaced), else ``<model>.<kind>.json/.md``."""
     if report:
         base = Path(report)
         return base.with_suffix(".json"), base.with_suffix(".md")
     m = Path(model_path)
     stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
-    return m.with_name(stem + ".report.json"), m.with_name(stem + ".report.md")
+    return m.with_name(f"{stem}.{kind}.json"), m.with_name(f"{stem}.{kind}.md")
 
 
 def write(json_path: Path, doc: dict, md_path: Path, markdown: str) -> None:

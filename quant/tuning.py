@@ -40,12 +40,6 @@ class TuneResult:
         return self.trials[0].accuracy
 
 
-def inc_version() -> str:
-    import neural_compressor
-
-    return neural_compressor.__version__
-
-
 def meets(criterion: tuple[str, float], baseline: float, acc: float) -> bool:
     kind, tol = criterion
     return acc >= baseline * (1 - tol) - 1e-12 if kind == "relative" else acc >= baseline - tol - 1e-12

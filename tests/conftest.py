@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quant import config  # noqa: E402
-from quant.data import CANONICAL_MD5, find_file  # noqa: E402
+from quant.data import CANONICAL_MD5  # noqa: E402
 
 
 def _need(reason: str):
@@ -23,28 +23,25 @@ def _need(reason: str):
     pytest.skip(reason)
 
 
+def _env_dir(var: str, what: str, required: list[str]) -> Path:
+    d = os.environ.get(var)
+    if not d:
+        _need(f"${var} is not set (point it at a folder with {what})")
+    p = Path(d)
+    missing = [r for r in required if not (p / r).is_file()]
+    if missing:
+        _need(f"${var}={d} lacks {missing}")
+    return p
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    d = os.environ.get("MNIST_DIR")
-    if not d:
-        _need("$MNIST_DIR is not set (point it at a folder with the four MNIST IDX files)")
-    p = Path(d)
-    missing = [s for s in CANONICAL_MD5 if find_file(p, s) is None]
-    if missing:
-        _need(f"$MNIST_DIR={d} lacks {missing}")
-    return p
+    return _env_dir("MNIST_DIR", "the four MNIST IDX files", [f"{s}.gz" for s in CANONICAL_MD5])
 
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    d = os.environ.get("QUANT_MODELS_DIR")
-    if not d:
-        _need("$QUANT_MODELS_DIR is not set (point it at a folder with the zoo's mnist-*.onnx)")
-    p = Path(d)
-    for name in ("mnist-12.onnx", "mnist-12-int8.onnx"):
-        if not (p / name).is_file():
-            _need(f"$QUANT_MODELS_DIR={d} lacks {name}")
-    return p
+    return _env_dir("QUANT_MODELS_DIR", "the zoo's mnist-*.onnx", ["mnist-12.onnx", "mnist-12-int8.onnx"])
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import REPO, run_cli, synth_config, write_config
+from conftest import run_cli, synth_config, write_config
 from helpers import mnist12_like, pattern_linear, save, write_mnist
 
 

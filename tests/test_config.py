@@ -1,5 +1,4 @@
 import pytest
-import yaml
 
 from conftest import REPO
 from quant import config

@@ -1,5 +1,3 @@
-import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
