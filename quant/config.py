@@ -239,12 +239,14 @@ def _map_legacy(raw: dict, source: str) -> dict:
         fw = model.pop("framework")
         if fw == "onnxrt_integerops":
             raise _err(source, "model.framework", "onnxrt_integerops (dynamic quantization) is not supported; use onnxrt_qlinearops or onnxrt_qdq")
-        if fw not in _LEGACY_FRAMEWORK:
+        if not isinstance(fw, str) or fw not in _LEGACY_FRAMEWORK:
             raise _err(source, "model.framework", f"must be one of {', '.join(_LEGACY_FRAMEWORK)}; got {fw!r}")
         if "format" in quant and quant["format"] != _LEGACY_FRAMEWORK[fw]:
             raise _err(source, "model.framework", f"{fw} contradicts quantization.format {quant['format']!r}")
         quant["format"] = _LEGACY_FRAMEWORK[fw]
         d["quantization"] = quant
+    if not isinstance(quant.get("calibration", {}), (dict, type(None))):
+        raise _err(source, "quantization.calibration", f"expected a mapping, got {_typename(quant['calibration'])}")
     if quant.get("approach") == "post_training_static_quant":
         quant["approach"] = "static"
     elif quant.get("approach") == "post_training_dynamic_quant":

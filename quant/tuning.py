@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -99,6 +101,18 @@ def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], fl
     workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
     saved = (options.workspace, options.resume_from, options.random_seed)
     options.workspace, options.resume_from, options.random_seed = workspace, None, cfg.tuning.random_seed
+    # INC's tuning loop catches KeyboardInterrupt and returns None as if the goal were missed;
+    # remember a Ctrl-C ourselves so it ends the run (exit 130) instead of exit 3.
+    interrupted = []
+    in_main = threading.current_thread() is threading.main_thread()
+    prev_handler = signal.getsignal(signal.SIGINT) if in_main else None
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    if in_main:
+        signal.signal(signal.SIGINT, on_sigint)
     try:
         q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
     except (KeyboardInterrupt, QuantError):
@@ -107,8 +121,12 @@ def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], fl
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
     finally:
+        if in_main:
+            signal.signal(signal.SIGINT, prev_handler)
         options.workspace, options.resume_from, options.random_seed = saved
         shutil.rmtree(workspace, ignore_errors=True)
+    if interrupted:
+        raise KeyboardInterrupt
     if q is None:
         base = trials[0].accuracy if trials else float("nan")
         best = max((t.accuracy for t in trials[1:]), default=float("nan"))
