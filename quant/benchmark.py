@@ -146,9 +146,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         raise UsageError("--max_accuracy_drop needs --baseline_model (the drop is measured against it)")
     cfg = load_config(config)
     b = cfg.benchmark
-    batch_size, iterations = batch_size or b.batch_size, iterations or b.iterations
-    warmup = b.warmup if warmup is None else warmup
-    threads = threads or b.threads
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (0 must reach the range check)
+    batch_size, iterations, warmup, threads = (pick(batch_size, b.batch_size), pick(iterations, b.iterations),
+                                               pick(warmup, b.warmup), pick(threads, b.threads))
     for name, v, lo in (("--batch_size", batch_size, 1), ("--iterations", iterations, 1), ("--warmup", warmup, 0), ("--threads", threads, 1)):
         if v < lo:
             raise UsageError(f"{name} {v}: must be >= {lo}")

@@ -91,6 +91,9 @@ def test_usage_errors(tmp_path, synth_dir):
         _bench(tmp_path, synth_dir, [a], None, mode="accuracy", max_accuracy_drop=0.01)
     with pytest.raises(UsageError, match="--mode"):
         _bench(tmp_path, synth_dir, [a], None, mode="speed")
+    for flag in ("batch_size", "iterations", "threads"):  # 0 is an error, not "use the default"
+        with pytest.raises(UsageError, match=f"--{flag} 0: must be >= 1"):
+            _bench(tmp_path, synth_dir, [a], None, **{flag: 0})
 
 
 def test_plots_and_step_summary(tmp_path, synth_dir, monkeypatch):
