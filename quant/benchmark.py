@@ -256,13 +256,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
 
 
 # ------------------------------------------------------------------------------------ output
-def _label(e: dict) -> str:
-    return e["path"]
-
-
 def render(doc: dict) -> str:
     cols = ([doc["baseline"]] if doc.get("baseline") else []) + doc["models"]
-    head = ["", *[f"`{_label(e)}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
+    head = ["", *[f"`{e['path']}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
     rows = [["file bytes", *[f"{e['bytes']:,}" for e in cols]],
             ["weight bytes", *[f"{e['size']['weight_bytes']:,}" for e in cols]],
             ["graph overhead bytes", *[f"{e['size']['graph_overhead_bytes']:,}" for e in cols]]]

@@ -245,8 +245,6 @@ def _map_legacy(raw: dict, source: str) -> dict:
             raise _err(source, "model.framework", f"{fw} contradicts quantization.format {quant['format']!r}")
         quant["format"] = _LEGACY_FRAMEWORK[fw]
         d["quantization"] = quant
-    if not isinstance(quant.get("calibration", {}), (dict, type(None))):
-        raise _err(source, "quantization.calibration", f"expected a mapping, got {_typename(quant['calibration'])}")
     if quant.get("approach") == "post_training_static_quant":
         quant["approach"] = "static"
     elif quant.get("approach") == "post_training_dynamic_quant":
