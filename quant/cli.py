@@ -1,4 +1,5 @@
-"""Command line: ``python -m quant {tune,benchmark,fetch,calib} ...`` with the zoo's flag style.
+"""Command line: ``python -m quant {tune,benchmark,validate,check-test-data,write-test-data,fetch,calib} ...``
+(the zoo's flag style).
 
 Exit codes: 0 success; 1 unexpected error; 2 usage or config error; 3 accuracy goal not met;
 4 invalid input model or data; 130 interrupted. Errors print one line on stderr (a traceback
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="tune an fp32 model into int8 with neural-compressor", allow_abbrev=False)
     _common(t)
     t.add_argument("--output_model", required=True, help="where the int8 model is written (atomically)")
+    t.add_argument("--dynamic_batch", action="store_true", default=None,
+                   help="give the int8 model a symbolic batch dimension (config model.dynamic_batch)")
     t.set_defaults(func=cmd_tune)
 
     f = sub.add_parser("fetch", help="download MNIST and the zoo's mnist-12.onnx with checksum verification", allow_abbrev=False)
@@ -56,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verbose", action="store_true")
     c.set_defaults(func=cmd_calib)
 
-    from . import benchmark_cli
+    from . import benchmark_cli, validate_cli
 
     benchmark_cli.add_parser(sub)
+    validate_cli.add_parsers(sub, _common)
     return parser
 
 
@@ -70,7 +74,8 @@ def cmd_tune(args) -> int:
     from .pipeline import tune_model
 
     doc = tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
-                     report_path=args.report, verbose=args.verbose, log=_log, command=_command_line())
+                     report_path=args.report, verbose=args.verbose, log=_log, command=_command_line(),
+                     dynamic_batch=args.dynamic_batch)
     print(doc["markdown"])
     _log(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
     return 0

@@ -43,6 +43,8 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "name": F("str", "mnist-12", doc="a label used in reports"),
         "input_name": F("str", None, nullable=True, doc="input tensor name; detected from the model when null"),
+        "output": F("str", "logits", choices=("logits", "probabilities"), doc="what the model's 10 outputs are; probabilities = ends in Softmax"),
+        "dynamic_batch": F("bool", False, doc="rewrite a fixed batch dimension to a symbolic one before quantizing (--dynamic_batch)"),
     },
     "dataset": {
         "root": F("str", None, nullable=True, doc="MNIST folder; else --data_dir / $MNIST_DIR / cache"),
@@ -86,6 +88,7 @@ SCHEMA: dict[str, Any] = {
         "threads": F("int", 1, min=1, max=256, doc="onnxruntime intra-op threads"),
     },
     "output": {
+        "test_data_sets": F("int", 3, min=0, max=1000, doc="zoo-style test_data_set_N folders written beside the int8 model (0 = none)"),
         "report": F("str", None, nullable=True, doc="report path (.json; .md beside it); default beside the model"),
     },
 }

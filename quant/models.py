@@ -262,3 +262,30 @@ def size_breakdown(model: onnx.ModelProto, file_bytes: int) -> dict:
 def serialize(model: onnx.ModelProto) -> bytes:
     """Deterministic serialization (protobuf's deterministic mode keeps map order stable)."""
     return model.SerializeToString(deterministic=True)
+
+
+def output_producer(model: onnx.ModelProto, sig: Signature) -> str | None:
+    """Op type of the node that produces the model's output (through Identity/Reshape/Flatten)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    name = sig.output_name
+    for _ in range(len(model.graph.node)):
+        n = producers.get(name)
+        if n is None:
+            return None
+        if n.op_type in ("Identity", "Reshape", "Flatten", "Squeeze", "DequantizeLinear"):
+            name = n.input[0]
+            continue
+        return n.op_type
+    return None
+
+
+def check_output_kind(model: onnx.ModelProto, sig: Signature, declared: str, path: str) -> None:
+    """``model.output`` must agree with the graph: probabilities <=> the output comes from Softmax."""
+    op = output_producer(model, sig)
+    softmax = op in ("Softmax", "QLinearSoftmax")
+    if declared == "logits" and softmax:
+        raise ModelError(f"{path}: output {sig.output_name!r} comes from {op} (probabilities) but model.output is logits; "
+                         "set model.output: probabilities")
+    if declared == "probabilities" and not softmax:
+        raise ModelError(f"{path}: output {sig.output_name!r} comes from {op or 'no node'}, not Softmax, "
+                         "but model.output is probabilities; set model.output: logits")

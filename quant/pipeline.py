@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import calib, config as config_mod, data, evaluation, models, report
+from . import calib, config as config_mod, data, evaluation, models, prepare, report, testdata
 from .errors import AccuracyError, UsageError
 from .fsio import atomic_write_bytes, check_writable_target, sha256_bytes
 
@@ -40,7 +40,8 @@ def test_inputs(cfg, test: data.Split):
 
 
 def tune_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, report_path: str | None = None,
-               verbose: bool = False, log: Callable[[str], None] = print, command: str | None = None) -> dict:
+               verbose: bool = False, log: Callable[[str], None] = print, command: str | None = None,
+               dynamic_batch: bool | None = None) -> dict:
     """Tune ``input_model`` (fp32) into an int8 model at ``output_model``; returns the report dict.
 
     Raises UsageError/ConfigError (2), InputError (4), AccuracyError (3).
@@ -58,24 +59,39 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         check_writable_target(p, "--report")
         if Path(input_model).exists() and p.exists() and _same_file(p, input_model):
             raise UsageError(f"--report {p}: is the input model; refusing to overwrite it")
+    td_dir = testdata.default_dir(output_model)
+    if cfg.output.test_data_sets and td_dir.exists() and not td_dir.is_dir():
+        raise UsageError(f"--output_model {output_model}: {td_dir} (for its test data) exists and is not a folder")
     # --- inputs
     fp32 = models.load(input_model, "input model")
     models.require_fp32(fp32)
     sig = models.signature(fp32.proto, fp32.path, cfg.model.input_name, cfg.preprocessing.layout)
+    models.check_output_kind(fp32.proto, sig, cfg.model.output, fp32.path)
+    dynamic = bool(cfg.model.dynamic_batch if dynamic_batch is None else dynamic_batch)
     splits = load_splits(cfg, data_dir, log=log)
     cs = calib.build(cfg, splits["train"])
     log(f"[data] calibration: {cs.definition['count']} train images (seed {cs.definition['seed']}, {cs.definition['source']}), sha256 {cs.sha256[:12]}")
     x_test = test_inputs(cfg, splits["test"])
-    batch = evaluation.effective_batch(sig.fixed_batch, cfg.evaluation.batch_size)
+    # --- graph preparation (opset upgrade, legacy IR clean-up, dynamic batch), verified on real images
+    prep = prepare.prepare(fp32.proto, sig, cfg.quantization.format, cfg.quantization.per_channel, dynamic, fp32.path)
+    for step in prep.steps:
+        log(f"[prepare] {step}")
+    prepared_sig = models.signature(prep.model, fp32.path, sig.input_name)
+    if prep.steps:
+        prepare.check_same_outputs(fp32.raw, models.serialize(prep.model), x_test[:256], sig.input_name,
+                                   evaluation.effective_batch(prepared_sig.fixed_batch, 64), fp32.path)
+    batch = evaluation.effective_batch(prepared_sig.fixed_batch, cfg.evaluation.batch_size)
     evaluator = evaluation.Evaluator(x_test, splits["test"].labels, sig.input_name, batch)
-    loader = calib.CalibDataLoader(cs.x, cs.labels, batch_size=evaluation.effective_batch(sig.fixed_batch, 1))
+    fp32_evaluator = evaluation.Evaluator(x_test, splits["test"].labels, sig.input_name,
+                                          evaluation.effective_batch(sig.fixed_batch, cfg.evaluation.batch_size))
+    loader = calib.CalibDataLoader(cs.x, cs.labels, batch_size=evaluation.effective_batch(prepared_sig.fixed_batch, 1))
     # --- tuning
     log(f"[tune] {fp32.path}: opset {fp32.opset}, input {sig.input_name} {list(sig.input_shape)}; "
         f"neural-compressor accuracy-aware tuning ({cfg.quantization.format}, {cfg.criterion[0]} {cfg.criterion[1]:g})")
-    result = tuning.tune(fp32.proto, cfg, loader, evaluator, verbose=verbose, log=log)
+    result = tuning.tune(prep.model, cfg, loader, evaluator, verbose=verbose, log=log)
     int8_bytes = models.serialize(result.model)
-    # --- independent re-evaluation of both models on the full test set
-    fp32_acc = evaluator(fp32.raw, fp32.path)
+    # --- independent re-evaluation of both models on the full test set (fp32 = the user's file, unchanged)
+    fp32_acc = fp32_evaluator(fp32.raw, fp32.path)
     int8_acc = evaluator(int8_bytes, output_model)
     kind, tol = cfg.criterion
     min_acc = fp32_acc * (1 - tol) if kind == "relative" else fp32_acc - tol
@@ -85,6 +101,13 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
                             f"(needs >= {min_acc:.2%}); no model written")
     atomic_write_bytes(output_model, int8_bytes)
     log(f"[tune] wrote {output_model} ({len(int8_bytes):,} bytes)")
+    td = None
+    if cfg.output.test_data_sets:
+        int8_sig = models.signature(result.model, output_model, sig.input_name)
+        picks = testdata.pick_indices(len(x_test), cfg.output.test_data_sets, cfg.quantization.calibration.seed)
+        sets = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], td_dir, output_model)
+        td = {"folder": str(td_dir), "sets": len(sets), "test_images": [int(i) for i in picks]}
+        log(f"[tune] wrote {len(sets)} test_data_set folders to {td_dir}")
     ops = models.precision_summary(result.model)
     doc = {
         "schema_version": report.SCHEMA_VERSION,
@@ -97,7 +120,9 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         "int8": {"path": str(output_model), "bytes": len(int8_bytes), "sha256": sha256_bytes(int8_bytes),
                  "opset": models.opset_of(result.model), "accuracy": int8_acc, "ops": ops},
         "evaluation": {"split": "test", "images": int(len(splits["test"].labels)), "batch_size": batch},
+        "preparation": {"steps": prep.steps, "dynamic_batch": dynamic, "input_shape": [str(d) for d in prepared_sig.input_shape]},
         "calibration": cs.summary(),
+        "test_data": td,
         "preprocessing": cfg.preprocessing_dict(),
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "op_types_to_keep_fp32": cfg.quantization.op_types_to_keep_fp32,

@@ -94,8 +94,12 @@ def render_tune(doc: dict) -> str:
         f"- fp32 ops: {_ops(q['ops']['fp32'])}",
         f"- conversions: {_ops(q['ops']['convert'])}",
         f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}",
+        f"- graph preparation before quantizing: {'; '.join(doc['preparation']['steps']) or 'none needed'} "
+        f"(int8 input shape {doc['preparation']['input_shape']})",
         f"- tuning: {doc['tuning']['trials']} trial(s), strategy {doc['tuning']['strategy']}, objective {doc['tuning']['objective']}, "
         f"seed {doc['tuning']['random_seed']}, {doc['wall_seconds']:.1f} s wall",
+        f"- test data: {doc['test_data']['sets']} test_data_set folders in `{doc['test_data']['folder']}`" if doc.get("test_data")
+        else "- test data: none written (output.test_data_sets: 0)",
         f"- calibration set: {cal['count']} {cal['split']} images, seed {cal['seed']}, {cal['source']}, sha256 `{cal['sha256'][:16]}…`",
         f"- preprocessing: {doc['preprocessing']}",
         f"- input model: `{f['path']}` (sha256 `{f['sha256'][:16]}…`)",

@@ -106,7 +106,10 @@ def test_concurrent_runs_to_one_output_leave_one_complete_file(tmp_path, synth_d
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     onnx.checker.check_model(onnx.load(out))
-    assert sorted(f.name for f in out.parent.iterdir()) == ["int8.onnx", "int8.report.json", "int8.report.md"]
+    assert sorted(f.name for f in out.parent.iterdir()) == ["int8.onnx", "int8.report.json", "int8.report.md", "int8_test_data"]
+    sets = sorted((out.parent / "int8_test_data").iterdir())
+    assert [d.name for d in sets] == ["test_data_set_0", "test_data_set_1", "test_data_set_2"]
+    assert all(sorted(f.name for f in d.iterdir()) == ["input_0.pb", "output_0.pb"] for d in sets)
     solo = tmp_path / "solo.onnx"
     subprocess.run([*cmd[:-2], f"--output_model={solo}", cmd[-1]], cwd=REPO, check=True, capture_output=True)
     assert solo.read_bytes() == out.read_bytes()

@@ -1,0 +1,156 @@
+"""The ONNX Model Zoo's sample test data: ``test_data_set_N/input_0.pb`` and ``output_0.pb``.
+
+Each file is one serialized ``onnx.TensorProto``. ``write_sets`` writes N such folders for a model
+(inputs drawn from the test set, preprocessed per config; outputs computed by onnxruntime);
+``check_sets`` runs a model on every folder and compares with the stored outputs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import DataError, UsageError
+from .evaluation import make_session
+
+DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
+DEFAULT_ATOL = 1e-7
+MAX_TENSOR_BYTES = 64 << 20
+
+
+def default_dir(model_path: str | os.PathLike) -> Path:
+    """``<model>_test_data`` beside the model: e.g. mnist-12-int8.onnx -> mnist-12-int8_test_data/."""
+    m = Path(model_path)
+    stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
+    return m.with_name(f"{stem}_test_data")
+
+
+def pick_indices(n_total: int, count: int, seed: int) -> np.ndarray:
+    count = min(count, n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=count, replace=False))
+
+
+def _tensor_bytes(arr: np.ndarray, name: str) -> bytes:
+    return numpy_helper.from_array(np.ascontiguousarray(arr), name).SerializeToString(deterministic=True)
+
+
+def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, dest: str | os.PathLike,
+               name: str = "model") -> list[Path]:
+    """Write one ``test_data_set_i`` per image in ``x`` (each a batch of 1) under ``dest``.
+
+    The folder is assembled in a temporary sibling and swapped in whole, so a failure or Ctrl-C
+    never leaves a half-written set; an existing ``dest`` is replaced.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        raise UsageError(f"test data folder {dest}: parent folder {dest.parent} does not exist")
+    sess = make_session(model, name=name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for i in range(len(x)):
+            xi = x[i:i + 1]
+            y = sess.run([output_name], {input_name: xi})[0]
+            d = tmp / f"test_data_set_{i}"
+            d.mkdir()
+            (d / "input_0.pb").write_bytes(_tensor_bytes(xi, input_name))
+            (d / "output_0.pb").write_bytes(_tensor_bytes(y, output_name))
+        os.chmod(tmp, 0o755)
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(dest.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+
+
+def _swap_in(tmp: Path, dest: Path, attempts: int = 20) -> None:
+    """Replace ``dest`` by the complete folder ``tmp``. A directory cannot be renamed over a non-empty
+    one, so the old folder is moved aside first; a concurrent writer doing the same makes a step
+    fail (missing / not empty), and the loop simply tries again. Readers see old or new, never a mix."""
+    for attempt in range(attempts):
+        old = dest.with_name(f".{dest.name}.old.{os.getpid()}.{attempt}")
+        try:
+            if dest.exists():
+                os.replace(dest, old)
+            os.replace(tmp, dest)
+        except (FileNotFoundError, OSError) as e:
+            if isinstance(e, FileNotFoundError) or e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(f"{dest}: could not replace it (other writers kept replacing it)")
+
+
+def find_sets(paths: list[str | os.PathLike]) -> list[Path]:
+    """Each path is a ``test_data_set_N`` folder or a folder holding such folders."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DataError(f"{p}: test data folder not found")
+        if not p.is_dir():
+            raise DataError(f"{p}: is not a folder (expected test_data_set_N or a folder of them)")
+        if (p / "input_0.pb").exists():
+            found.append(p)
+            continue
+        subs = sorted((d for d in p.glob("test_data_set_*") if d.is_dir()), key=lambda d: d.name)
+        if not subs:
+            raise DataError(f"{p}: holds no test_data_set_* folders and no input_0.pb")
+        found += subs
+    return found
+
+
+def read_tensor(path: Path) -> tuple[str, np.ndarray]:
+    try:
+        if path.stat().st_size > MAX_TENSOR_BYTES:
+            raise DataError(f"{path}: larger than {MAX_TENSOR_BYTES} bytes; not an MNIST test tensor")
+        t = onnx.TensorProto()
+        t.ParseFromString(path.read_bytes())
+        arr = numpy_helper.to_array(t)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing") from None
+    except Exception as e:
+        raise DataError(f"{path}: not a serialized ONNX TensorProto ({type(e).__name__})") from None
+    return t.name, arr
+
+
+@dataclass
+class SetResult:
+    folder: str
+    max_abs_diff: float
+    passed: bool
+    same_argmax: bool
+    detail: str = ""
+
+
+def check_sets(model: bytes, sets: list[Path], input_name: str, output_name: str, rtol: float = DEFAULT_RTOL,
+               atol: float = DEFAULT_ATOL, name: str = "model") -> list[SetResult]:
+    """Run the model on every set; a set passes when ``|got - ref| <= atol + rtol * |ref|`` everywhere."""
+    sess = make_session(model, name=name)
+    results = []
+    for d in sets:
+        _, x = read_tensor(d / "input_0.pb")
+        _, ref = read_tensor(d / "output_0.pb")
+        try:
+            got = sess.run([output_name], {input_name: x})[0]
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{d / 'input_0.pb'}: the model cannot run on it: {first}") from None
+        if got.shape != ref.shape:
+            results.append(SetResult(str(d), float("inf"), False, False, f"output shape {list(got.shape)} != reference {list(ref.shape)}"))
+            continue
+        diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+        ok = bool(np.all(diff <= atol + rtol * np.abs(ref.astype(np.float64))))
+        same = bool(np.array_equal(np.argmax(got.reshape(len(got), -1), 1), np.argmax(ref.reshape(len(ref), -1), 1)))
+        results.append(SetResult(str(d), float(diff.max()) if diff.size else 0.0, ok, same))
+    return results

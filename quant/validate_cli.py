@@ -1,0 +1,111 @@
+"""``python -m quant validate``, ``check-test-data`` and ``write-test-data``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _tolerances(p) -> None:
+    from .testdata import DEFAULT_ATOL, DEFAULT_RTOL
+
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+
+
+def add_parsers(sub, common) -> None:
+    v = sub.add_parser("validate", help="check an int8 model against its fp32 baseline: structure, input range, accuracy, "
+                       "per-layer error, test data", allow_abbrev=False)
+    common(v)
+    v.add_argument("--baseline_model", required=True, help="the fp32 model the int8 model was made from")
+    v.add_argument("--test_data", nargs="+", default=None, metavar="DIR",
+                   help="test_data_set_N folders (or folders of them) to check; default: <model>_test_data/ if present")
+    v.add_argument("--samples", type=int, default=200, help="test images for the per-layer error (default 200)")
+    _tolerances(v)
+    v.set_defaults(func=cmd_validate)
+
+    c = sub.add_parser("check-test-data", help="run a model on zoo-style test_data_set_N folders and compare outputs", allow_abbrev=False)
+    c.add_argument("--input_model", required=True)
+    c.add_argument("--test_data", nargs="+", required=True, metavar="DIR", help="test_data_set_N folders or folders of them")
+    c.add_argument("--config", default=None, help="for model.input_name (default: detected)")
+    _tolerances(c)
+    c.add_argument("--verbose", action="store_true")
+    c.set_defaults(func=cmd_check_test_data)
+
+    w = sub.add_parser("write-test-data", help="write zoo-style test_data_set_N folders for a model", allow_abbrev=False)
+    w.add_argument("--input_model", required=True)
+    w.add_argument("--config", default=None)
+    w.add_argument("--data_dir", default=None)
+    w.add_argument("--output_dir", default=None, help="default: <model>_test_data beside the model")
+    w.add_argument("--count", type=int, default=None, help="number of sets (default: config output.test_data_sets)")
+    w.add_argument("--verbose", action="store_true")
+    w.set_defaults(func=cmd_write_test_data)
+
+
+def _check_tol(args) -> None:
+    from .errors import UsageError
+
+    for name in ("rtol", "atol"):
+        v = getattr(args, name)
+        if not v >= 0:
+            raise UsageError(f"--{name} {v}: must be >= 0")
+
+
+def cmd_validate(args) -> int:
+    from .cli import _command_line, _log
+    from .errors import AccuracyError
+    from .validation import validate_model
+
+    _check_tol(args)
+    try:
+        doc = validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
+                             report_path=args.report, test_data=args.test_data, samples=args.samples, rtol=args.rtol,
+                             atol=args.atol, log=_log, command=_command_line())
+    except AccuracyError as e:
+        if "markdown" in e.details:
+            print(e.details["markdown"])
+        raise
+    print(doc["markdown"])
+    _log(f"[validate] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
+    return 0
+
+
+def cmd_check_test_data(args) -> int:
+    from . import config, models, testdata
+    from .errors import AccuracyError
+
+    _check_tol(args)
+    cfg = config.load(args.config)
+    m = models.load(args.input_model, "input model")
+    sig = models.signature(m.proto, m.path, cfg.model.input_name)
+    sets = testdata.find_sets(args.test_data)
+    res = testdata.check_sets(m.raw, sets, sig.input_name, sig.output_name, args.rtol, args.atol, m.path)
+    for r in res:
+        print(f"{'PASS' if r.passed else 'FAIL'}  {r.folder}  max |diff| {r.max_abs_diff:.4g}  same top-1 {r.same_argmax}"
+              + (f"  ({r.detail})" if r.detail else ""))
+    bad = [r for r in res if not r.passed]
+    if bad:
+        raise AccuracyError(f"{len(bad)} of {len(res)} test data sets differ beyond rtol {args.rtol:g}, atol {args.atol:g} "
+                            f"(largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder})")
+    print(f"{len(res)} test data set(s) reproduced within rtol {args.rtol:g}, atol {args.atol:g}", file=sys.stderr)
+    return 0
+
+
+def cmd_write_test_data(args) -> int:
+    from . import models, testdata
+    from .cli import _log
+    from .errors import UsageError
+    from .pipeline import load_config, load_splits, test_inputs
+
+    cfg = load_config(args.config)
+    count = cfg.output.test_data_sets if args.count is None else args.count
+    if count < 1:
+        raise UsageError(f"--count {count}: must be >= 1")
+    m = models.load(args.input_model, "input model")
+    sig = models.signature(m.proto, m.path, cfg.model.input_name, cfg.preprocessing.layout)
+    dest = args.output_dir or testdata.default_dir(m.path)
+    test = load_splits(cfg, args.data_dir, splits=("test",), log=_log)["test"]
+    x = test_inputs(cfg, test)[testdata.pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
+    sets = testdata.write_sets(m.raw, sig.input_name, sig.output_name, x, dest, m.path)
+    _log(f"[test-data] wrote {len(sets)} test_data_set folders")
+    print(dest)
+    return 0

@@ -1,0 +1,384 @@
+"""``validate``: is an int8 model right for its documented preprocessing, and where does it lose accuracy?
+
+Checks (each pass / fail / skip with its evidence):
+- structure: ONNX checker, opset, same input/output names, shapes, dtypes as the fp32 baseline, which ops
+  run in int8 and which stayed fp32;
+- input range: the range the model's input QuantizeLinear (scale, zero point) was calibrated for vs the
+  range the configured preprocessing produces on the data (the zoo's mnist-12-int8 expects 0..255 and is
+  documented for 0..1);
+- accuracy vs the baseline under the config's criterion;
+- per-layer error: SQNR and relative error of every quantized activation vs its fp32 twin (info);
+- zoo test data: the model reproduces ``test_data_set_*`` reference outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import evaluation, models, report, testdata
+from .errors import AccuracyError, UsageError
+from .fsio import check_writable_target
+
+RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
+RANGE_MAX_CLIPPED = 1e-3  # ... and at most 0.1 % of input values may fall outside it
+LOW_SQNR_DB = 20.0        # layers below this are flagged "low"
+# output (scale, zero point) input positions of QOperator ops; pass-through ops keep their input's
+QOP_OUTPUT_QPARAMS = {"QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
+                      "QLinearMul": (6, 7), "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4),
+                      "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4), "QLinearSoftmax": (3, 4), "QGemm": (6, 7)}
+PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Relu"}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # pass | fail | skip | info
+    summary: str
+    details: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- input range
+def _qrange(dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def input_quantization(model: onnx.ModelProto, input_name: str) -> dict | None:
+    """Scale, zero point and representable float range of the QuantizeLinear fed by the graph input."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input and n.input[0] == input_name:
+            if n.input[1] not in inits or len(n.input) < 3 or n.input[2] not in inits:
+                return None
+            scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            if scale.size != 1 or zp.size != 1:
+                return None  # per-axis input quantization: not a single range
+            qmin, qmax = _qrange(zp.dtype)
+            s, z = float(scale.reshape(())), int(zp.reshape(()))
+            return {"node": n.name, "scale": s, "zero_point": z, "dtype": str(zp.dtype), "qmin": qmin, "qmax": qmax,
+                    "range": [(qmin - z) * s, (qmax - z) * s]}
+    return None
+
+
+def range_use(q: dict, x: np.ndarray) -> dict:
+    """How the data's values sit in the quantizer's range: fraction used, fraction clipped, levels hit."""
+    lo, hi = q["range"]
+    dlo, dhi = float(x.min()), float(x.max())
+    half = q["scale"] / 2
+    clipped = float(np.mean((x < lo - half) | (x > hi + half)))
+    used = max(0.0, min(dhi, hi) - max(dlo, lo)) / (hi - lo) if hi > lo else 0.0
+    levels = int(np.unique(np.clip(np.round(x / q["scale"]) + q["zero_point"], q["qmin"], q["qmax"])).size)
+    return {"data_range": [dlo, dhi], "used_fraction": used, "clipped_fraction": clipped, "levels_hit": levels,
+            "levels": q["qmax"] - q["qmin"] + 1}
+
+
+def to_expected_range(x: np.ndarray, data_range: list[float], q_range: list[float]) -> np.ndarray:
+    """Affinely map the data's [min, max] onto the model's calibrated input range."""
+    (dlo, dhi), (lo, hi) = data_range, q_range
+    if dhi <= dlo:
+        return x
+    return (lo + (x.astype(np.float64) - dlo) * (hi - lo) / (dhi - dlo)).astype(np.float32)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def range_check(q: dict | None, x: np.ndarray, preprocessing: dict, accuracy_as_configured: float,
+                accuracy_at: Callable[[np.ndarray], float]) -> Check:
+    if q is None:
+        return Check("input range", "skip", "the input is not quantized by a per-tensor QuantizeLinear (the first layer runs in "
+                     "fp32), so there is no calibrated input range to compare")
+    use = range_use(q, x)
+    lo, hi = q["range"]
+    dlo, dhi = use["data_range"]
+    details = {"quantizer": q, **use, "preprocessing": preprocessing, "accuracy_as_configured": accuracy_as_configured}
+    prep = f"scale {preprocessing['scale']}, mean {preprocessing['mean']:g}, std {preprocessing['std']:g}"
+    where = (f"the model's input QuantizeLinear (scale {_fmt(q['scale'])}, zero point {q['zero_point']}, {q['dtype']}) "
+             f"covers [{_fmt(lo)}, {_fmt(hi)}]; the configured preprocessing ({prep}) feeds [{_fmt(dlo)}, {_fmt(dhi)}]")
+    if use["used_fraction"] >= RANGE_MIN_USE and use["clipped_fraction"] <= RANGE_MAX_CLIPPED:
+        return Check("input range", "pass", f"{where}: the data uses {use['used_fraction']:.0%} of the range "
+                     f"({use['levels_hit']} of {use['levels']} levels)", details)
+    x_exp = to_expected_range(x, use["data_range"], q["range"])
+    acc_exp = accuracy_at(x_exp)
+    details["accuracy_in_expected_range"] = acc_exp
+    if use["clipped_fraction"] > RANGE_MAX_CLIPPED:
+        problem = f"{use['clipped_fraction']:.1%} of input values fall outside it and are clipped"
+    else:
+        problem = (f"the data uses only {use['used_fraction']:.2%} of it ({use['levels_hit']} of {use['levels']} int8 levels), "
+                   "so the image is crushed to a few grey levels")
+    return Check("input range", "fail",
+                 f"INPUT RANGE MISMATCH: {where}; {problem}. The model was calibrated for inputs in [{_fmt(lo)}, {_fmt(hi)}], "
+                 f"not for this preprocessing: int8 top-1 is {accuracy_as_configured:.2%} as configured and {acc_exp:.2%} "
+                 f"when the same images are fed in [{_fmt(lo)}, {_fmt(hi)}]. Re-quantize with calibration data preprocessed "
+                 "as documented.", details)
+
+
+# ---------------------------------------------------------------------------- per-layer error
+def activation_qparams(model: onnx.ModelProto) -> dict[str, dict]:
+    """Quantized activation tensors of a QOperator model -> scale, zero point, producing op.
+
+    Outputs of QuantizeLinear and QLinear* ops are listed; pass-through ops (MaxPool, Reshape on
+    int8) inherit their input's parameters but are not listed as layers of their own.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    params: dict[str, dict] = {}
+    layers: dict[str, dict] = {}
+    for n in model.graph.node:
+        if n.op_type in QOP_OUTPUT_QPARAMS:
+            si, zi = QOP_OUTPUT_QPARAMS[n.op_type]
+            if len(n.input) <= zi or n.input[si] not in inits or n.input[zi] not in inits:
+                continue
+            if n.op_type == "QuantizeLinear" and n.input[0] in inits:
+                continue  # a weight
+            s = numpy_helper.to_array(inits[n.input[si]]).astype(np.float64)
+            z = numpy_helper.to_array(inits[n.input[zi]])
+            if s.size != 1 or z.size != 1:
+                continue
+            p = {"scale": float(s.reshape(())), "zero_point": int(z.reshape(())), "elem_type": helper.np_dtype_to_tensor_dtype(z.dtype),
+                 "op": n.op_type, "node": n.name or n.output[0]}
+            params[n.output[0]] = p
+            layers[n.output[0]] = p
+        elif n.op_type in PASS_THROUGH and n.input and n.input[0] in params:
+            params[n.output[0]] = params[n.input[0]]
+    return layers
+
+
+def qdq_activations(model: onnx.ModelProto) -> dict[str, dict]:
+    """Dequantized activations of a QDQ model (DequantizeLinear outputs whose input is not a weight)."""
+    inits = {t.name for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] not in inits:
+            q = producers.get(n.input[0])
+            out[n.output[0]] = {"elem_type": TensorProto.FLOAT, "op": "QuantizeLinear/DequantizeLinear",
+                                "node": q.name if q is not None else n.name, "dequantized": True}
+    return out
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: dict[str, int]) -> bytes:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name, et in tensors.items():
+        if name not in have:
+            m.graph.output.append(helper.make_tensor_value_info(name, et, None))
+    return models.serialize(m)
+
+
+def _run_all(model_bytes: bytes, x: np.ndarray, input_name: str, batch: int, name: str) -> dict[str, np.ndarray]:
+    sess = evaluation.make_session(model_bytes, opt_level="basic", name=name)
+    names = [o.name for o in sess.get_outputs()]
+    chunks: dict[str, list] = {k: [] for k in names}
+    for i in range(0, len(x), batch):
+        for k, v in zip(names, sess.run(names, {input_name: x[i:i + batch]})):
+            chunks[k].append(v)
+    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    noise = float(np.sum((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
+    sig = float(np.sum(ref.astype(np.float64) ** 2))
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(sig / noise) if sig > 0 else float("-inf")
+
+
+def layer_errors(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, input_name: str, batch_fp32: int,
+                 batch_int8: int, name: str = "model") -> list[dict]:
+    """Per quantized layer: SQNR and relative error of the dequantized int8 activation vs its fp32 twin.
+
+    The twin is the fp32 tensor of the same shape that the activation agrees with best (names are not
+    reliable: quantizers rename tensors and fuse Conv+Add+Relu into one QLinearConv whose output
+    corresponds to the fp32 Relu output).
+    """
+    types = models._elem_types(fp32)
+    fp_names = {o: TensorProto.FLOAT for n in fp32.graph.node for o in n.output if o and types.get(o) == TensorProto.FLOAT}
+    fp_names.update({i.name: TensorProto.FLOAT for i in models.graph_inputs(fp32)})
+    fp_vals = _run_all(_with_outputs(fp32, fp_names), x, input_name, batch_fp32, name)
+    acts = activation_qparams(int8) or qdq_activations(int8)
+    q_vals = _run_all(_with_outputs(int8, {k: v["elem_type"] for k, v in acts.items()}), x, input_name, batch_int8, name)
+    rows = []
+    for tensor, p in acts.items():
+        q = q_vals[tensor]
+        deq = q.astype(np.float64) if p.get("dequantized") else (q.astype(np.float64) - p["zero_point"]) * p["scale"]
+        cands = [(sqnr_db(v, deq), k) for k, v in fp_vals.items() if v.shape == deq.shape]
+        if not cands:
+            continue
+        best, twin = max(cands)
+        ref = fp_vals[twin].astype(np.float64)
+        rel = float(np.linalg.norm(ref - deq) / max(np.linalg.norm(ref), 1e-30))
+        rows.append({"tensor": tensor, "op": p["op"], "node": p["node"], "fp32_twin": twin, "sqnr_db": best,
+                     "relative_error": rel, "levels_used": int(np.unique(q).size) if not p.get("dequantized") else None,
+                     "shape": list(deq.shape[1:]), "flag": ""})
+    if rows:
+        finite = [r for r in rows if np.isfinite(r["sqnr_db"])] or rows
+        worst = min(finite, key=lambda r: r["sqnr_db"])
+        for r in rows:
+            if r["sqnr_db"] < LOW_SQNR_DB:
+                r["flag"] = "low"
+        worst["flag"] = "worst" + (", low" if worst["sqnr_db"] < LOW_SQNR_DB else "")
+    return rows
+
+
+# ----------------------------------------------------------------------------------- structure
+def _io(model: onnx.ModelProto) -> dict:
+    def desc(vi):
+        return {"name": vi.name, "dtype": TensorProto.DataType.Name(vi.type.tensor_type.elem_type), "shape": [str(d) for d in models._dims(vi)]}
+    return {"inputs": [desc(i) for i in models.graph_inputs(model)], "outputs": [desc(o) for o in model.graph.output]}
+
+
+def structure_check(int8: models.LoadedModel, base: models.LoadedModel) -> Check:
+    io_q, io_b = _io(int8.proto), _io(base.proto)
+    problems = []
+    for kind in ("inputs", "outputs"):
+        a, b = io_q[kind], io_b[kind]
+        if [t["name"] for t in a] != [t["name"] for t in b]:
+            problems.append(f"{kind} names {[t['name'] for t in a]} != baseline {[t['name'] for t in b]}")
+            continue
+        for ta, tb in zip(a, b):
+            if ta["dtype"] != tb["dtype"]:
+                problems.append(f"{ta['name']} dtype {ta['dtype']} != baseline {tb['dtype']}")
+            if ta["shape"][1:] != tb["shape"][1:] or len(ta["shape"]) != len(tb["shape"]):
+                problems.append(f"{ta['name']} shape {ta['shape']} != baseline {tb['shape']}")
+            elif ta["shape"][:1] != tb["shape"][:1] and ta["shape"][0].isdigit():
+                problems.append(f"{ta['name']} has a fixed batch {ta['shape'][0]} where the baseline has {tb['shape'][0]}")
+    prec = models.op_precisions(int8.proto)
+    if not prec["int8"]:
+        problems.append("no op runs in int8 (not a quantized model)")
+    details = {"checker": "passed", "opset": int8.opset, "baseline_opset": base.opset, "io": io_q, "baseline_io": io_b,
+               "ops": models.precision_summary(int8.proto), "int8_nodes": prec["int8"], "fp32_nodes": prec["fp32"]}
+    summ = (f"ONNX checker passed; opset {int8.opset} (baseline {base.opset}); "
+            f"int8 ops: {_ops(details['ops']['int8'])}; fp32 ops: {_ops(details['ops']['fp32'])}")
+    if problems:
+        return Check("structure", "fail", summ + "; " + "; ".join(problems), details)
+    return Check("structure", "pass", summ + "; inputs/outputs match the baseline", details)
+
+
+def _ops(d: dict) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in d.items()) or "none"
+
+
+# ------------------------------------------------------------------------------------ workflow
+def validate_model(input_model: str, baseline_model: str, config=None, data_dir: str | None = None,
+                   report_path: str | None = None, test_data: list[str] | None = None, samples: int = 200,
+                   rtol: float = testdata.DEFAULT_RTOL, atol: float = testdata.DEFAULT_ATOL,
+                   log: Callable[[str], None] = print, command: str | None = None) -> dict:
+    """Validate ``input_model`` (int8) against ``baseline_model`` (fp32); returns the report dict.
+
+    Raises AccuracyError (exit 3, with the report in ``details``) when any check fails.
+    """
+    from .benchmark import accuracy_budget, gate
+    from .pipeline import load_config, load_splits, test_inputs
+
+    t0 = time.perf_counter()
+    if samples < 1:
+        raise UsageError(f"--samples {samples}: must be >= 1")
+    cfg = load_config(config)
+    json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate")
+    for p in (json_path, md_path):
+        check_writable_target(p, "--report")
+        for m in (input_model, baseline_model):
+            if Path(m).exists() and p.exists() and os.path.samefile(p, m):
+                raise UsageError(f"--report {p}: would overwrite the model {m}")
+    int8 = models.load(input_model, "input model")
+    base = models.load(baseline_model, "baseline model")
+    models.require_fp32(base)
+    sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
+    sig_b = models.signature(base.proto, base.path, cfg.model.input_name, cfg.preprocessing.layout)
+    models.check_output_kind(base.proto, sig_b, cfg.model.output, base.path)
+    sets = testdata.find_sets(test_data) if test_data else None
+    splits = load_splits(cfg, data_dir, splits=("test",), log=log)
+    x, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
+    bq = evaluation.effective_batch(sig_q.fixed_batch, cfg.evaluation.batch_size)
+    bb = evaluation.effective_batch(sig_b.fixed_batch, cfg.evaluation.batch_size)
+
+    checks = [structure_check(int8, base)]
+    log(f"[validate] structure: {checks[-1].status}")
+    sess_q = evaluation.make_session(int8.raw, name=int8.path)
+    acc_q = evaluation.accuracy(evaluation.predict(sess_q, x, sig_q.input_name, bq), labels)
+    acc_b = evaluation.accuracy(evaluation.predict(evaluation.make_session(base.raw, name=base.path), x, sig_b.input_name, bb), labels)
+
+    def accuracy_at(xx: np.ndarray) -> float:
+        return evaluation.accuracy(evaluation.predict(sess_q, xx, sig_q.input_name, bq), labels)
+
+    checks.append(range_check(input_quantization(int8.proto, sig_q.input_name), x, cfg.preprocessing_dict(), acc_q, accuracy_at))
+    log(f"[validate] input range: {checks[-1].status}")
+    g = gate(acc_b, acc_q, accuracy_budget(cfg.criterion, acc_b, None))
+    checks.append(Check("accuracy", "pass" if g["passed"] else "fail",
+                        f"int8 top-1 {acc_q:.2%} vs fp32 {acc_b:.2%} on {len(labels):,} test images: {g['verdict']} "
+                        f"(criterion {cfg.criterion[0]} {cfg.criterion[1]:g})", {"int8": acc_q, "fp32": acc_b, **g}))
+    log(f"[validate] accuracy: {checks[-1].status} ({acc_q:.2%} vs {acc_b:.2%})")
+    idx = testdata.pick_indices(len(x), samples, cfg.quantization.calibration.seed)
+    rows = layer_errors(base.proto, int8.proto, x[idx], sig_q.input_name, evaluation.effective_batch(sig_b.fixed_batch, 64),
+                        evaluation.effective_batch(sig_q.fixed_batch, 64), int8.path)
+    worst = next((r for r in rows if r["flag"].startswith("worst")), None)
+    checks.append(Check("per-layer error", "info" if rows else "skip",
+                        (f"{len(rows)} quantized layers over {len(idx)} test images; worst: {worst['node']} ({worst['op']}) "
+                         f"SQNR {worst['sqnr_db']:.1f} dB, relative error {worst['relative_error']:.3f}") if worst
+                        else "no quantized activation could be matched to an fp32 tensor",
+                        {"samples": int(len(idx)), "layers": rows, "low_sqnr_db": LOW_SQNR_DB}))
+    log(f"[validate] per-layer error: {len(rows)} layers")
+    if sets is None and testdata.default_dir(input_model).is_dir():
+        sets = testdata.find_sets([testdata.default_dir(input_model)])
+    if sets is None:
+        checks.append(Check("test data", "skip", f"no test data given (--test_data) and no {testdata.default_dir(input_model).name}/ beside the model"))
+    else:
+        res = testdata.check_sets(int8.raw, sets, sig_q.input_name, sig_q.output_name, rtol, atol, int8.path)
+        bad = [r for r in res if not r.passed]
+        checks.append(Check("test data", "fail" if bad else "pass",
+                            f"{len(res) - len(bad)} of {len(res)} test_data_set folders reproduced within rtol {rtol:g}, atol {atol:g}"
+                            + (f"; largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder}" if bad else ""),
+                            {"rtol": rtol, "atol": atol, "sets": [asdict(r) for r in res]}))
+    failed = [c for c in checks if c.status == "fail"]
+    doc = {"schema_version": report.SCHEMA_VERSION, "kind": "validate", "passed": not failed,
+           "input_model": {"path": int8.path, "bytes": int8.bytes, "sha256": int8.sha256, "opset": int8.opset},
+           "baseline_model": {"path": base.path, "bytes": base.bytes, "sha256": base.sha256, "opset": base.opset},
+           "preprocessing": cfg.preprocessing_dict(), "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
+           "checks": [asdict(c) for c in checks], "config": {"path": cfg.source, "sha256": cfg.sha256},
+           "environment": report.environment(), "wall_seconds": time.perf_counter() - t0,
+           "command": command or shlex.join(["python", "-m", "quant", *sys.argv[1:]]),
+           "reports": {"json": str(json_path), "markdown": str(md_path)}}
+    md = render(doc)
+    report.write(json_path, doc, md_path, md)
+    doc["markdown"] = md
+    if failed:
+        raise AccuracyError("validation FAILED: " + "; ".join(f"{c.name}: {c.summary}" for c in failed), doc)
+    return doc
+
+
+def render(doc: dict) -> str:
+    mark = {"pass": "PASS", "fail": "**FAIL**", "skip": "skip", "info": "info"}
+    lines = [f"# Validation report: `{doc['input_model']['path']}`", "",
+             f"**{'PASSED' if doc['passed'] else 'FAILED'}** against baseline `{doc['baseline_model']['path']}` "
+             f"with preprocessing {doc['preprocessing']}.", "",
+             report.md_table(["check", "result", "evidence"], [[c["name"], mark[c["status"]], c["summary"].replace("|", "/")] for c in doc["checks"]]),
+             ""]
+    layers = next((c for c in doc["checks"] if c["name"] == "per-layer error"), None)
+    if layers and layers["details"].get("layers"):
+        lines += [f"## Per-layer error ({layers['details']['samples']} test images)", "",
+                  "Each quantized activation, dequantized, against the fp32 tensor of the same shape it agrees with best.", "",
+                  report.md_table(["int8 tensor", "op", "fp32 twin", "SQNR (dB)", "relative error", "int8 levels used", "flag"],
+                                  [[f"`{r['tensor']}`", r["op"], f"`{r['fp32_twin']}`", f"{r['sqnr_db']:.1f}", f"{r['relative_error']:.4f}",
+                                    "" if r["levels_used"] is None else r["levels_used"], r["flag"]] for r in layers["details"]["layers"]]), ""]
+    td = next((c for c in doc["checks"] if c["name"] == "test data"), None)
+    if td and td["details"].get("sets"):
+        lines += ["## Test data", "", report.md_table(["folder", "max |diff|", "same top-1", "result"],
+                  [[f"`{s['folder']}`", f"{s['max_abs_diff']:.3g}", s["same_argmax"], "PASS" if s["passed"] else "**FAIL**"]
+                   for s in td["details"]["sets"]]), ""]
+    lines += [f"- input model: {doc['input_model']['bytes']:,} bytes, sha256 `{doc['input_model']['sha256'][:16]}…`, opset {doc['input_model']['opset']}",
+              f"- baseline: {doc['baseline_model']['bytes']:,} bytes, sha256 `{doc['baseline_model']['sha256'][:16]}…`",
+              f"- command: `{doc['command']}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Graph rewrites before quantization: dynamic batch, opset upgrade, legacy-IR clean-up."""
+
+import numpy as np
+import onnx
+import pytest
+from helpers import mnist12_like, pattern_linear
+from onnx import numpy_helper
+
+from quant import models, prepare
+from quant.errors import ModelError
+
+
+def _sig(m):
+    return models.signature(m, "m")
+
+
+def test_dynamic_batch_rewrites_io_and_reshape_and_keeps_outputs_image_by_image():
+    fixed = mnist12_like(batch=1)
+    dyn, note = prepare.make_batch_dynamic(fixed, _sig(fixed))
+    assert "batch dimension 1 -> N" in note and "Reshape" in note
+    assert models.signature(dyn, "m").fixed_batch is None
+    assert dyn.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    shape = {t.name: numpy_helper.to_array(t) for t in dyn.graph.initializer}["shape"]
+    assert shape.tolist() == [-1, 256]
+    x = np.random.default_rng(1).random((37, 1, 28, 28), dtype=np.float32)
+    diff = prepare.check_same_outputs(models.serialize(fixed), models.serialize(dyn), x, "Input3", batch=16)
+    assert diff <= 1e-5
+
+
+def test_dynamic_batch_leaves_dynamic_models_alone_and_uses_0_when_minus1_is_taken():
+    dyn = pattern_linear(batch="N", layout="NCHW")
+    assert prepare.make_batch_dynamic(dyn, _sig(dyn)) == (dyn, None)
+    m = mnist12_like(batch=1)
+    shape = next(t for t in m.graph.initializer if t.name == "shape")
+    shape.CopyFrom(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    out, _ = prepare.make_batch_dynamic(m, _sig(m))
+    assert numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == "shape")).tolist() == [0, -1]
+    x = np.random.default_rng(2).random((5, 1, 28, 28), dtype=np.float32)
+    prepare.check_same_outputs(models.serialize(m), models.serialize(out), x, "Input3", batch=5)
+
+
+def test_check_same_outputs_catches_a_wrong_rewrite():
+    a, b = mnist12_like(seed=0), mnist12_like(seed=1)
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    with pytest.raises(ModelError, match="outputs differ"):
+        prepare.check_same_outputs(models.serialize(a), models.serialize(b), x, "Input3", batch=1, path="m")
+
+
+@pytest.mark.parametrize("fmt,per_channel,want", [("QOperator", False, 12), ("QDQ", False, 12), ("QDQ", True, 13)])
+def test_opset_upgrade_target_follows_the_quantization_format(fmt, per_channel, want):
+    m = mnist12_like(opset=10)
+    p = prepare.prepare(m, _sig(m), fmt, per_channel, dynamic_batch=False)
+    assert models.opset_of(p.model) == want and p.steps == [f"opset 10 -> {want} (onnx version converter; IR 7 -> 7)"]
+    onnx.checker.check_model(p.model)
+    same = prepare.prepare(mnist12_like(opset=13), _sig(m), fmt, per_channel, dynamic_batch=False)
+    assert same.steps == []
+
+
+def test_initializers_listed_as_inputs_are_dropped():
+    m = mnist12_like()
+    for t in m.graph.initializer:
+        m.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    out, note = prepare.strip_initializer_inputs(m)
+    assert [i.name for i in out.graph.input] == ["Input3"] and "removed 7 initializers" in note
+    assert prepare.strip_initializer_inputs(out) == (out, None)
+
+
+@pytest.mark.parametrize("name", ["mnist-7.onnx", "mnist-8.onnx", "mnist-12.onnx"])
+def test_zoo_models_prepare_to_identical_outputs_on_real_images(models_dir, splits, name):
+    from quant.data import preprocess
+
+    m = models.load(models_dir / name)
+    sig = models.signature(m.proto, m.path)
+    p = prepare.prepare(m.proto, sig, "QOperator", False, dynamic_batch=True, path=m.path)
+    assert models.opset_of(p.model) >= 12 and models.graph_inputs(p.model) == list(p.model.graph.input)
+    assert any("dynamic" in s for s in p.steps)
+    if m.opset < 12:
+        assert p.steps[0].startswith(f"opset {m.opset} -> 12") and "removed 8 initializers" in p.steps[1]
+    x = preprocess(splits["test"].images[:200], 1 / 255, 0.0, 1.0, "NCHW")
+    assert prepare.check_same_outputs(m.raw, models.serialize(p.model), x, sig.input_name, batch=64) <= 1e-5

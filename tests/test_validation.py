@@ -1,0 +1,156 @@
+"""validate: structure, input range, accuracy, per-layer error, test data (synthetic and real)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from helpers import mnist12_like, pattern_linear, save
+from onnx import TensorProto, helper, numpy_helper
+
+from quant import models, validation
+from conftest import REPO, run_cli
+
+
+def with_qdq(model: onnx.ModelProto, scale: float, zero_point: int = 0, tensor: str | None = None) -> onnx.ModelProto:
+    """Insert QuantizeLinear -> DequantizeLinear (uint8, per tensor) on ``tensor`` (default: the input)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    t = tensor or m.graph.input[0].name
+    for n in m.graph.node:
+        for i, name in enumerate(n.input):
+            if name == t:
+                n.input[i] = f"{t}_dq"
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{t}_scale"),
+                                numpy_helper.from_array(np.array(zero_point, np.uint8), f"{t}_zp")])
+    q = [helper.make_node("QuantizeLinear", [t, f"{t}_scale", f"{t}_zp"], [f"{t}_q"], name=f"Quantize_{t}"),
+         helper.make_node("DequantizeLinear", [f"{t}_q", f"{t}_scale", f"{t}_zp"], [f"{t}_dq"], name=f"Dequantize_{t}")]
+    nodes = list(m.graph.node)
+    at = next((i + 1 for i, n in enumerate(nodes) if t in n.output), 0)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[:at] + q + nodes[at:])
+    onnx.checker.check_model(m)
+    return m
+
+
+def with_input_qdq(model: onnx.ModelProto, scale: float, zero_point: int = 0) -> onnx.ModelProto:
+    return with_qdq(model, scale, zero_point)
+
+
+def test_input_quantization_reads_the_calibrated_range():
+    q = validation.input_quantization(with_input_qdq(pattern_linear(), 1.0), "input")
+    assert q["range"] == [0.0, 255.0] and q["dtype"] == "uint8" and q["node"] == "Quantize_input"
+    q = validation.input_quantization(with_input_qdq(pattern_linear(), 2 / 255, 128), "input")
+    assert q["range"] == pytest.approx([-128 * 2 / 255, 127 * 2 / 255])
+    assert validation.input_quantization(pattern_linear(), "input") is None
+
+
+def test_range_check_fails_a_model_calibrated_for_raw_pixels_fed_0_to_1():
+    x = np.linspace(0, 1, 784 * 10, dtype=np.float32).reshape(10, 784)
+    q = validation.input_quantization(with_input_qdq(pattern_linear(), 1.0), "input")
+    seen = []
+    c = validation.range_check(q, x, {"scale": "1/255", "mean": 0.0, "std": 1.0}, 0.5,
+                               lambda xx: seen.append(float(xx.max())) or 0.97)
+    assert c.status == "fail"
+    assert "INPUT RANGE MISMATCH" in c.summary and "covers [0, 255]" in c.summary and "feeds [0, 1]" in c.summary
+    assert "2 of 256 int8 levels" in c.summary and "50.00% as configured and 97.00%" in c.summary
+    assert seen == [pytest.approx(255.0)]  # accuracy re-measured with the data mapped onto [0, 255]
+    assert c.details["used_fraction"] == pytest.approx(1 / 255)
+
+
+def test_range_check_fails_clipping_and_passes_a_matching_range():
+    q = validation.input_quantization(with_input_qdq(pattern_linear(), 1 / 255), "input")
+    raw = np.linspace(0, 255, 7840, dtype=np.float32).reshape(10, 784)
+    c = validation.range_check(q, raw, {"scale": "1", "mean": 0.0, "std": 1.0}, 0.1, lambda xx: 0.99)
+    assert c.status == "fail" and "fall outside it and are clipped" in c.summary
+    ok = validation.range_check(q, raw / 255, {"scale": "1/255", "mean": 0.0, "std": 1.0}, 0.99, lambda xx: 0 / 0)
+    assert ok.status == "pass" and "100% of the range" in ok.summary
+    assert validation.range_check(None, raw, {}, 0.9, None).status == "skip"
+
+
+def test_layer_errors_on_a_qdq_model_match_the_fp32_twin_and_flag_the_worst():
+    fp32 = mnist12_like()
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    good = validation.layer_errors(fp32, with_input_qdq(fp32, 1 / 255), x, "Input3", 1, 1)
+    assert len(good) == 1 and good[0]["fp32_twin"] == "Input3" and good[0]["sqnr_db"] > 40 and good[0]["flag"] == "worst"
+    coarse = validation.layer_errors(fp32, with_input_qdq(fp32, 0.5), x, "Input3", 1, 1)
+    assert coarse[0]["sqnr_db"] < 20 and coarse[0]["flag"] == "worst, low"
+
+
+def test_structure_check_compares_io_with_the_baseline(tmp_path):
+    base = models.load(save(mnist12_like(), tmp_path / "b.onnx"))
+    same = models.load(save(with_qdq(with_input_qdq(mnist12_like(), 1 / 255), 0.05, tensor="c1"), tmp_path / "q.onnx"))
+    c = validation.structure_check(same, base)
+    assert c.status == "pass" and "ONNX checker passed; opset 12" in c.summary and "int8 ops: Conv x1" in c.summary
+    other = mnist12_like()
+    other.graph.output[0].name = "scores"
+    other.graph.node[-1].output[0] = "scores"
+    c = validation.structure_check(models.load(save(with_qdq(with_input_qdq(other, 1 / 255), 0.05, tensor="c1"), tmp_path / "o.onnx")), base)
+    assert c.status == "fail" and "outputs names ['scores'] != baseline ['Plus214_Output_0']" in c.summary
+    c = validation.structure_check(base, base)
+    assert c.status == "fail" and "no op runs in int8" in c.summary
+
+
+# ------------------------------------------------------------------------------------- real data
+def _validate(model, models_dir, mnist_dir, tmp_path, *extra):
+    return run_cli("validate", f"--input_model={model}", f"--baseline_model={models_dir / 'mnist-12.onnx'}", "--config=mnist.yaml",
+                   f"--data_dir={mnist_dir}", f"--report={tmp_path / 'v.json'}", *extra)
+
+
+def test_validate_fails_the_zoo_int8_with_the_range_message(models_dir, mnist_dir, tmp_path):
+    r = _validate(models_dir / "mnist-12-int8.onnx", models_dir, mnist_dir, tmp_path)
+    assert r.returncode == 3, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: validation FAILED: input range: INPUT RANGE MISMATCH")
+    assert "covers [0, 255]" in err and "feeds [0, 1]" in err and "54.52% as configured and 98.92%" in err
+    doc = json.loads((tmp_path / "v.json").read_text())
+    status = {c["name"]: c["status"] for c in doc["checks"]}
+    assert status == {"structure": "pass", "input range": "fail", "accuracy": "fail", "per-layer error": "info", "test data": "skip"}
+    layers = next(c for c in doc["checks"] if c["name"] == "per-layer error")["details"]["layers"]
+    assert layers[0]["op"] == "QuantizeLinear" and layers[0]["levels_used"] == 2 and layers[0]["sqnr_db"] < 20
+    assert "## Per-layer error" in r.stdout and "**FAIL**" in r.stdout
+
+
+def test_validate_passes_our_int8_and_checks_its_test_data(tuned_mnist12, models_dir, mnist_dir, tmp_path):
+    out, _ = tuned_mnist12
+    assert sorted(p.name for p in (out.parent / "mnist-12-int8_test_data").iterdir()) == [f"test_data_set_{i}" for i in range(3)]
+    r = _validate(out, models_dir, mnist_dir, tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    doc = json.loads((tmp_path / "v.json").read_text())
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert all(c["status"] in ("pass", "info") for c in checks.values())
+    assert "uses 100% of the range (256 of 256 levels)" in checks["input range"]["summary"]
+    assert "3 of 3 test_data_set folders reproduced" in checks["test data"]["summary"]
+    layers = checks["per-layer error"]["details"]["layers"]
+    assert [r_["op"] for r_ in layers] == ["QuantizeLinear", "QLinearConv", "QLinearConv", "QLinearMatMul", "QLinearAdd"]
+    assert min(r_["sqnr_db"] for r_ in layers) > 25 and sum(r_["flag"].startswith("worst") for r_ in layers) == 1
+    assert layers[1]["fp32_twin"] == "ReLU32_Output_0"  # QLinearConv fused Conv+Add+Relu
+    # the zoo's test data contract: the zoo int8 model does not reproduce our reference outputs
+    bad = run_cli("check-test-data", f"--input_model={models_dir / 'mnist-12-int8.onnx'}", "--test_data",
+                  str(out.parent / "mnist-12-int8_test_data"))
+    assert bad.returncode == 3
+
+
+@pytest.mark.parametrize("case,args,code,words", [
+    ("missing model", ["--input_model=nope.onnx"], 4, "nope.onnx: input model file not found"),
+    ("int8 baseline", ["--baseline_model={zoo_int8}"], 4, "is already quantized"),
+    ("layout contradiction", ["--config={nhwc}"], 4, "but preprocessing.layout is NHWC"),
+    ("report folder missing", ["--report={tmp}/no/such/v.json"], 2, "output folder"),
+    ("bad samples", ["--samples=0"], 2, "--samples 0: must be >= 1"),
+    ("missing baseline flag", ["--baseline_model"], 2, "expected one argument"),
+])
+def test_validate_bad_inputs(case, args, code, words, models_dir, mnist_dir, tmp_path):
+    from conftest import write_config
+
+    nhwc = write_config(tmp_path / "nhwc.yaml", {"preprocessing": {"layout": "NHWC"}})
+    base = {"--input_model": str(models_dir / "mnist-12-int8.onnx"), "--baseline_model": str(models_dir / "mnist-12.onnx"),
+            "--config": "mnist.yaml", "--data_dir": str(mnist_dir), "--report": str(tmp_path / "v.json")}
+    for a in args:
+        k, _, v = a.partition("=")
+        base[k] = v.format(zoo_int8=models_dir / "mnist-12-int8.onnx", nhwc=nhwc, tmp=tmp_path) if v else None
+    argv = [f"{k}={v}" if v is not None else k for k, v in base.items()]
+    r = run_cli("validate", *argv)
+    assert r.returncode == code, (case, r.stderr)
+    assert words in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "v.json").exists() and not (tmp_path / "v.md").exists()
+    assert len(r.stderr.strip().splitlines()) == 1
