@@ -36,6 +36,7 @@ LOW_SQNR_DB = 20.0        # layers below this are flagged "low"
 QOP_OUTPUT_QPARAMS = {"QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
                       "QLinearMul": (6, 7), "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4),
                       "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4), "QLinearSoftmax": (3, 4), "QGemm": (6, 7)}
+LAYOUT_ONLY = {"Transpose", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"}
 PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Relu"}
 
 
@@ -54,10 +55,15 @@ def _qrange(dtype) -> tuple[int, int]:
 
 
 def input_quantization(model: onnx.ModelProto, input_name: str) -> dict | None:
-    """Scale, zero point and representable float range of the QuantizeLinear fed by the graph input."""
+    """Scale, zero point and representable float range of the QuantizeLinear fed by the graph input
+    (directly or through layout-only ops such as the Transpose of a Keras NHWC export)."""
     inits = {t.name: t for t in model.graph.initializer}
+    same_values = {input_name}
     for n in model.graph.node:
-        if n.op_type == "QuantizeLinear" and n.input and n.input[0] == input_name:
+        if n.op_type in LAYOUT_ONLY and n.input and n.input[0] in same_values:
+            same_values.update(n.output)
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input and n.input[0] in same_values:
             if n.input[1] not in inits or len(n.input) < 3 or n.input[2] not in inits:
                 return None
             scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)

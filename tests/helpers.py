@@ -109,3 +109,68 @@ def pattern_linear(batch: int | str = "N", layout: str = "flat", softmax: bool =
 def save(model: onnx.ModelProto, path: Path) -> Path:
     path.write_bytes(model.SerializeToString())
     return path
+
+
+# ------------------------------------------------------------------ fitted classifiers (real MNIST)
+CLASSIFIERS = {
+    # name: (input layout, output kind, preprocessing the model was "trained" with)
+    "mlp_flat": ("flat", "logits", {"scale": "1/255", "mean": 0.1307, "std": 0.3081, "layout": "flat"}),
+    "keras_nhwc_softmax": ("NHWC", "probabilities", {"scale": "1/255", "mean": 0.0, "std": 1.0, "layout": "NHWC"}),
+    "lenet_nchw_gemm": ("NCHW", "logits", {"scale": "1/255", "mean": 0.5, "std": 0.5, "layout": "NCHW"}),
+}
+
+
+def _features_graph(kind: str, rng: np.random.Generator) -> tuple[list, list, str, list, int]:
+    """Fixed random feature extractor (nodes, initializers, feature tensor, input shape, feature count)."""
+    if kind == "mlp_flat":
+        w = rng.normal(0, 1 / 28, (784, 512))
+        nodes = [helper.make_node("MatMul", ["input", "W1"], ["h"], name="fc1"), helper.make_node("Add", ["h", "B1"], ["hb"], name="fc1_bias"),
+                 helper.make_node("Relu", ["hb"], ["feat"], name="relu1")]
+        return nodes, [_t("W1", w), _t("B1", rng.normal(0, 0.1, (512,)))], "feat", ["N", 784], 512
+    conv_in = "input"
+    nodes = []
+    if kind == "keras_nhwc_softmax":  # what tf2onnx emits for a Keras CNN: NHWC input, Transpose to NCHW
+        nodes.append(helper.make_node("Transpose", ["input"], ["x_nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
+        conv_in = "x_nchw"
+    nodes += [helper.make_node("Conv", [conv_in, "Wc", "Bc"], ["c"], name="conv1", kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
+              helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+              helper.make_node("MaxPool", ["r"], ["p"], name="pool1", kernel_shape=[4, 4], strides=[4, 4]),
+              helper.make_node("Flatten", ["p"], ["feat"], name="flatten", axis=1)]
+    inits = [_t("Wc", rng.normal(0, 0.2, (16, 1, 5, 5))), _t("Bc", rng.normal(0, 0.1, (16,)))]
+    shape = ["N", 28, 28, 1] if kind == "keras_nhwc_softmax" else ["N", 1, 28, 28]
+    return nodes, inits, "feat", shape, 16 * 7 * 7
+
+
+def fitted_classifier(kind: str, x_train: np.ndarray, y_train: np.ndarray, seed: int = 0) -> onnx.ModelProto:
+    """A small MNIST classifier of the given ``kind`` (see CLASSIFIERS): a fixed random feature
+    extractor whose linear head is fitted by ridge least squares on ``x_train`` (preprocessed for the
+    model's layout), so its accuracy on real MNIST is meaningful (about 90-97 %). Dynamic batch."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, feat, in_shape, nf = _features_graph(kind, rng)
+    g = helper.make_graph(nodes, "features", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+                          [helper.make_tensor_value_info(feat, TensorProto.FLOAT, ["N", nf])], inits)
+    fm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    fm.ir_version = 8
+    f = ort.InferenceSession(fm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x_train})[0]
+    f1 = np.hstack([f, np.ones((len(f), 1), np.float32)]).astype(np.float64)
+    target = np.eye(10)[y_train] * 2 - 1
+    w = np.linalg.solve(f1.T @ f1 + 1e-4 * len(f1) * np.eye(f1.shape[1]), f1.T @ target)  # ridge
+    head_w, head_b = w[:-1].astype(np.float32), w[-1].astype(np.float32)
+    out = "logits"
+    if kind == "lenet_nchw_gemm":
+        nodes.append(helper.make_node("Gemm", [feat, "Wh", "Bh"], ["logits"], name="fc_out"))
+        inits += [_t("Wh", head_w), _t("Bh", head_b)]
+    else:
+        nodes += [helper.make_node("MatMul", [feat, "Wh"], ["mm"], name="fc_out"), helper.make_node("Add", ["mm", "Bh"], ["logits"], name="fc_out_bias")]
+        inits += [_t("Wh", head_w), _t("Bh", head_b.reshape(1, 10))]
+    if CLASSIFIERS[kind][1] == "probabilities":
+        nodes.append(helper.make_node("Softmax", ["logits", ], ["probs"], name="softmax", axis=-1))
+        out = "probs"
+    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

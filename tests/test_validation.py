@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 from helpers import mnist12_like, pattern_linear, save
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from quant import models, validation
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 
 def with_qdq(model: onnx.ModelProto, scale: float, zero_point: int = 0, tensor: str | None = None) -> onnx.ModelProto:
