@@ -128,7 +128,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                      data_dir: str | None = None, batch_size: int | None = None, iterations: int | None = None,
                      warmup: int | None = None, threads: int | None = None, max_accuracy_drop: float | None = None,
                      report_path: str | None = None, log: Callable[[str], None] = print, command: str | None = None,
-                     plots: bool = True) -> dict:
+                     plots: bool = True, dynamic_batch: bool = False, extra_batch_sizes: tuple[int, ...] = ()) -> dict:
     """Benchmark ``input_models`` (and ``baseline_model``) in one run; returns the report dict.
 
     Raises AccuracyError (exit 3) in accuracy mode when the first model's drop against the baseline
@@ -149,6 +149,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (0 must reach the range check)
     batch_size, iterations, warmup, threads = (pick(batch_size, b.batch_size), pick(iterations, b.iterations),
                                                pick(warmup, b.warmup), pick(threads, b.threads))
+    for v in extra_batch_sizes:
+        if v < 1:
+            raise UsageError(f"--batch_size {v}: must be >= 1")
     for name, v, lo in (("--batch_size", batch_size, 1), ("--iterations", iterations, 1), ("--warmup", warmup, 0), ("--threads", threads, 1)):
         if v < lo:
             raise UsageError(f"{name} {v}: must be >= {lo}")
@@ -170,7 +173,19 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     splits = load_splits(cfg, data_dir, splits=("test",), log=log)
     x_test, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
     entries = {k: _model_entry(lm) for k, lm in loaded.items()}
-    sessions = {k: evaluation.make_session(lm.raw, threads, name=lm.path) for k, lm in loaded.items()}
+    run_bytes = {k: lm.raw for k, lm in loaded.items()}
+    if dynamic_batch:  # serve fixed-batch models (the zoo's) at any batch: rewrite in memory, verify, say so
+        from . import prepare
+
+        for k, lm in loaded.items():
+            m, note = prepare.make_batch_dynamic(lm.proto, sigs[k], lm.path)
+            if note:
+                run_bytes[k] = models.serialize(m)
+                prepare.check_same_outputs(lm.raw, run_bytes[k], x_test[:128], sigs[k].input_name, 64, lm.path)
+                sigs[k] = models.signature(m, lm.path, sigs[k].input_name)
+                entries[k]["rewritten"] = note + "; outputs checked identical image by image on 128 test images"
+                log(f"[benchmark] {lm.path}: {note}")
+    sessions = {k: evaluation.make_session(run_bytes[k], threads, name=lm.path) for k, lm in loaded.items()}
 
     # --- accuracy
     if mode in ("accuracy", "all"):
@@ -187,28 +202,32 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     # --- latency / throughput
     timing = None
     if mode in ("performance", "all"):
-        targets = []
-        for k in loaded:
-            per_call = evaluation.effective_batch(sigs[k].fixed_batch, batch_size)
-            if batch_size % per_call:
-                raise UsageError(f"--batch_size {batch_size}: {loaded[k].path} has a fixed batch of {per_call}; use a multiple of it")
-            xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
-            targets.append(Timed(k, sessions[k], _bind(sessions[k], sigs[k].input_name, xb), per_call, batch_size // per_call))
-            entries[k]["image_by_image"] = per_call < batch_size
-        log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {batch_size}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
-        times = time_interleaved(targets, iterations, warmup, progress=True)
-        for k in loaded:
-            st = latency_stats(times[k])
-            entries[k]["latency_ms"] = st
-            entries[k]["throughput_per_s"] = batch_size / (st["mean"] / 1e3)
-            entries[k]["latencies_ns"] = times[k]
-        timing = {"batch_size": batch_size, "iterations": iterations, "warmup": warmup, "threads": threads,
-                  "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
+        for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
+            targets = []
+            for k in loaded:
+                per_call = evaluation.effective_batch(sigs[k].fixed_batch, bs)
+                if bs % per_call:
+                    raise UsageError(f"--batch_size {bs}: {loaded[k].path} has a fixed batch of {per_call}; use a multiple of it "
+                                     "or --dynamic_batch")
+                xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
+                targets.append(Timed(k, sessions[k], _bind(sessions[k], sigs[k].input_name, xb), per_call, bs // per_call))
+            log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
+            times = time_interleaved(targets, iterations, warmup, progress=True)
+            for k, t in zip(loaded, targets):
+                st = latency_stats(times[k])
+                m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
+                entries[k].setdefault("by_batch", {})[str(bs)] = m
+                if pos == 0:
+                    entries[k].update(m)
+                    entries[k]["latencies_ns"] = times[k]
+        timing = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
+                  "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
                   "method": "perf_counter_ns around InferenceSession.run_with_iobinding (inputs/outputs bound once); "
                             "a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
                   "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1,
                                       "execution_mode": "sequential", "graph_optimization_level": "ORT_ENABLE_ALL",
-                                      "providers": ["CPUExecutionProvider"]}}
+                                      "providers": ["CPUExecutionProvider"],
+                                      "disabled_optimizers": {lm.path: evaluation.disabled_optimizers(run_bytes[k]) for k, lm in loaded.items()}}}
 
     # --- ratios and gate
     doc: dict = {"schema_version": report.SCHEMA_VERSION, "kind": "benchmark", "mode": mode,
@@ -222,6 +241,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         if "latency_ms" in e:
             e["latency_ratio"] = e["latency_ms"]["p50"] / base["latency_ms"]["p50"]
             e["throughput_ratio"] = e["throughput_per_s"] / base["throughput_per_s"]
+            for bs, m in e["by_batch"].items():
+                m["latency_ratio"] = m["latency_ms"]["p50"] / base["by_batch"][bs]["latency_ms"]["p50"]
+                m["throughput_ratio"] = m["throughput_per_s"] / base["by_batch"][bs]["throughput_per_s"]
         e["size_ratio"] = base["bytes"] / e["bytes"]
     raw_times = {k: e.pop("latencies_ns") for k, e in entries.items() if "latencies_ns" in e}
     doc["model"] = entries["model"]
@@ -279,8 +301,21 @@ def render(doc: dict) -> str:
         if doc.get("baseline"):
             rows.append(["p50 latency ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['latency_ratio']:.2f}x" for e in cols]])
             rows.append(["throughput ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['throughput_ratio']:.2f}x" for e in cols]])
-        if any(e.get("image_by_image") for e in cols):
-            rows.append(["note", *["fixed batch 1: run image by image" if e.get("image_by_image") else "" for e in cols]])
+        for bs in t.get("extra_batch_sizes", []):
+            m = [e["by_batch"][str(bs)] for e in cols]
+            rows.append([f"p50 latency, batch {bs} (ms)", *[f"{x['latency_ms']['p50']:.4f}" for x in m]])
+            rows.append([f"throughput, batch {bs} (images/s)", *[f"{x['throughput_per_s']:,.0f}" for x in m]])
+            if doc.get("baseline"):
+                rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
+                rows.append([f"throughput ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
+        if any(x.get("image_by_image") for e in cols for x in e["by_batch"].values()):
+            rows.append(["note", *["fixed batch 1: run image by image" if any(x.get("image_by_image") for x in e["by_batch"].values()) else ""
+                                   for e in cols]])
+        hints = t["session_options"].get("disabled_optimizers", {})
+        if any(hints.values()):
+            rows.append(["onnxruntime optimizers disabled (model metadata)", *[", ".join(hints.get(e["path"], [])) for e in cols]])
+    if any(e.get("rewritten") for e in cols):
+        rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
     env = doc["environment"]
     lines = [f"# Benchmark ({doc['mode']})", "", report.md_table(head, rows), ""]
     if doc.get("gate"):

@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     b.add_argument("--baseline_model", default=None, help="fp32 model to compare against (measured in the same run)")
     b.add_argument("--config", default=None)
     b.add_argument("--mode", default="performance", choices=("performance", "accuracy", "all"))
-    b.add_argument("--batch_size", type=int, default=None)
+    b.add_argument("--batch_size", default=None, help="images per timed inference; several comma-separated (e.g. 1,64) are timed in turn")
     b.add_argument("--iterations", type=int, default=None)
     b.add_argument("--warmup", type=int, default=None)
     b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default 1)")
@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     b.add_argument("--data_dir", default=None)
     b.add_argument("--report", default=None)
     b.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    b.add_argument("--dynamic_batch", action="store_true",
+                   help="rewrite fixed-batch models (the zoo's batch of 1) to a symbolic batch in memory, so all run at --batch_size")
     b.add_argument("--verbose", action="store_true")
     b.set_defaults(func=cmd_benchmark)
 
@@ -28,12 +30,21 @@ def cmd_benchmark(args) -> int:
     from .cli import _command_line, _log
     from .errors import AccuracyError
 
+    from .errors import UsageError
+
     inputs = [m for m in args.input_model.split(",") if m]
+    sizes = None
+    if args.batch_size is not None:
+        try:
+            sizes = [int(v) for v in args.batch_size.split(",")]
+        except ValueError:
+            raise UsageError(f"--batch_size {args.batch_size!r}: expected an integer or comma-separated integers") from None
     try:
         doc = benchmark_models(inputs, args.baseline_model, config=args.config, mode=args.mode, data_dir=args.data_dir,
-                               batch_size=args.batch_size, iterations=args.iterations, warmup=args.warmup, threads=args.threads,
+                               batch_size=sizes[0] if sizes else None, iterations=args.iterations, warmup=args.warmup, threads=args.threads,
                                max_accuracy_drop=args.max_accuracy_drop, report_path=args.report, log=_log,
-                               command=_command_line(), plots=not args.no_plots)
+                               command=_command_line(), plots=not args.no_plots,
+                               dynamic_batch=args.dynamic_batch, extra_batch_sizes=tuple(sizes[1:]) if sizes else ())
     except AccuracyError as e:
         if "markdown" in e.details:
             print(e.details["markdown"])

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="tune an fp32 model into int8 with neural-compressor", allow_abbrev=False)
     _common(t)
     t.add_argument("--output_model", required=True, help="where the int8 model is written (atomically)")
+    t.add_argument("--objective", choices=("accuracy", "performance"), default=None,
+                   help="override tuning.objective (performance = latency-aware search)")
     t.add_argument("--dynamic_batch", action="store_true", default=None,
                    help="give the int8 model a symbolic batch dimension (config model.dynamic_batch)")
     t.set_defaults(func=cmd_tune)
@@ -75,7 +77,7 @@ def cmd_tune(args) -> int:
 
     doc = tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
                      report_path=args.report, verbose=args.verbose, log=_log, command=_command_line(),
-                     dynamic_batch=args.dynamic_batch)
+                     dynamic_batch=args.dynamic_batch, objective=args.objective)
     print(doc["markdown"])
     _log(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
     return 0

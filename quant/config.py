@@ -73,7 +73,7 @@ SCHEMA: dict[str, Any] = {
     "tuning": {
         "accuracy_criterion": F("criterion", {"relative": 0.01}, doc="{relative: x} or {absolute: x}, x >= 0"),
         "strategy": F("str", "basic", choices=("basic", "conservative", "mse", "mse_v2", "random", "exhaustive", "bayesian"), doc="INC tuning strategy"),
-        "objective": F("str", "accuracy", choices=("accuracy", "performance"), doc="what INC optimises among configs that meet the criterion"),
+        "objective": F("str", "accuracy", choices=("accuracy", "performance"), doc="accuracy: INC's first config that meets the criterion; performance: also time fp32-fallback candidates and keep the fastest that meets it (README: Faster int8)"),
         "timeout": F("int", 0, min=0, doc="seconds; 0 = no limit"),
         "max_trials": F("int", 100, min=1, doc="tuning trials at most"),
         "random_seed": F("int", 9527, min=0, doc="INC's random seed"),

@@ -41,7 +41,7 @@ def test_inputs(cfg, test: data.Split):
 
 def tune_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, report_path: str | None = None,
                verbose: bool = False, log: Callable[[str], None] = print, command: str | None = None,
-               dynamic_batch: bool | None = None) -> dict:
+               dynamic_batch: bool | None = None, objective: str | None = None) -> dict:
     """Tune ``input_model`` (fp32) into an int8 model at ``output_model``; returns the report dict.
 
     Raises UsageError/ConfigError (2), InputError (4), AccuracyError (3).
@@ -50,6 +50,10 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
 
     t_start = time.perf_counter()
     cfg = load_config(config)
+    if objective is not None:
+        if objective not in ("accuracy", "performance"):
+            raise UsageError(f"--objective {objective!r}: must be accuracy or performance")
+        cfg.tuning.objective = objective
     # --- outputs are checked before any work, so a bad path fails in a second, not after tuning
     if Path(output_model).exists() and Path(input_model).exists() and _same_file(input_model, output_model):
         raise UsageError(f"--output_model {output_model}: is the input model; refusing to overwrite it")
@@ -88,7 +92,15 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     # --- tuning
     log(f"[tune] {fp32.path}: opset {fp32.opset}, input {sig.input_name} {list(sig.input_shape)}; "
         f"neural-compressor accuracy-aware tuning ({cfg.quantization.format}, {cfg.criterion[0]} {cfg.criterion[1]:g})")
-    result = tuning.tune(prep.model, cfg, loader, evaluator, verbose=verbose, log=log)
+    choice = None
+    if cfg.tuning.objective == "performance":
+        batches = [1] if prepared_sig.fixed_batch else [1, 64]
+        log(f"[latency] objective performance: one INC tuning per fp32-fallback candidate, timed against fp32 at batch {batches}")
+        result, choice = tuning.latency_aware(prep.model, cfg, loader, evaluator, x_test[:64], sig.input_name, batches,
+                                              verbose=verbose, log=log)
+        models.set_ort_hints(result.model, choice.disabled_optimizers)
+    else:
+        result = tuning.tune(prep.model, cfg, loader, evaluator, verbose=verbose, log=log)
     int8_bytes = models.serialize(result.model)
     # --- independent re-evaluation of both models on the full test set (fp32 = the user's file, unchanged)
     fp32_acc = fp32_evaluator(fp32.raw, fp32.path)
@@ -130,6 +142,10 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         "tuning": {"trials": len(result.trials) - 1, "strategy": cfg.tuning.strategy, "objective": cfg.tuning.objective,
                    "random_seed": cfg.tuning.random_seed, "max_trials": cfg.tuning.max_trials, "timeout": cfg.tuning.timeout,
                    "trial_accuracies": [t.accuracy for t in result.trials[1:]], "baseline_accuracy_inc": result.baseline_accuracy},
+        "latency_aware": None if choice is None else {
+            "nodes_kept_fp32": list(choice.keep_fp32), "onnxruntime_disabled_optimizers": choice.disabled_optimizers,
+            "score": choice.score, "candidates": choice.table,
+            "note": "timings decide; pin quantization.nodes_to_keep_fp32 to the chosen list to reproduce the model byte for byte"},
         "config": {"path": cfg.source, "sha256": cfg.sha256},
         "environment": report.environment(result.inc_version),
         "wall_seconds": time.perf_counter() - t_start,

@@ -155,3 +155,4 @@ def prepare(model: onnx.ModelProto, sig: Signature, fmt: str, per_channel: bool,
             out.steps.append(note)
     out.model = m
     return out
+

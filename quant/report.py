@@ -94,6 +94,10 @@ def render_tune(doc: dict) -> str:
         f"- fp32 ops: {_ops(q['ops']['fp32'])}",
         f"- conversions: {_ops(q['ops']['convert'])}",
         f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}",
+        *([f"- latency-aware choice (objective performance): fp32 layers {doc['latency_aware']['nodes_kept_fp32'] or 'none'}, "
+           f"onnxruntime optimizers disabled via model metadata: {doc['latency_aware']['onnxruntime_disabled_optimizers'] or 'none'}; "
+           f"int8/fp32 p50 score {doc['latency_aware']['score']:.2f}x over {len(doc['latency_aware']['candidates'])} candidates"]
+          if doc.get("latency_aware") else []),
         f"- graph preparation before quantizing: {'; '.join(doc['preparation']['steps']) or 'none needed'} "
         f"(int8 input shape {doc['preparation']['input_shape']})",
         f"- tuning: {doc['tuning']['trials']} trial(s), strategy {doc['tuning']['strategy']}, objective {doc['tuning']['objective']}, "

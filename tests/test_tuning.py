@@ -119,3 +119,44 @@ def test_tuned_model_computes_like_fp32(tuned_mnist12, models_dir, splits):
     q = evaluation.predict(evaluation.make_session(out.read_bytes()), x, "Input3")
     assert np.mean(np.argmax(f, 1) == np.argmax(q, 1)) >= 0.99
     assert models.signature(onnx.load(out), str(out)).input_shape == (1, 1, 28, 28)
+
+
+def test_latency_aware_objective_times_fallback_candidates_and_records_the_choice(tmp_path, synth_dir):
+    out, doc = _tune(tmp_path, mnist12_like(batch=1), synth_dir,
+                     {"model": {"dynamic_batch": True}, "tuning": {"objective": "performance", "accuracy_criterion": {"absolute": 0.9}}})
+    la = doc["latency_aware"]
+    kept = [c["keep_fp32"] for c in la["candidates"]]
+    assert [] in kept and ["Conv1"] in kept  # all-int8 and first-Conv-in-fp32 were both tried
+    assert all(set(c["latency_ratios"]) == {"1", "64"} for c in la["candidates"])  # dynamic batch: both batch sizes timed
+    chosen = [c for c in la["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["keep_fp32"] == la["nodes_kept_fp32"]
+    assert chosen[0]["score"] <= 1.03 * min(c["score"] for c in la["candidates"])
+    m = onnx.load(out)
+    assert models.ort_hints(m) == la["onnxruntime_disabled_optimizers"]
+    conv_fp32 = [n.name for n in m.graph.node if n.op_type == "Conv"]
+    assert ("Conv1" in la["nodes_kept_fp32"]) == ("Conv1" in conv_fp32)
+    assert doc["tuning"]["objective"] == "performance" and "latency-aware choice" in (tmp_path / "int8.report.md").read_text()
+
+
+def test_objective_override_and_bad_value(tmp_path, synth_dir):
+    from quant.errors import UsageError
+
+    with pytest.raises(UsageError, match="--objective 'fast'"):
+        tune_model(str(save(mnist12_like(), tmp_path / "m.onnx")), str(tmp_path / "o.onnx"), config=synth_config(tmp_path),
+                   data_dir=str(synth_dir), log=lambda m: None, objective="fast")
+    with pytest.raises(Exception, match="tuning.objective: must be one of accuracy, performance; got 'latency'"):
+        config.from_dict({"tuning": {"objective": "latency"}}, "c.yaml")
+    assert config.from_dict({"tuning": {"objective": "performance"}}).tuning.objective == "performance"
+
+
+def test_session_honours_only_known_optimizer_hints():
+    from quant import evaluation
+
+    m = mnist12_like()
+    models.set_ort_hints(m, ["QDQPropagationTransformer", "SomethingElse"])
+    raw = models.serialize(m)
+    assert models.ort_hints(raw) == ["QDQPropagationTransformer", "SomethingElse"]
+    assert evaluation.disabled_optimizers(raw) == ["QDQPropagationTransformer"]
+    evaluation.make_session(raw)  # loads with the hint applied
+    models.set_ort_hints(m, [])
+    assert models.ort_hints(m) == [] and not m.metadata_props
