@@ -122,3 +122,123 @@ def test_python_object_tags_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="evil.yaml: YAML syntax error"):
         config.load(p)
     assert not (REPO / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+# --------------------------------------------------- one case per bad input, for all three commands
+def _bad_model(kind: str, d):
+    from onnx import TensorProto, helper
+
+    p = d / "bad.onnx"
+    raw = mnist12_like().SerializeToString()
+    if kind == "missing":
+        return d / "none.onnx", "not found"
+    if kind == "directory":
+        (d / "dir.onnx").mkdir()
+        return d / "dir.onnx", "is a directory"
+    if kind == "empty":
+        p.write_bytes(b"")
+        return p, "is empty"
+    if kind == "random bytes":
+        p.write_bytes(np.random.default_rng(0).bytes(4000))
+        return p, "not a valid ONNX"
+    if kind == "truncated":
+        p.write_bytes(raw[: len(raw) // 2])
+        return p, "bad.onnx"
+    if kind == "too large":
+        with open(p, "wb") as f:
+            f.truncate((256 << 20) + 1)  # sparse: no disk used, never read
+        return p, "byte limit"
+    if kind == "external data outside":
+        m = mnist12_like()
+        w = m.graph.initializer[0]
+        w.data_location = TensorProto.EXTERNAL
+        w.ClearField("raw_data")
+        w.ClearField("float_data")
+        w.external_data.add(key="location", value="../../etc/passwd")
+        return save(m, p), "outside the model's folder"
+    m = mnist12_like()
+    if kind == "wrong input size":
+        m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32
+        return save(m, p), "expected [N,1,28,28]"
+    if kind == "not 10 outputs":
+        m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7
+        return save(m, p), "expected [N,10]"
+    if kind == "two inputs":
+        m.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1, 3]))
+        return save(m, p), "expected one input (an image), found 2"
+    raise AssertionError(kind)
+
+
+MODEL_CASES = ["missing", "directory", "empty", "random bytes", "truncated", "too large", "external data outside",
+               "wrong input size", "not 10 outputs", "two inputs"]
+
+
+def _command(cmd: str, model, tmp_path, synth_dir, cfg):
+    from conftest import run_cli
+
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    good = save(mnist12_like(), tmp_path / "good.onnx")
+    if cmd == "run_tuning.sh":
+        return run_cli(f"--input_model={model}", f"--config={cfg}", f"--output_model={out / 'int8.onnx'}", f"--data_dir={synth_dir}",
+                       script="run_tuning.sh"), out
+    if cmd == "run_benchmark.sh":
+        return run_cli(f"--input_model={model}", f"--baseline_model={good}", f"--config={cfg}", "--mode=all", f"--data_dir={synth_dir}",
+                       f"--report={out / 'b.json'}", script="run_benchmark.sh"), out
+    return run_cli("validate", f"--input_model={model}", f"--baseline_model={good}", f"--config={cfg}", f"--data_dir={synth_dir}",
+                   f"--report={out / 'v.json'}"), out
+
+
+@pytest.mark.parametrize("cmd", ["run_tuning.sh", "run_benchmark.sh", "validate"])
+@pytest.mark.parametrize("kind", MODEL_CASES)
+def test_bad_model_cases_for_every_command(cmd, kind, tmp_path, synth_dir):
+    model, words = _bad_model(kind, tmp_path)
+    r, out = _command(cmd, model, tmp_path, synth_dir, synth_config(tmp_path))
+    assert r.returncode == 4, (cmd, kind, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (cmd, kind, r.stderr)
+    assert list(out.iterdir()) == []
+
+
+DATA_CASES = {
+    "folder missing": (lambda d: __import__("shutil").rmtree(d), "missing MNIST file"),
+    "file missing": (lambda d: (d / "t10k-labels-idx1-ubyte.gz").unlink(), "t10k-labels-idx1-ubyte"),
+    "wrong magic": (lambda d: (d / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\x00" * 64)), "magic"),
+    "corrupt gzip": (lambda d: (d / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + b"junk" * 10), "t10k-images-idx3-ubyte.gz"),
+    "label out of range": (lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.full(200, 12, np.uint8)))), "label 12 outside 0..9"),
+    "count mismatch": (lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(50, np.uint8)))), "200"),
+}
+
+
+@pytest.mark.parametrize("cmd", ["run_tuning.sh", "run_benchmark.sh", "validate"])
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_cases_for_every_command(cmd, case, tmp_path, synth_dir):
+    cfg = synth_config(tmp_path)
+    DATA_CASES[case][0](synth_dir)
+    good = save(mnist12_like(), tmp_path / "m.onnx")
+    r, out = _command(cmd, good, tmp_path, synth_dir, cfg)
+    assert r.returncode == 4, (cmd, case, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and DATA_CASES[case][1] in lines[-1] and "Traceback" not in r.stderr, (cmd, case, r.stderr)
+    assert list(out.iterdir()) == []
+
+
+def test_md5_mismatch_of_a_known_file_is_refused(tmp_path, synth_dir):
+    from conftest import run_cli
+
+    cfg = synth_config(tmp_path, {"dataset": {"verify_md5": True}})
+    good = save(mnist12_like(), tmp_path / "m.onnx")
+    r = run_cli("validate", f"--input_model={good}", f"--baseline_model={good}", f"--config={cfg}", f"--data_dir={synth_dir}",
+                f"--report={tmp_path / 'v.json'}")
+    assert r.returncode == 4 and "md5" in r.stderr and not (tmp_path / "v.json").exists(), r.stderr
+
+
+def test_verbose_shows_the_traceback_and_keeps_the_exit_code(tmp_path, synth_dir):
+    from conftest import run_cli
+
+    r = run_cli("validate", f"--input_model={tmp_path / 'none.onnx'}", f"--baseline_model={tmp_path / 'none.onnx'}",
+                f"--data_dir={synth_dir}", "--verbose")
+    assert r.returncode == 4 and "Traceback (most recent call last)" in r.stderr and r.stderr.strip().endswith("input model file not found")
+    quiet = run_cli("validate", f"--input_model={tmp_path / 'none.onnx'}", f"--baseline_model={tmp_path / 'none.onnx'}")
+    assert quiet.returncode == 4 and "Traceback" not in quiet.stderr
