@@ -118,6 +118,30 @@ def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progres
     return times
 
 
+def profile_ops(model: bytes, input_name: str, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict]:
+    """Median kernel time per node from onnxruntime's profiler (``runs`` calls on ``x``), slowest first."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    so = evaluation.session_options(threads)
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="mnist-quant-prof-") as d:
+        so.profile_file_prefix = os.path.join(d, "ort")
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"], disabled_optimizers=evaluation.disabled_optimizers(model))
+        for _ in range(runs):
+            sess.run(None, {input_name: x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    per: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
+    rows = [{"op": op, "node": node, "median_us": float(np.median(v))} for (op, node), v in per.items()]
+    return sorted(rows, key=lambda r: -r["median_us"])
+
+
 # ------------------------------------------------------------------------------------- driver
 def _model_entry(lm: models.LoadedModel) -> dict:
     return {"path": lm.path, "bytes": lm.bytes, "sha256": lm.sha256, "opset": lm.opset,
@@ -128,7 +152,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                      data_dir: str | None = None, batch_size: int | None = None, iterations: int | None = None,
                      warmup: int | None = None, threads: int | None = None, max_accuracy_drop: float | None = None,
                      report_path: str | None = None, log: Callable[[str], None] = print, command: str | None = None,
-                     plots: bool = True, dynamic_batch: bool = False, extra_batch_sizes: tuple[int, ...] = ()) -> dict:
+                     plots: bool = True, dynamic_batch: bool = False, extra_batch_sizes: tuple[int, ...] = (),
+                     profile: bool = False) -> dict:
     """Benchmark ``input_models`` (and ``baseline_model``) in one run; returns the report dict.
 
     Raises AccuracyError (exit 3) in accuracy mode when the first model's drop against the baseline
@@ -220,6 +245,13 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 if pos == 0:
                     entries[k].update(m)
                     entries[k]["latencies_ns"] = times[k]
+        if profile:
+            for k, lm in loaded.items():
+                for bs in [batch_size, *extra_batch_sizes]:
+                    per_call = evaluation.effective_batch(sigs[k].fixed_batch, bs)
+                    xb = np.resize(x_test, (per_call, *x_test.shape[1:]))
+                    entries[k].setdefault("profile", {})[str(bs)] = profile_ops(run_bytes[k], sigs[k].input_name, xb, threads=threads)
+            log("[benchmark] onnxruntime per-op profile taken (200 runs per model and batch size)")
         timing = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
                   "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
                   "method": "perf_counter_ns around InferenceSession.run_with_iobinding (inputs/outputs bound once); "
@@ -318,6 +350,13 @@ def render(doc: dict) -> str:
         rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
     env = doc["environment"]
     lines = [f"# Benchmark ({doc['mode']})", "", report.md_table(head, rows), ""]
+    for e in cols:
+        for bs, prof in e.get("profile", {}).items():
+            total = sum(r["median_us"] for r in prof)
+            lines += [f"Per-op profile of `{e['path']}`, batch {bs} (onnxruntime profiler, median of 200 runs; "
+                      f"kernel sum {total:,.0f} us; the profiler rounds to whole microseconds):", "",
+                      report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
+                                      [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]
     if doc.get("gate"):
         lines += [f"**{doc['gate']['verdict']}** — budget from {doc['gate']['budget_source']}.", ""]
     if doc.get("timing"):

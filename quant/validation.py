@@ -381,7 +381,7 @@ def render(doc: dict) -> str:
                                     "" if r["levels_used"] is None else r["levels_used"], r["flag"]] for r in layers["details"]["layers"]]), ""]
     td = next((c for c in doc["checks"] if c["name"] == "test data"), None)
     if td and td["details"].get("sets"):
-        lines += ["## Test data", "", report.md_table(["folder", "max |diff|", "same top-1", "result"],
+        lines += ["## Test data", "", report.md_table(["folder", "max abs diff", "same top-1", "result"],
                   [[f"`{s['folder']}`", f"{s['max_abs_diff']:.3g}", s["same_argmax"], "PASS" if s["passed"] else "**FAIL**"]
                    for s in td["details"]["sets"]]), ""]
     lines += [f"- input model: {doc['input_model']['bytes']:,} bytes, sha256 `{doc['input_model']['sha256'][:16]}…`, opset {doc['input_model']['opset']}",

@@ -139,12 +139,14 @@ def test_several_batch_sizes_and_dynamic_batch_rewrite(tmp_path, synth_dir):
     fixed = save(mnist12_like(batch=1), tmp_path / "fixed.onnx")
     cfg = synth_config(tmp_path)
     r = run_cli("benchmark", f"--input_model={fixed}", f"--baseline_model={fixed}", f"--config={cfg}", f"--data_dir={synth_dir}",
-                "--batch_size=1,8", "--iterations=20", "--warmup=2", "--dynamic_batch", "--no_plots", f"--report={tmp_path / 'b.json'}")
+                "--batch_size=1,8", "--iterations=20", "--warmup=2", "--dynamic_batch", "--no_plots", "--profile", f"--report={tmp_path / 'b.json'}")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "b.json").read_text())
     assert set(doc["model"]["by_batch"]) == {"1", "8"} and doc["timing"]["extra_batch_sizes"] == [8]
     assert not doc["model"]["by_batch"]["8"]["image_by_image"] and "batch dimension 1 -> N" in doc["model"]["rewritten"]
     assert "throughput ratio, batch 8" in r.stdout and "batch rewrite (--dynamic_batch)" in r.stdout
+    prof = doc["model"]["profile"]["8"]
+    assert {p["op"] for p in prof} >= {"MaxPool"} and all(p["median_us"] >= 0 for p in prof) and "Per-op profile" in r.stdout
     no_rewrite = run_cli("benchmark", f"--input_model={fixed}", f"--config={cfg}", f"--data_dir={synth_dir}", "--batch_size=1,8",
                          "--iterations=5", "--warmup=0", "--no_plots", f"--report={tmp_path / 'c.json'}")
     assert no_rewrite.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["model"]["by_batch"]["8"]["image_by_image"]
