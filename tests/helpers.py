@@ -106,6 +106,16 @@ def pattern_linear(batch: int | str = "N", layout: str = "flat", softmax: bool =
     return model
 
 
+def with_external_data_outside(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its first weight moved to external data at ../../etc/passwd (must be refused)."""
+    w = model.graph.initializer[0]
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.external_data.add(key="location", value="../../etc/passwd")
+    return model
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     path.write_bytes(model.SerializeToString())
     return path

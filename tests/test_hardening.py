@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, synth_config
-from helpers import idx_bytes, mnist12_like, save
+from helpers import idx_bytes, mnist12_like, save, with_external_data_outside
 from quant import config, data
 from quant.errors import ConfigError, DataError, QuantError
 
@@ -149,13 +149,7 @@ def _bad_model(kind: str, d):
             f.truncate((256 << 20) + 1)  # sparse: no disk used, never read
         return p, "byte limit"
     if kind == "external data outside":
-        m = mnist12_like()
-        w = m.graph.initializer[0]
-        w.data_location = TensorProto.EXTERNAL
-        w.ClearField("raw_data")
-        w.ClearField("float_data")
-        w.external_data.add(key="location", value="../../etc/passwd")
-        return save(m, p), "outside the model's folder"
+        return save(with_external_data_outside(mnist12_like()), p), "outside the model's folder"
     m = mnist12_like()
     if kind == "wrong input size":
         m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32

@@ -1,7 +1,7 @@
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import mnist12_like, pattern_linear, save
+from helpers import mnist12_like, pattern_linear, save, with_external_data_outside
 from quant import models
 from quant.errors import ModelError
 
@@ -70,12 +70,7 @@ def test_truncated_missing_dir(tmp_path):
 
 
 def test_external_data_outside_folder_is_refused(tmp_path):
-    m = mnist12_like()
-    w = m.graph.initializer[0]
-    w.data_location = TensorProto.EXTERNAL
-    w.ClearField("raw_data")
-    w.ClearField("float_data")
-    w.external_data.add(key="location", value="../../etc/passwd")
+    m = with_external_data_outside(mnist12_like())
     (tmp_path / "sub").mkdir()
     p = tmp_path / "sub" / "m.onnx"
     p.write_bytes(m.SerializeToString())
