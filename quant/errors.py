@@ -58,3 +58,10 @@ class AccuracyError(QuantError):
     def __init__(self, message: str, details: dict | None = None):
         super().__init__(message)
         self.details = details or {}
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of a library exception's message (its type name when the message is empty),
+    for wrapping third-party errors into one-line toolkit errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelError
+from .errors import ModelError, first_line
+from .models import ort_hints
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -35,8 +36,6 @@ KNOWN_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 def disabled_optimizers(model: bytes) -> list[str]:
     """The optimizers the model's metadata asks to disable (only known names are honoured)."""
-    from .models import ort_hints
-
     return [o for o in ort_hints(model) if o in KNOWN_OPTIMIZERS]
 
 
@@ -49,7 +48,7 @@ def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: s
         return ort.InferenceSession(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"],
                                     disabled_optimizers=dis)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise ModelError(f"{name}: onnxruntime cannot load it: {msg}") from None
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .fsio import sha256_bytes
 
 MAX_MODEL_BYTES = 256 << 20  # MNIST classifiers are kilobytes; refuse absurd files early
@@ -108,7 +108,7 @@ def load(path: str | os.PathLike, role: str = "model") -> LoadedModel:
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"{p}: ONNX checker failed: {first}") from None
     return LoadedModel(str(p), proto, raw)
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .models import Signature, graph_inputs, opset_of
 
 # QLinearConv exists since opset 10 and INC's adaptor wants 11, but MaxPool on int8 tensors needs 12: at opset 11
@@ -58,7 +58,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int, path: str = "model") -> t
         m.ir_version = max(m.ir_version, min_ir)
         onnx.checker.check_model(m)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"{path}: cannot upgrade opset {current} to {target} for quantization: {first}") from None
     return m, f"opset {current} -> {target} (onnx version converter; IR {model.ir_version} -> {m.ir_version})"
 
@@ -118,7 +118,7 @@ def make_batch_dynamic(model: onnx.ModelProto, sig: Signature, path: str = "mode
         m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
         onnx.checker.check_model(m)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"{path}: cannot make the batch dimension dynamic: {first}") from None
     del m.graph.value_info[:]
     return m, (f"batch dimension {fixed} -> {BATCH_DIM} (dynamic); Reshape shapes rewritten: "

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, first_line
 from .evaluation import make_session
 
 DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
@@ -144,7 +144,7 @@ def check_sets(model: bytes, sets: list[Path], input_name: str, output_name: str
         try:
             got = sess.run([output_name], {input_name: x})[0]
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise DataError(f"{d / 'input_0.pb'}: the model cannot run on it: {first}") from None
         if got.shape != ref.shape:
             results.append(SetResult(str(d), float("inf"), False, False, f"output shape {list(got.shape)} != reference {list(ref.shape)}"))

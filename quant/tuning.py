@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .errors import AccuracyError, QuantError
+from .errors import AccuracyError, QuantError, first_line
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
 
@@ -119,7 +119,7 @@ def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], fl
     except (KeyboardInterrupt, QuantError):
         raise
     except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
     finally:
         if in_main:
