@@ -51,13 +51,30 @@ def splits(mnist_dir):
     return {s: load_split(mnist_dir, s, verify=True) for s in ("train", "test")}
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, script: str | None = None, timeout: int = 300):
-    """Run ``python -m quant ARGS`` (or a repo shell script) in a subprocess; returns CompletedProcess."""
+def _drop_dac_capabilities() -> None:
+    """Runs in the child before exec. Root bypasses file permission bits (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH); dropping both from the bounding set makes the exec'd program subject to
+    them like any user, so "unreadable file" and "folder not writable" can be tested as root."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, script: str | None = None, timeout: int = 300,
+            unprivileged: bool = False):
+    """Run ``python -m quant ARGS`` (or a repo shell script) in a subprocess; returns CompletedProcess.
+
+    ``unprivileged``: when running as root, the child loses the capabilities that bypass file
+    permissions, so chmod'ed files and folders behave as they would for a normal user."""
     e = dict(os.environ)
     e["QUANT_PYTHON"] = sys.executable
     e.update(env or {})
     cmd = ["bash", str(REPO / script), *args] if script else [sys.executable, "-m", "quant", *args]
-    return subprocess.run(cmd, cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    pre = _drop_dac_capabilities if unprivileged and os.geteuid() == 0 else None
+    return subprocess.run(cmd, cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout, preexec_fn=pre)
 
 
 def write_config(path: Path, overrides: dict | None = None, base: str | None = None) -> Path:

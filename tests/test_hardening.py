@@ -167,23 +167,36 @@ MODEL_CASES = ["missing", "directory", "empty", "random bytes", "truncated", "to
                "wrong input size", "not 10 outputs", "two inputs"]
 
 
-def _command(cmd: str, model, tmp_path, synth_dir, cfg):
+def _command(cmd: str, model, tmp_path, synth_dir, cfg, output=None, report=None, unprivileged=False):
+    """Run one of the three commands on ``model``; outputs go to ``tmp_path/out`` unless ``output``/``report``."""
     from conftest import run_cli
 
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     good = save(mnist12_like(), tmp_path / "good.onnx")
+    common = [f"--config={cfg}", f"--data_dir={synth_dir}"] + ([f"--report={report}"] if report else [])
     if cmd == "run_tuning.sh":
-        return run_cli(f"--input_model={model}", f"--config={cfg}", f"--output_model={out / 'int8.onnx'}", f"--data_dir={synth_dir}",
-                       script="run_tuning.sh"), out
+        return run_cli(f"--input_model={model}", f"--output_model={output or out / 'int8.onnx'}", *common,
+                       script="run_tuning.sh", unprivileged=unprivileged), out
+    report_flag = [] if report else [f"--report={out / ('b.json' if cmd == 'run_benchmark.sh' else 'v.json')}"]
     if cmd == "run_benchmark.sh":
-        return run_cli(f"--input_model={model}", f"--baseline_model={good}", f"--config={cfg}", "--mode=all", f"--data_dir={synth_dir}",
-                       f"--report={out / 'b.json'}", script="run_benchmark.sh"), out
-    return run_cli("validate", f"--input_model={model}", f"--baseline_model={good}", f"--config={cfg}", f"--data_dir={synth_dir}",
-                   f"--report={out / 'v.json'}"), out
+        return run_cli(f"--input_model={model}", f"--baseline_model={good}", "--mode=all", *common, *report_flag,
+                       script="run_benchmark.sh", unprivileged=unprivileged), out
+    return run_cli("validate", f"--input_model={model}", f"--baseline_model={good}", *common, *report_flag, unprivileged=unprivileged), out
 
 
-@pytest.mark.parametrize("cmd", ["run_tuning.sh", "run_benchmark.sh", "validate"])
+def _one_line_error(r, code, words, ctx):
+    assert r.returncode == code, (ctx, r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and lines[-1].startswith("error: "), (ctx, r.stderr)
+    for w in ([words] if isinstance(words, str) else words):
+        assert w in lines[-1], (ctx, w, r.stderr)
+
+
+COMMANDS = ["run_tuning.sh", "run_benchmark.sh", "validate"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
 @pytest.mark.parametrize("kind", MODEL_CASES)
 def test_bad_model_cases_for_every_command(cmd, kind, tmp_path, synth_dir):
     model, words = _bad_model(kind, tmp_path)
@@ -205,7 +218,7 @@ DATA_CASES = {
 }
 
 
-@pytest.mark.parametrize("cmd", ["run_tuning.sh", "run_benchmark.sh", "validate"])
+@pytest.mark.parametrize("cmd", COMMANDS)
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_bad_data_cases_for_every_command(cmd, case, tmp_path, synth_dir):
     cfg = synth_config(tmp_path)
@@ -236,3 +249,119 @@ def test_verbose_shows_the_traceback_and_keeps_the_exit_code(tmp_path, synth_dir
     assert r.returncode == 4 and "Traceback (most recent call last)" in r.stderr and r.stderr.strip().endswith("input model file not found")
     quiet = run_cli("validate", f"--input_model={tmp_path / 'none.onnx'}", f"--baseline_model={tmp_path / 'none.onnx'}")
     assert quiet.returncode == 4 and "Traceback" not in quiet.stderr
+
+
+# --------------------------------------------------- config errors, for all three commands
+CONFIG_CASES = {
+    "YAML syntax error": ("model: {name: [unclosed\n", 2, "YAML syntax error at line"),
+    "unknown key": ("tuning:\n  max_trial: 3\n", 2, ["unknown key 'tuning.max_trial'", "did you mean 'tuning.max_trials'"]),
+    "wrong type": ("tuning:\n  max_trials: ten\n", 2, "tuning.max_trials: expected an integer"),
+    "negative tolerance": ("tuning:\n  accuracy_criterion: {relative: -0.1}\n", 2, "tuning.accuracy_criterion.relative: tolerance must be in"),
+    "sampling size 0": ("quantization:\n  calibration: {sampling_size: 0}\n", 2, "sampling_size: must be >= 1"),
+    "sampling size over any split": ("quantization:\n  calibration: {sampling_size: 70000}\n", 2, "sampling_size: must be <= 60000"),
+    "unknown format": ("quantization:\n  format: QOp\n", 2, ["quantization.format: must be one of", "did you mean 'QOperator'"]),
+    "unknown strategy": ("tuning:\n  strategy: fastest\n", 2, "tuning.strategy: must be one of"),
+    "a list": ("- a\n- b\n", 2, "config must be a mapping"),
+    "empty": ("", 2, "config is empty"),
+    "python tag": ("model: !!python/object/apply:os.system ['touch pwned']\n", 2, "YAML syntax error"),
+    "layout vs model input": (None, 4, ["has shape [1, 1, 28, 28]", "preprocessing.layout is NHWC"]),
+}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config_cases_for_every_command(cmd, case, tmp_path, synth_dir):
+    text, code, words = CONFIG_CASES[case]
+    if text is None:
+        cfg = synth_config(tmp_path, {"preprocessing": {"layout": "NHWC"}})
+    else:
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(text)
+    good = save(mnist12_like(), tmp_path / "m.onnx")
+    r, out = _command(cmd, good, tmp_path, synth_dir, cfg)
+    _one_line_error(r, code, [cfg.name if code == 2 else ".onnx: input", *([words] if isinstance(words, str) else words)], (cmd, case))
+    assert list(out.iterdir()) == [] and not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+def test_sampling_size_larger_than_the_split_is_refused_by_tune(tmp_path, synth_dir):
+    # synthetic train split: 300 images; benchmark and validate never read the calibration split
+    cfg = synth_config(tmp_path, {"quantization": {"calibration": {"manifest": None, "sampling_size": 500}}})
+    r, out = _command("run_tuning.sh", save(mnist12_like(), tmp_path / "m.onnx"), tmp_path, synth_dir, cfg)
+    _one_line_error(r, 2, "sampling_size: 500 is larger than the train split (300 images)", "tune")
+    assert list(out.iterdir()) == []
+
+
+# --------------------------------------------------- output and report paths
+def _path_case(case: str, cmd: str, tmp_path):
+    """(output, report, model, setup) for a bad output/report path; ``model`` None = the default good model."""
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    if case == "output = input":
+        m = save(mnist12_like(), tmp_path / "m.onnx")
+        return m, None, m, "is the input model"
+    if case == "output folder missing":
+        return tmp_path / "no" / "int8.onnx", None, None, "does not exist"
+    if case == "output is a folder":
+        return ro, None, None, "is a directory"
+    if case == "output folder not writable":
+        os.chmod(ro, 0o555)
+        return ro / "int8.onnx", None, None, "is not writable"
+    if case == "report folder missing":
+        return None, tmp_path / "no" / "r.json", None, "does not exist"
+    if case == "report is a folder":
+        (ro / "r.json").mkdir()
+        return None, ro / "r.json", None, "is a directory"
+    if case == "report folder not writable":
+        os.chmod(ro, 0o555)
+        return None, ro / "r.json", None, "is not writable"
+    if case == "report would overwrite the model":
+        m = save(mnist12_like(), tmp_path / "m.json")
+        return None, m, m, ("is the input model" if cmd == "run_tuning.sh" else "would overwrite the model")
+    raise AssertionError(case)
+
+
+PATH_CASES = [(c, k) for c in COMMANDS for k in ("report folder missing", "report is a folder", "report folder not writable",
+                                                 "report would overwrite the model")]
+PATH_CASES += [("run_tuning.sh", k) for k in ("output = input", "output folder missing", "output is a folder", "output folder not writable")]
+
+
+@pytest.mark.parametrize("cmd,case", PATH_CASES)
+def test_bad_output_and_report_paths(cmd, case, tmp_path, synth_dir):
+    output, report, model, words = _path_case(case, cmd, tmp_path)
+    model = model or save(mnist12_like(), tmp_path / "m.onnx")
+    before = {f: f.read_bytes() for f in tmp_path.glob("m.*")}
+    r, out = _command(cmd, model, tmp_path, synth_dir, synth_config(tmp_path), output=output, report=report, unprivileged=True)
+    _one_line_error(r, 2, words, (cmd, case))
+    ro = tmp_path / "readonly"
+    assert list(out.iterdir()) == [] and [f for f in ro.rglob("*") if f != ro / "r.json"] == []
+    assert {f: f.read_bytes() for f in tmp_path.glob("m.*")} == before
+
+
+# --------------------------------------------------- unreadable inputs (permission bits apply: see conftest.run_cli)
+def _locked(path):
+    os.chmod(path, 0)
+    return path
+
+
+UNREADABLE = {
+    "model": (4, "file is not readable (permission denied)"),
+    "MNIST file": (4, "t10k-images-idx3-ubyte.gz: cannot read (Permission denied)"),
+    "config": (2, "cannot read config (Permission denied)"),
+}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("what", list(UNREADABLE))
+def test_unreadable_inputs_for_every_command(cmd, what, tmp_path, synth_dir):
+    model = save(mnist12_like(), tmp_path / "m.onnx")
+    cfg = synth_config(tmp_path)
+    if what == "model":
+        _locked(model)
+    elif what == "MNIST file":
+        _locked(synth_dir / "t10k-images-idx3-ubyte.gz")
+    else:
+        _locked(cfg)
+    r, out = _command(cmd, model, tmp_path, synth_dir, cfg, unprivileged=True)
+    code, words = UNREADABLE[what]
+    _one_line_error(r, code, words, (cmd, what))
+    assert list(out.iterdir()) == []
