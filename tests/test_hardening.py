@@ -76,24 +76,77 @@ def test_config_from_random_structures(doc):
         assert "\n" not in str(e)
 
 
-def test_ctrl_c_during_tuning_exits_130_and_writes_nothing(tmp_path, synth_dir):
+# Ctrl-C at three stages. Calibration is too quick on 50 images to hit by timing, so that case runs the
+# real command with a calibration loader that announces itself and feeds slowly (a large calibration set).
+_SLOW_CALIBRATION = """
+import sys, time
+from quant import calib, cli
+def slow(self, _orig=calib.CalibDataLoader.__iter__):
+    print("[test] calibration started", file=sys.stderr, flush=True)
+    for item in _orig(self):
+        time.sleep(0.1)
+        yield item
+calib.CalibDataLoader.__iter__ = slow
+sys.exit(cli.main(sys.argv[1:]))
+"""
+CTRL_C_STAGES = {  # stage: (command prefix, stderr line that says the stage is running)
+    "calibration": (["-c", _SLOW_CALIBRATION, "tune"], "[test] calibration started"),
+    "tuning loop": (["-m", "quant", "tune"], "fp32 baseline"),
+    "benchmarking": (["-m", "quant", "benchmark", "--mode=all", "--iterations=400000"], "[benchmark] timing: "),
+}
+
+
+@pytest.mark.parametrize("stage", list(CTRL_C_STAGES))
+def test_ctrl_c_exits_130_removes_temp_files_and_writes_nothing(stage, tmp_path, synth_dir):
     m = save(mnist12_like(), tmp_path / "m.onnx")
     cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
-    out = tmp_path / "out" / "int8.onnx"
-    out.parent.mkdir()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "quant", "tune", f"--input_model={m}", f"--config={cfg}", f"--output_model={out}",
-                          f"--data_dir={synth_dir}"], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    out, tmp, cwd = tmp_path / "out", tmp_path / "tmp", tmp_path / "cwd"
+    for d in (out, tmp, cwd):
+        d.mkdir()
+    prefix, ready = CTRL_C_STAGES[stage]
+    args = [f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}"]
+    args += [f"--baseline_model={m}", f"--report={out / 'b.json'}"] if stage == "benchmarking" else [f"--output_model={out / 'int8.onnx'}"]
+    env = isolated_env(tmp_path, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, *prefix, *args], cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, start_new_session=True)
     lines = []
-    for line in p.stderr:  # wait until INC's loop is running, then press Ctrl-C
+    for line in p.stderr:  # wait until the stage is running, then press Ctrl-C (SIGINT to the process group, as a terminal does)
         lines.append(line)
-        if "fp32 baseline" in line:
-            p.send_signal(signal.SIGINT)
+        if ready in line:
+            os.killpg(p.pid, signal.SIGINT)
             break
     rest = p.communicate(timeout=120)[1]
-    assert p.returncode == 130, "".join(lines) + rest
-    assert "interrupted; no output written" in rest and "Traceback" not in rest
-    assert list(out.parent.iterdir()) == []
+    log = "".join(lines) + rest
+    assert lines and ready in lines[-1], log
+    assert p.returncode == 130, log
+    assert rest.strip().endswith("interrupted; no output written") and "Traceback" not in rest, log
+    assert list(out.iterdir()) == [] and list(tmp.iterdir()) == [] and list(cwd.iterdir()) == [], log
+    assert list((tmp_path / "home").iterdir()) == [], log
+
+
+def isolated_env(tmp_path, **extra) -> dict:
+    """Child environment whose temp folder is tmp_path/tmp and home tmp_path/home (both must stay empty),
+    without the variables that would silence onnxruntime's telemetry by themselves (CI=true in CI)."""
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_RUNNING_UNIT_TESTS")}
+    return dict(env, TMPDIR=str(tmp_path / "tmp"), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"),
+                **extra)
+
+
+def test_a_run_leaves_nothing_in_temp_or_home(tmp_path, synth_dir):
+    """A whole tune + validate leaves no temp files and nothing under $HOME (INC's workspace is deleted;
+    onnxruntime's telemetry files are not created because the toolkit opts out)."""
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    (tmp_path / "tmp").mkdir()
+    env = isolated_env(tmp_path)
+    q = tmp_path / "int8.onnx"
+    for args in (["tune", f"--output_model={q}"], ["validate", f"--baseline_model={m}", "--samples=20"]):
+        model = m if args[0] == "tune" else q
+        r = subprocess.run([sys.executable, "-m", "quant", *args, f"--input_model={model}", f"--config={cfg}", f"--data_dir={synth_dir}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "home").iterdir()) == []
 
 
 def test_concurrent_runs_to_one_output_leave_one_complete_file(tmp_path, synth_dir):
