@@ -207,6 +207,9 @@ def _bad_model(kind: str, d):
     if kind == "wrong input size":
         m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32
         return save(m, p), "expected [N,1,28,28]"
+    if kind == "wrong input rank":
+        del m.graph.input[0].type.tensor_type.shape.dim[1]
+        return save(m, p), "has shape [1, 28, 28] but preprocessing.layout is NCHW"
     if kind == "not 10 outputs":
         m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7
         return save(m, p), "expected [N,10]"
@@ -217,7 +220,7 @@ def _bad_model(kind: str, d):
 
 
 MODEL_CASES = ["missing", "directory", "empty", "random bytes", "truncated", "too large", "external data outside",
-               "wrong input size", "not 10 outputs", "two inputs"]
+               "wrong input size", "wrong input rank", "not 10 outputs", "two inputs"]
 
 
 def _command(cmd: str, model, tmp_path, synth_dir, cfg, output=None, report=None, unprivileged=False):
@@ -264,6 +267,8 @@ DATA_CASES = {
     "folder missing": (lambda d: __import__("shutil").rmtree(d), "missing MNIST file"),
     "file missing": (lambda d: (d / "t10k-labels-idx1-ubyte.gz").unlink(), "t10k-labels-idx1-ubyte"),
     "wrong magic": (lambda d: (d / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\x00" * 64)), "magic"),
+    "truncated file": (lambda d: (d / "t10k-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(gzip.decompress((d / "t10k-images-idx3-ubyte.gz").read_bytes())[:-100])), "truncated"),
     "corrupt gzip": (lambda d: (d / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + b"junk" * 10), "t10k-images-idx3-ubyte.gz"),
     "label out of range": (lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(
         gzip.compress(idx_bytes(np.full(200, 12, np.uint8)))), "label 12 outside 0..9"),
@@ -284,14 +289,12 @@ def test_bad_data_cases_for_every_command(cmd, case, tmp_path, synth_dir):
     assert list(out.iterdir()) == []
 
 
-def test_md5_mismatch_of_a_known_file_is_refused(tmp_path, synth_dir):
-    from conftest import run_cli
-
-    cfg = synth_config(tmp_path, {"dataset": {"verify_md5": True}})
-    good = save(mnist12_like(), tmp_path / "m.onnx")
-    r = run_cli("validate", f"--input_model={good}", f"--baseline_model={good}", f"--config={cfg}", f"--data_dir={synth_dir}",
-                f"--report={tmp_path / 'v.json'}")
-    assert r.returncode == 4 and "md5" in r.stderr and not (tmp_path / "v.json").exists(), r.stderr
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_md5_mismatch_of_a_known_file_is_refused(cmd, tmp_path, synth_dir):
+    cfg = synth_config(tmp_path, {"dataset": {"verify_md5": True}})  # synthetic files carry the canonical names
+    r, out = _command(cmd, save(mnist12_like(), tmp_path / "m.onnx"), tmp_path, synth_dir, cfg)
+    _one_line_error(r, 4, ["-idx", "md5", "does not match the canonical MNIST file"], cmd)
+    assert list(out.iterdir()) == []
 
 
 def test_verbose_shows_the_traceback_and_keeps_the_exit_code(tmp_path, synth_dir):
