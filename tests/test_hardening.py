@@ -1,5 +1,6 @@
 """Robustness: random/mutated inputs only ever raise the toolkit's own errors; Ctrl-C and
-concurrent writers never leave partial files."""
+concurrent writers never leave partial or temp files; every bad model, data, config and path case
+gets its exit code and one-line message from run_tuning.sh, run_benchmark.sh and validate alike."""
 
 import gzip
 import os
@@ -76,6 +77,15 @@ def test_config_from_random_structures(doc):
         assert "\n" not in str(e)
 
 
+def isolated_env(tmp_path, **extra) -> dict:
+    """Child environment whose temp folder is tmp_path/tmp and home tmp_path/home (both must stay empty),
+    without the variables that would silence onnxruntime's telemetry by themselves (CI=true in CI)."""
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_RUNNING_UNIT_TESTS")}
+    return dict(env, TMPDIR=str(tmp_path / "tmp"), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"),
+                **extra)
+
+
 # Ctrl-C at three stages. Calibration is too quick on 50 images to hit by timing, so that case runs the
 # real command with a calibration loader that announces itself and feeds slowly (a large calibration set).
 _SLOW_CALIBRATION = """
@@ -122,15 +132,6 @@ def test_ctrl_c_exits_130_removes_temp_files_and_writes_nothing(stage, tmp_path,
     assert rest.strip().endswith("interrupted; no output written") and "Traceback" not in rest, log
     assert list(out.iterdir()) == [] and list(tmp.iterdir()) == [] and list(cwd.iterdir()) == [], log
     assert list((tmp_path / "home").iterdir()) == [], log
-
-
-def isolated_env(tmp_path, **extra) -> dict:
-    """Child environment whose temp folder is tmp_path/tmp and home tmp_path/home (both must stay empty),
-    without the variables that would silence onnxruntime's telemetry by themselves (CI=true in CI)."""
-    (tmp_path / "home").mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_RUNNING_UNIT_TESTS")}
-    return dict(env, TMPDIR=str(tmp_path / "tmp"), HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"),
-                **extra)
 
 
 def test_a_run_leaves_nothing_in_temp_or_home(tmp_path, synth_dir):
@@ -283,9 +284,7 @@ def test_bad_data_cases_for_every_command(cmd, case, tmp_path, synth_dir):
     DATA_CASES[case][0](synth_dir)
     good = save(mnist12_like(), tmp_path / "m.onnx")
     r, out = _command(cmd, good, tmp_path, synth_dir, cfg)
-    assert r.returncode == 4, (cmd, case, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and DATA_CASES[case][1] in lines[-1] and "Traceback" not in r.stderr, (cmd, case, r.stderr)
+    _one_line_error(r, 4, DATA_CASES[case][1], (cmd, case))
     assert list(out.iterdir()) == []
 
 
@@ -349,7 +348,7 @@ def test_sampling_size_larger_than_the_split_is_refused_by_tune(tmp_path, synth_
 
 # --------------------------------------------------- output and report paths
 def _path_case(case: str, cmd: str, tmp_path):
-    """(output, report, model, setup) for a bad output/report path; ``model`` None = the default good model."""
+    """(output, report, model, expected words) for a bad output/report path; ``model`` None = the default good model."""
     ro = tmp_path / "readonly"
     ro.mkdir()
     if case == "output = input":
@@ -394,11 +393,6 @@ def test_bad_output_and_report_paths(cmd, case, tmp_path, synth_dir):
 
 
 # --------------------------------------------------- unreadable inputs (permission bits apply: see conftest.run_cli)
-def _locked(path):
-    os.chmod(path, 0)
-    return path
-
-
 UNREADABLE = {
     "model": (4, "file is not readable (permission denied)"),
     "MNIST file": (4, "t10k-images-idx3-ubyte.gz: cannot read (Permission denied)"),
@@ -411,12 +405,7 @@ UNREADABLE = {
 def test_unreadable_inputs_for_every_command(cmd, what, tmp_path, synth_dir):
     model = save(mnist12_like(), tmp_path / "m.onnx")
     cfg = synth_config(tmp_path)
-    if what == "model":
-        _locked(model)
-    elif what == "MNIST file":
-        _locked(synth_dir / "t10k-images-idx3-ubyte.gz")
-    else:
-        _locked(cfg)
+    os.chmod({"model": model, "MNIST file": synth_dir / "t10k-images-idx3-ubyte.gz", "config": cfg}[what], 0)
     r, out = _command(cmd, model, tmp_path, synth_dir, cfg, unprivileged=True)
     code, words = UNREADABLE[what]
     _one_line_error(r, code, words, (cmd, what))
