@@ -5,5 +5,5 @@
 #       [--max_accuracy_drop=FRACTION] [--report=PATH] [--data_dir=DIR]
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
-py="$(quant_python)" || { echo "error: could not set up the Python environment" >&2; exit 1; }
+py="$(quant_python)" || exit $?
 exec "$py" -m quant benchmark "$@"

@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/scripts/env.sh"
-py="$(quant_python)" || { echo "error: could not set up the Python environment" >&2; exit 1; }
+py="$(quant_python)" || exit $?
 if [ -z "${MNIST_DIR:-}" ] && [ -d "$here/../shared/data/mnist" ]; then export MNIST_DIR="$here/../shared/data/mnist"; fi
 if [ -z "${QUANT_MODELS_DIR:-}" ] && [ -d "$here/../shared/models" ]; then export QUANT_MODELS_DIR="$here/../shared/models"; fi
 cd "$here"

@@ -3,5 +3,5 @@
 #   bash run_tuning.sh --input_model=mnist-12.onnx --config=mnist.yaml --output_model=mnist-12-int8.onnx [--data_dir=DIR] [--report=PATH]
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
-py="$(quant_python)" || { echo "error: could not set up the Python environment" >&2; exit 1; }
+py="$(quant_python)" || exit $?
 exec "$py" -m quant tune "$@"

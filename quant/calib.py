@@ -1,4 +1,5 @@
-"""The calibration set: its committed definition (calib_data/manifest.json), the array it
+"""The calibration set: its committed definition (the built-in manifest
+``quant/resources/calib_manifest.json``, shipped in the package, or one named in the config), the array it
 materializes to, and the INC-compatible dataloader that feeds it.
 
 Calibration images come from the MNIST *train* split only; the 2022 zoo recipe calibrated on test
@@ -19,7 +20,7 @@ from .data import Split, preprocess
 from .errors import ConfigError, DataError
 from .fsio import atomic_write_bytes, atomic_write_text, sha256_bytes
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_MANIFEST = Path(__file__).resolve().parent / "resources" / "calib_manifest.json"
 MANIFEST_VERSION = 1
 
 
@@ -56,15 +57,10 @@ def definition_key(split: str, count: int, seed: int, preprocessing: dict) -> di
     return {"split": split, "count": count, "seed": seed, "preprocessing": preprocessing}
 
 
-def manifest_path(cfg) -> Path | None:
+def manifest_path(cfg) -> Path:
+    """The manifest the config names (config.load made a relative one absolute), else the built-in one."""
     value = cfg.quantization.calibration.manifest
-    if value is None:
-        return None
-    p = Path(value)
-    if not p.is_absolute():
-        base = Path(cfg.source).parent if cfg.source not in ("<defaults>", "<config>") else REPO_ROOT
-        p = base / p
-    return p
+    return BUILTIN_MANIFEST if value is None else Path(value)
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -92,9 +88,7 @@ def build(cfg, train: Split) -> CalibrationSet:
     if c.sampling_size > len(train.labels):
         raise ConfigError(f"quantization.calibration.sampling_size: {c.sampling_size} is larger than the {c.split} split ({len(train.labels)} images)")
     mpath = manifest_path(cfg)
-    entry = None
-    if mpath is not None:
-        entry = next((s for s in read_manifest(mpath) if {k: s.get(k) for k in key} == key), None)
+    entry = next((s for s in read_manifest(mpath) if {k: s.get(k) for k in key} == key), None)
     indices = entry["indices"] if entry else select_indices(len(train.labels), c.sampling_size, c.seed)
     p = cfg.preprocessing
     x = preprocess(train.images[indices], cfg.scale, p.mean, p.std, p.layout)
@@ -120,7 +114,7 @@ def write_manifest(path: Path, entries: list[dict]) -> None:
     doc = {"version": MANIFEST_VERSION,
            "about": "Committed definitions of calibration sets (MNIST train-split indices + preprocessing + sha256 "
                     "of the resulting float32 array). Pixels are never committed: `python -m quant calib` "
-                    "materializes them into calib_data/*.npy (git-ignored) and checks the sha256.",
+                    "materializes them into calib_data/*.npy in the working folder and checks the sha256.",
            "sets": entries}
     text = json.dumps(doc, indent=1)
     text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m quant {tune,benchmark,validate,check-test-data,write-test-data,fetch,calib} ...``
+"""Command line: ``python -m quant {tune,benchmark,validate,check-test-data,write-test-data,fetch,calib,config} ...``
 (the zoo's flag style).
 
 Exit codes: 0 success; 1 unexpected error; 2 usage or config error; 3 accuracy goal not met;
@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USAGE, QuantError
+from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USAGE, QuantError, UsageError
 
 
 def _log(msg: str) -> None:
@@ -53,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--verbose", action="store_true")
     f.set_defaults(func=cmd_fetch)
 
+    k = sub.add_parser("config", help="print the default config (the packaged mnist.yaml) to start your own from", allow_abbrev=False)
+    k.set_defaults(func=cmd_config)
+
     c = sub.add_parser("calib", help="materialize the calibration set into calib_data/ and check its sha256", allow_abbrev=False)
-    c.add_argument("--config", default=None)
-    c.add_argument("--data_dir", default=None)
-    c.add_argument("--out_dir", default=None, help="folder for the .npy (default: the manifest's folder)")
-    c.add_argument("--add_to_manifest", metavar="NAME", default=None, help="record this set in the manifest under NAME")
+    c.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
+    c.add_argument("--data_dir", default=None, help="MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)")
+    c.add_argument("--out_dir", default=None, help="folder for the .npy (default: calib_data/ in the working folder)")
+    c.add_argument("--add_to_manifest", metavar="NAME", default=None,
+                   help="record this set under NAME in the manifest the config names (quantization.calibration.manifest)")
     c.add_argument("--verbose", action="store_true")
     c.set_defaults(func=cmd_calib)
 
@@ -102,17 +106,24 @@ def cmd_calib(args) -> int:
     cfg = config.load(args.config)
     root = data.ensure_data_dir(args.data_dir, cfg.dataset.root, download=cfg.dataset.download, log=_log)
     cs = calib.build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
-    mpath = calib.manifest_path(cfg)
-    out_dir = Path(args.out_dir) if args.out_dir else (mpath.parent if mpath else Path("calib_data"))
-    out = calib.save_array(cs, out_dir)
+    out = calib.save_array(cs, Path(args.out_dir) if args.out_dir else Path("calib_data"))
     _log(f"[calib] {cs.definition['count']} {cs.definition['split']} images, {cs.definition['source']}; sha256 {cs.sha256} checked")
     if args.add_to_manifest:
-        if mpath is None:
-            raise QuantError("quantization.calibration.manifest is null; nothing to add to")
+        if cfg.quantization.calibration.manifest is None:  # never write into the installed package
+            raise UsageError("--add_to_manifest: set quantization.calibration.manifest to a manifest file of yours "
+                             "(the built-in one is part of the package)")
+        mpath = calib.manifest_path(cfg)
         entries = [e for e in (calib.read_manifest(mpath) if mpath.exists() else []) if e.get("name") != args.add_to_manifest]
         calib.write_manifest(mpath, entries + [calib.manifest_entry(cs, args.add_to_manifest)])
         _log(f"[calib] recorded as {args.add_to_manifest!r} in {mpath}")
     print(out)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import DEFAULT_CONFIG
+
+    sys.stdout.write(DEFAULT_CONFIG.read_text())
     return 0
 
 

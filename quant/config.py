@@ -61,13 +61,17 @@ SCHEMA: dict[str, Any] = {
         "approach": F("str", "static", choices=("static",), doc="post-training static quantization"),
         "format": F("str", "QOperator", choices=("QOperator", "QDQ"), doc="QLinear* ops (the zoo's) or QuantizeLinear/DequantizeLinear pairs"),
         "per_channel": F("bool", False, doc="per-channel weight scales (QDQ needs opset >= 13)"),
+        "reduce_range": F("bool", True, doc="7-bit quantization ranges (uint8 activations 0..127, int8 weights -64..64), so "
+                          "onnxruntime computes the int8 model exactly on every x86 CPU (AVX2 without VNNI saturates 16-bit sums "
+                          "at 8 bits). Always passed to INC, whose own default reads the host CPU (README: One result everywhere)"),
         "op_types_to_keep_fp32": F("list[str]", [], doc="op types never quantized, e.g. [MatMul]"),
         "nodes_to_keep_fp32": F("list[str]", [], doc="node names never quantized"),
         "calibration": {
             "split": F("str", "train", choices=("train",), doc="calibration never uses test images"),
             "sampling_size": F("int", 100, min=1, max=60000, doc="number of calibration images"),
             "seed": F("int", 9527, min=0, doc="seed that picks the calibration images"),
-            "manifest": F("str", "calib_data/manifest.json", nullable=True, doc="committed definition checked against"),
+            "manifest": F("str", None, nullable=True, doc="calibration-set definitions checked against; null = the built-in "
+                          "one shipped in the package (quant/resources/calib_manifest.json)"),
         },
     },
     "tuning": {
@@ -92,6 +96,11 @@ SCHEMA: dict[str, Any] = {
         "report": F("str", None, nullable=True, doc="report path (.json; .md beside it); default beside the model"),
     },
 }
+
+# Keys holding file or folder paths: a relative value in a config file is resolved against the folder
+# of that file (not the working folder), so a config behaves the same wherever it is used from.
+PATH_KEYS = (("dataset", "root"), ("quantization", "calibration", "manifest"), ("output", "report"))
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "resources" / "mnist.yaml"
 
 _LEGACY_FRAMEWORK = {"onnxrt_qlinearops": "QOperator", "onnxrt_qdq": "QDQ", "onnxrt_qdqops": "QDQ"}
 
@@ -327,7 +336,20 @@ def load(path: str | os.PathLike | None) -> Config:
         raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{p}: YAML nesting too deep") from None
-    return from_dict(raw, str(p), sha256_bytes(data))
+    cfg = from_dict(raw, str(p), sha256_bytes(data))
+    _resolve_paths(cfg, p.parent)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Make the relative (and ``~``) paths of :data:`PATH_KEYS` absolute against ``base``."""
+    for keys in PATH_KEYS:
+        section = cfg
+        for k in keys[:-1]:
+            section = getattr(section, k)
+        value = getattr(section, keys[-1])
+        if value is not None:
+            setattr(section, keys[-1], str(base / Path(value).expanduser()))
 
 
 def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str]]:

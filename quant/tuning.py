@@ -3,19 +3,34 @@
 This is the only module that imports neural_compressor. INC's workspace (which holds its tuning
 history as a pickle) lives in a private temporary folder deleted after the run, and resuming is
 never enabled, so nothing a user supplies is ever unpickled.
+
+One result on every machine: INC reads the host CPU in two places of its onnxrt path, and both are
+pinned here (:data:`HOST_INDEPENDENT`): ``reduce_range`` (INC: ``not CpuInfo().vnni``, i.e. 7-bit
+weights on CPUs without AVX-512 VNNI) is always passed from ``quantization.reduce_range``, and bf16/fp16
+are excluded from the tuning space (INC adds bf16 when ``CpuInfo().bf16`` or ``$FORCE_BF16``).
+
+Compatibility layer (:func:`inc_compat`): INC 3.7.1, the last release with the onnxrt adaptor,
+imports ``pkg_resources.parse_version`` (setuptools >= 82 and Python >= 3.12 venvs have no
+pkg_resources) and uses ``onnx.mapping`` (removed in onnx 1.19). While INC runs, and only where they
+are missing, the two are supplied from ``packaging.version.parse`` and ``onnx.helper``; afterwards
+``sys.modules`` and ``onnx`` are as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
+import types
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -48,6 +63,57 @@ def meets(criterion: tuple[str, float], baseline: float, acc: float) -> bool:
     return acc >= baseline * (1 - tol) - 1e-12 if kind == "relative" else acc >= baseline - tol - 1e-12
 
 
+# INC options that would otherwise be read from the host CPU; the values are passed on every call.
+HOST_INDEPENDENT = {"excluded_precisions": ["bf16", "fp16"]}
+
+# The plain numeric/string tensor types of the removed onnx.mapping tables (what INC's quantizer looks up).
+_MAPPED_TYPES = ("FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "STRING", "BOOL", "FLOAT16",
+                 "DOUBLE", "UINT32", "UINT64", "COMPLEX64", "COMPLEX128")
+
+
+def _onnx_mapping_module() -> types.ModuleType:
+    """A stand-in for ``onnx.mapping`` (onnx < 1.19) built from ``onnx.helper``'s dtype functions."""
+    m = types.ModuleType("onnx.mapping")
+    t2n = {}
+    for name in _MAPPED_TYPES:
+        t = getattr(onnx.TensorProto, name)
+        t2n[t] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t))
+    m.TENSOR_TYPE_TO_NP_TYPE = t2n
+    m.NP_TYPE_TO_TENSOR_TYPE = {dt: t for t, dt in reversed(list(t2n.items()))}  # float16 etc.: first name wins
+    m.__doc__ = "mnist-quant's stand-in for onnx.mapping (removed in onnx 1.19), present only while INC runs"
+    return m
+
+
+def _pkg_resources_module() -> types.ModuleType:
+    from packaging.version import parse
+
+    m = types.ModuleType("pkg_resources")
+    m.parse_version = parse
+    m.__doc__ = "mnist-quant's stand-in for pkg_resources.parse_version, present only while INC runs"
+    return m
+
+
+@contextlib.contextmanager
+def inc_compat() -> Iterator[list[str]]:
+    """Supply ``pkg_resources`` and ``onnx.mapping`` where missing while INC runs; yields what was supplied."""
+    supplied = []
+    if "pkg_resources" not in sys.modules and importlib.util.find_spec("pkg_resources") is None:
+        sys.modules["pkg_resources"] = _pkg_resources_module()
+        supplied.append("pkg_resources")
+    if not hasattr(onnx, "mapping") and importlib.util.find_spec("onnx.mapping") is None:
+        onnx.mapping = sys.modules["onnx.mapping"] = _onnx_mapping_module()
+        supplied.append("onnx.mapping")
+    try:
+        yield supplied
+    finally:
+        if "pkg_resources" in supplied:
+            sys.modules.pop("pkg_resources", None)
+        if "onnx.mapping" in supplied:
+            sys.modules.pop("onnx.mapping", None)
+            with contextlib.suppress(AttributeError):
+                del onnx.mapping
+
+
 def _op_dicts(cfg) -> tuple[dict | None, dict | None]:
     q = cfg.quantization
     gran = "per_channel" if q.per_channel else "per_tensor"
@@ -65,6 +131,11 @@ def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], fl
 
     Raises AccuracyError (exit 3) when no configuration meets ``cfg``'s accuracy criterion.
     """
+    with inc_compat():
+        return _tune(fp32, cfg, calib_loader, eval_fn, verbose, log)
+
+
+def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     from neural_compressor import __version__ as version
     from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, options
     from neural_compressor.quantization import fit
@@ -92,6 +163,9 @@ def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], fl
         device="cpu",
         backend="default",
         quant_format=_FORMAT[cfg.quantization.format],
+        # passed explicitly on every call: INC's default is `not CpuInfo().vnni` (host-dependent bytes)
+        reduce_range=cfg.quantization.reduce_range,
+        excluded_precisions=list(HOST_INDEPENDENT["excluded_precisions"]),
         calibration_sampling_size=[cfg.quantization.calibration.sampling_size],
         op_type_dict=op_type_dict,
         op_name_dict=op_name_dict,

@@ -49,9 +49,39 @@ class Check:
 
 
 # ------------------------------------------------------------------------------- input range
-def _qrange(dtype) -> tuple[int, int]:
+def _qrange(dtype, bits: int = 8) -> tuple[int, int]:
+    """Integer range a quantizer of ``dtype`` calibrates onto: the full type, or with 7-bit ranges
+    (reduce_range: uint8 0..127, int8 -64..64, as onnxruntime's and INC's quantizers define them)."""
     info = np.iinfo(dtype)
+    if bits == 7:
+        return (0, 127) if info.min == 0 else (-64, 64)
     return int(info.min), int(info.max)
+
+
+# int8 weights of the ops that carry them (QOperator; in QDQ models the DequantizeLinear of a weight)
+_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "DequantizeLinear": 0}
+
+
+def weight_bits(model: onnx.ModelProto) -> int | None:
+    """7 when the model was quantized with 7-bit ranges (reduce_range), 8 for full ranges, None if unknown.
+
+    Symmetric int8 weight quantization maps each tensor's largest magnitude onto qmax: 127 with full
+    ranges, 64 with reduce_range. So the largest |weight| over all int8 weight tensors tells the two
+    apart (activation scales alone cannot: a 7-bit uint8 quantizer looks like an 8-bit one of twice the range).
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    peak = None
+    for n in model.graph.node:
+        i = _WEIGHT_INPUT.get(n.op_type)
+        if i is None or len(n.input) <= i or n.input[i] not in inits or inits[n.input[i]].data_type != TensorProto.INT8:
+            continue
+        w = numpy_helper.to_array(inits[n.input[i]])
+        if w.size > 1:
+            m = int(np.abs(w.astype(np.int32)).max())
+            peak = m if peak is None else max(peak, m)
+    if peak is None:
+        return None
+    return 7 if peak <= 64 else 8
 
 
 def input_quantization(model: onnx.ModelProto, input_name: str) -> dict | None:
@@ -70,9 +100,10 @@ def input_quantization(model: onnx.ModelProto, input_name: str) -> dict | None:
             zp = numpy_helper.to_array(inits[n.input[2]])
             if scale.size != 1 or zp.size != 1:
                 return None  # per-axis input quantization: not a single range
-            qmin, qmax = _qrange(zp.dtype)
+            bits = weight_bits(model) or 8
+            qmin, qmax = _qrange(zp.dtype, bits)
             s, z = float(scale.reshape(())), int(zp.reshape(()))
-            return {"node": n.name, "scale": s, "zero_point": z, "dtype": str(zp.dtype), "qmin": qmin, "qmax": qmax,
+            return {"node": n.name, "scale": s, "zero_point": z, "dtype": str(zp.dtype), "bits": bits, "qmin": qmin, "qmax": qmax,
                     "range": [(qmin - z) * s, (qmax - z) * s]}
     return None
 
@@ -111,7 +142,8 @@ def range_check(q: dict | None, x: np.ndarray, preprocessing: dict, accuracy_as_
     dlo, dhi = use["data_range"]
     details = {"quantizer": q, **use, "preprocessing": preprocessing, "accuracy_as_configured": accuracy_as_configured}
     prep = f"scale {preprocessing['scale']}, mean {preprocessing['mean']:g}, std {preprocessing['std']:g}"
-    where = (f"the model's input QuantizeLinear (scale {_fmt(q['scale'])}, zero point {q['zero_point']}, {q['dtype']}) "
+    bits = " 7-bit (reduce_range)" if q.get("bits") == 7 else ""
+    where = (f"the model's input QuantizeLinear (scale {_fmt(q['scale'])}, zero point {q['zero_point']}, {q['dtype']}{bits}) "
              f"covers [{_fmt(lo)}, {_fmt(hi)}]; the configured preprocessing ({prep}) feeds [{_fmt(dlo)}, {_fmt(dhi)}]")
     if use["used_fraction"] >= RANGE_MIN_USE and use["clipped_fraction"] <= RANGE_MAX_CLIPPED:
         return Check("input range", "pass", f"{where}: the data uses {use['used_fraction']:.0%} of the range "
@@ -122,7 +154,7 @@ def range_check(q: dict | None, x: np.ndarray, preprocessing: dict, accuracy_as_
     if use["clipped_fraction"] > RANGE_MAX_CLIPPED:
         problem = f"{use['clipped_fraction']:.1%} of input values fall outside it and are clipped"
     else:
-        problem = (f"the data uses only {use['used_fraction']:.2%} of it ({use['levels_hit']} of {use['levels']} int8 levels), "
+        problem = (f"the data uses only {use['used_fraction']:.2%} of it ({use['levels_hit']} of {use['levels']} levels), "
                    "so the image is crushed to a few grey levels")
     return Check("input range", "fail",
                  f"INPUT RANGE MISMATCH: {where}; {problem}. The model was calibrated for inputs in [{_fmt(lo)}, {_fmt(hi)}], "

@@ -27,7 +27,7 @@ def _env_dir(var: str, what: str, required: list[str]) -> Path:
     d = os.environ.get(var)
     if not d:
         _need(f"${var} is not set (point it at a folder with {what})")
-    p = Path(d)
+    p = Path(d).resolve()  # tests run commands from other folders
     missing = [r for r in required if not (p / r).is_file()]
     if missing:
         _need(f"${var}={d} lacks {missing}")

@@ -52,7 +52,7 @@ def test_dataloader_is_inc_compatible():
 
 
 def test_committed_manifest_has_no_pixels():
-    doc = json.loads((REPO / "calib_data" / "manifest.json").read_text())
+    doc = json.loads(calib.BUILTIN_MANIFEST.read_text())
     for s in doc["sets"]:
         assert set(s) == {"name", "split", "count", "seed", "preprocessing", "shape", "sha256", "indices"}
         assert s["split"] == "train" and len(s["indices"]) == s["count"]

@@ -29,7 +29,6 @@ def _config(tmp_path, kind):
         "model": {"name": kind, "output": output},
         "preprocessing": p,
         "evaluation": {"batch_size": 500},
-        "quantization": {"calibration": {"manifest": str(REPO / "calib_data" / "manifest.json")}},
         "benchmark": {"batch_size": 64, "iterations": 30, "warmup": 5},
     })
 

@@ -1,7 +1,9 @@
+from pathlib import Path
+
 import pytest
 
-from conftest import REPO
-from quant import config
+from conftest import REPO, run_cli, write_config
+from quant import calib, config
 from quant.errors import ConfigError
 
 
@@ -113,3 +115,46 @@ def test_every_schema_key_is_documented_in_readme():
     readme = (REPO / "README.md").read_text()
     missing = [k for k, _, _ in config.describe_schema() if f"`{k}`" not in readme]
     assert not missing, f"README config reference lacks {missing}"
+
+
+# ------------------------------------------------------------- one default, usable from anywhere
+def test_reduce_range_defaults_to_7bit_and_is_validated(tmp_path):
+    assert config.defaults().quantization.reduce_range is True
+    with pytest.raises(ConfigError, match=r"quantization.reduce_range: expected true or false"):
+        config.load(write_config(tmp_path / "c.yaml", {"quantization": {"reduce_range": "yes"}}))
+
+
+def test_root_mnist_yaml_is_the_packaged_default():
+    assert (REPO / "mnist.yaml").resolve() == config.DEFAULT_CONFIG
+    assert config.DEFAULT_CONFIG.is_file()
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "project" / "conf"
+    sub.mkdir(parents=True)
+    cfg_path = write_config(sub / "c.yaml", {"dataset": {"root": "../data"}, "output": {"report": "out/r.json"},
+                                            "quantization": {"calibration": {"manifest": "sets.json"}}})
+    monkeypatch.chdir(tmp_path)  # the working folder plays no part
+    c = config.load(cfg_path)
+    assert c.dataset.root == str(sub / ".." / "data")
+    assert c.output.report == str(sub / "out" / "r.json")
+    assert calib.manifest_path(c) == sub / "sets.json"
+    absolute = config.load(write_config(sub / "d.yaml", {"dataset": {"root": str(tmp_path / "abs")}}))
+    assert absolute.dataset.root == str(tmp_path / "abs")
+    home = config.load(write_config(sub / "e.yaml", {"dataset": {"root": "~/mnist"}}))
+    assert home.dataset.root == str(Path.home() / "mnist")
+
+
+def test_no_manifest_named_means_the_builtin_one(tmp_path):
+    for c in (config.defaults(), config.load(REPO / "mnist.yaml")):
+        assert calib.manifest_path(c) == calib.BUILTIN_MANIFEST
+    assert calib.BUILTIN_MANIFEST.is_file() and calib.BUILTIN_MANIFEST.parent.parent.name == "quant"
+
+
+def test_config_command_prints_the_default(tmp_path):
+    r = run_cli("config", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == config.DEFAULT_CONFIG.read_text()
+    copy = tmp_path / "mine.yaml"
+    copy.write_text(r.stdout)
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("source", "sha256")}  # noqa: E731
+    assert strip(config.load(copy).to_dict()) == strip(config.defaults().to_dict())

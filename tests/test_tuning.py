@@ -1,10 +1,12 @@
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import onnx
 import pytest
 
-from conftest import synth_config
+from conftest import REPO, synth_config
 from helpers import mnist12_like, pattern_linear, save, write_mnist
 from quant import calib, config, models, tuning
 from quant.errors import AccuracyError
@@ -97,7 +99,9 @@ def test_real_mnist12_meets_issue_figures(tuned_mnist12):
     assert rep["int8"]["bytes"] <= 11000 and rep["fp32"]["bytes"] == 26143
     assert rep["int8"]["ops"]["int8"]["QLinearConv"] == 2 and rep["int8"]["ops"]["int8"]["QLinearMatMul"] == 1
     assert rep["calibration"]["name"] == "train-100-seed9527" and rep["calibration"]["split"] == "train"
-    assert rep["environment"]["neural_compressor"] == "2.6"
+    assert rep["environment"]["neural_compressor"] == "3.7.1"
+    assert rep["quantization"]["reduce_range"] is True
+    assert rep["quantization"]["inc_options_pinned"] == {"reduce_range": True, "excluded_precisions": ["bf16", "fp16"]}
     assert "[tune] trial 1: int8 top-1" in r.stderr and "# Tuning report" in r.stdout
 
 
@@ -160,3 +164,93 @@ def test_session_honours_only_known_optimizer_hints():
     evaluation.make_session(raw)  # loads with the hint applied
     models.set_ort_hints(m, [])
     assert models.ort_hints(m) == [] and not m.metadata_props
+
+
+# ------------------------------------------------------------------- one result on every machine
+# The default model's sha256 on Python 3.11, 3.12 and 3.13 and on CPUs with and without AVX-512 VNNI
+# (README: One result everywhere). A change here is a change of the published model: say why.
+DEFAULT_MNIST12_INT8_SHA256 = "39c481cd6e0dd5d7236756ddb23f79d8cf6b4b9e3d7b9465102abbfa5dec1bbe"
+
+
+def _as_host(monkeypatch, vnni: bool, bf16: bool):
+    """Make INC's CpuInfo report another CPU (and FORCE_BF16 follow bf16), as INC would see it there."""
+    with tuning.inc_compat():
+        from neural_compressor.utils.utility import CpuInfo
+    cls = type(CpuInfo())
+    monkeypatch.setattr(cls, "vnni", property(lambda self: vnni))
+    monkeypatch.setattr(cls, "bf16", property(lambda self: bf16))
+    if bf16:
+        monkeypatch.setenv("FORCE_BF16", "1")
+    else:
+        monkeypatch.delenv("FORCE_BF16", raising=False)
+
+
+def _tune_on_host(tmp_path, synth_dir, monkeypatch, vnni, bf16, name, reduce_range="config"):
+    _as_host(monkeypatch, vnni, bf16)
+    cfg = config.load(synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}}))
+    if reduce_range != "config":
+        cfg.quantization.reduce_range = reduce_range  # None = leave it to INC, as the tool did before
+    src = save(mnist12_like(), tmp_path / "fp32.onnx")
+    tune_model(str(src), str(tmp_path / name), config=cfg, data_dir=str(synth_dir), log=lambda m: None)
+    return (tmp_path / name).read_bytes()
+
+
+def test_the_host_cpu_does_not_change_the_bytes(tmp_path, synth_dir, monkeypatch):
+    vnni_bf16 = _tune_on_host(tmp_path, synth_dir, monkeypatch, True, True, "a.onnx")
+    avx2 = _tune_on_host(tmp_path, synth_dir, monkeypatch, False, False, "b.onnx")
+    assert vnni_bf16 == avx2
+
+
+def test_the_pin_is_what_makes_them_equal(tmp_path, synth_dir, monkeypatch):
+    """Control: left to INC (reduce_range None), the two hosts write different models."""
+    vnni = _tune_on_host(tmp_path, synth_dir, monkeypatch, True, False, "a.onnx", reduce_range=None)
+    avx2 = _tune_on_host(tmp_path, synth_dir, monkeypatch, False, False, "b.onnx", reduce_range=None)
+    assert vnni != avx2
+
+
+@pytest.mark.parametrize("reduce_range,qmax", [(True, 127), (False, 255)])
+def test_reduce_range_sets_the_input_quantizer_range(tmp_path, synth_dir, reduce_range, qmax):
+    out, doc = _tune(tmp_path, mnist12_like(), synth_dir, {"quantization": {"reduce_range": reduce_range},
+                                                           "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    m = onnx.load(out)
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")
+    scale = float(onnx.numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == q.input[1])))
+    # synthetic inputs span [0, 1] under the default preprocessing: the calibrated max maps onto qmax
+    assert scale * qmax == pytest.approx(1.0, rel=1e-5)
+    assert doc["quantization"]["reduce_range"] is reduce_range
+
+
+def test_inc_compat_supplies_what_is_missing_and_restores(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("pkg_resources", "onnx.mapping") else real_find_spec(name, *a))
+    monkeypatch.delitem(sys.modules, "pkg_resources", raising=False)
+    monkeypatch.delitem(sys.modules, "onnx.mapping", raising=False)
+    if hasattr(onnx, "mapping"):
+        monkeypatch.delattr(onnx, "mapping")
+    with tuning.inc_compat() as supplied:
+        assert supplied == ["pkg_resources", "onnx.mapping"]
+        from pkg_resources import parse_version
+        assert parse_version("1.10") > parse_version("1.9")
+        t2n = onnx.mapping.TENSOR_TYPE_TO_NP_TYPE
+        assert t2n[onnx.TensorProto.UINT8] == np.dtype("uint8") and t2n[onnx.TensorProto.INT8] == np.dtype("int8")
+        for t, dt in t2n.items():  # agrees with onnx's own dtype table
+            assert dt == np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t))
+        assert onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype("float32")] == onnx.TensorProto.FLOAT
+    assert "pkg_resources" not in sys.modules and "onnx.mapping" not in sys.modules and not hasattr(onnx, "mapping")
+
+
+def test_inc_compat_leaves_real_modules_alone(monkeypatch):
+    fake = type(sys)("pkg_resources")
+    monkeypatch.setitem(sys.modules, "pkg_resources", fake)
+    with tuning.inc_compat() as supplied:
+        assert "pkg_resources" not in supplied and sys.modules["pkg_resources"] is fake
+    assert sys.modules["pkg_resources"] is fake
+
+
+@pytest.mark.realdata
+def test_default_model_bytes_are_the_published_ones(tuned_mnist12):
+    out, _ = tuned_mnist12
+    from quant.fsio import sha256_bytes
+
+    assert sha256_bytes(out.read_bytes()) == DEFAULT_MNIST12_INT8_SHA256
+    assert DEFAULT_MNIST12_INT8_SHA256 in (REPO / "README.md").read_text()

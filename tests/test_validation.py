@@ -1,6 +1,7 @@
 """validate: structure, input range, accuracy, per-layer error, test data (synthetic and real)."""
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -9,7 +10,7 @@ from helpers import mnist12_like, pattern_linear, save
 from onnx import helper, numpy_helper
 
 from quant import models, validation
-from conftest import run_cli
+from conftest import run_cli, write_config
 
 
 def with_qdq(model: onnx.ModelProto, scale: float, zero_point: int = 0, tensor: str | None = None) -> onnx.ModelProto:
@@ -45,6 +46,19 @@ def test_input_quantization_reads_the_calibrated_range():
     assert validation.input_quantization(pattern_linear(), "input") is None
 
 
+@pytest.mark.parametrize("peak,bits,qrange", [(64, 7, [0.0, 127.0]), (127, 8, [0.0, 255.0]), (None, 8, [0.0, 255.0])])
+def test_weight_bits_tell_7bit_models_and_their_calibrated_range(peak, bits, qrange):
+    """Symmetric int8 weights peak at 127 with full ranges and at 64 with reduce_range (7-bit)."""
+    m = with_input_qdq(pattern_linear(), 1.0)
+    if peak is not None:
+        w = np.array([[peak, -3], [5, -peak + 1]], dtype=np.int8)
+        m.graph.initializer.append(numpy_helper.from_array(w, "w_q"))
+        m.graph.node.append(helper.make_node("QLinearMatMul", ["x_q", "s", "z", "w_q", "s", "z", "s", "z"], ["y_q"]))
+    assert validation.weight_bits(m) == (None if peak is None else bits)
+    q = validation.input_quantization(m, "input")
+    assert q["bits"] == bits and q["range"] == qrange
+
+
 def test_range_check_fails_a_model_calibrated_for_raw_pixels_fed_0_to_1():
     x = np.linspace(0, 1, 784 * 10, dtype=np.float32).reshape(10, 784)
     q = validation.input_quantization(with_input_qdq(pattern_linear(), 1.0), "input")
@@ -53,7 +67,7 @@ def test_range_check_fails_a_model_calibrated_for_raw_pixels_fed_0_to_1():
                                lambda xx: seen.append(float(xx.max())) or 0.97)
     assert c.status == "fail"
     assert "INPUT RANGE MISMATCH" in c.summary and "covers [0, 255]" in c.summary and "feeds [0, 1]" in c.summary
-    assert "2 of 256 int8 levels" in c.summary and "50.00% as configured and 97.00%" in c.summary
+    assert "2 of 256 levels" in c.summary and "50.00% as configured and 97.00%" in c.summary
     assert seen == [pytest.approx(255.0)]  # accuracy re-measured with the data mapped onto [0, 255]
     assert c.details["used_fraction"] == pytest.approx(1 / 255)
 
@@ -102,7 +116,10 @@ def test_validate_fails_the_zoo_int8_with_the_range_message(models_dir, mnist_di
     assert r.returncode == 3, r.stderr
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("error: validation FAILED: input range: INPUT RANGE MISMATCH")
-    assert "covers [0, 255]" in err and "feeds [0, 1]" in err and "54.52% as configured and 98.92%" in err
+    assert "covers [0, 255]" in err and "feeds [0, 1]" in err and "7-bit" not in err
+    # the figures depend on this CPU's int8 kernels (98.92 % on VNNI, 98.91 % on AVX2 for raw pixels): bounds only
+    as_configured, in_range = map(float, re.search(r"int8 top-1 is ([\d.]+)% as configured and ([\d.]+)% when", err).groups())
+    assert as_configured < 60 and in_range > 98.5
     doc = json.loads((tmp_path / "v.json").read_text())
     status = {c["name"]: c["status"] for c in doc["checks"]}
     assert status == {"structure": "pass", "input range": "fail", "accuracy": "fail", "per-layer error": "info", "test data": "skip"}
@@ -119,7 +136,8 @@ def test_validate_passes_our_int8_and_checks_its_test_data(tuned_mnist12, models
     doc = json.loads((tmp_path / "v.json").read_text())
     checks = {c["name"]: c for c in doc["checks"]}
     assert all(c["status"] in ("pass", "info") for c in checks.values())
-    assert "uses 100% of the range (256 of 256 levels)" in checks["input range"]["summary"]
+    assert "uint8 7-bit (reduce_range)) covers [0, 1]" in checks["input range"]["summary"]
+    assert "uses 100% of the range (128 of 128 levels)" in checks["input range"]["summary"]
     assert "3 of 3 test_data_set folders reproduced" in checks["test data"]["summary"]
     layers = checks["per-layer error"]["details"]["layers"]
     assert [r_["op"] for r_ in layers] == ["QuantizeLinear", "QLinearConv", "QLinearConv", "QLinearMatMul", "QLinearAdd"]
@@ -154,3 +172,18 @@ def test_validate_bad_inputs(case, args, code, words, models_dir, mnist_dir, tmp
     assert words in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "v.json").exists() and not (tmp_path / "v.md").exists()
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_7bit_model_calibrated_on_raw_pixels_is_named_as_such(models_dir, mnist_dir, tmp_path):
+    """The 2022 recipe's mistake made with 7-bit ranges (INC's default on CPUs without VNNI): input
+    scale 255/127 = 2.008 represents [0, 512], but the model was calibrated for [0, 255]."""
+    raw = write_config(tmp_path / "raw.yaml", {"preprocessing": {"scale": 1}})
+    out = tmp_path / "raw-int8.onnx"
+    t = run_cli(f"--input_model={models_dir / 'mnist-12.onnx'}", f"--config={raw}", f"--output_model={out}",
+                f"--data_dir={mnist_dir}", script="run_tuning.sh")
+    assert t.returncode == 0, t.stderr
+    r = _validate(out, models_dir, mnist_dir, tmp_path)
+    assert r.returncode == 3, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert "scale 2.008, zero point 0, uint8 7-bit (reduce_range)) covers [0, 255]" in err
+    assert "calibrated for inputs in [0, 255]" in err and "512" not in err

@@ -1,0 +1,68 @@
+"""quant.reference: the exact integer evaluation that tells whether an int8 model computes the same
+on every CPU."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quant import data, reference
+
+
+def _qlinear_add_model(b_const: bool = False) -> onnx.ModelProto:
+    """C = QLinearAdd(A, B) on uint8 vectors of 64 (B an initializer when ``b_const``)."""
+    inits = [numpy_helper.from_array(np.array(v, dtype=dt), n) for n, v, dt in [
+        ("as", 0.037, np.float32), ("az", 3, np.uint8), ("bs", 0.011, np.float32), ("bz", 200, np.uint8),
+        ("cs", 0.05, np.float32), ("cz", 17, np.uint8)]]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 64])]
+    if b_const:
+        inits.append(numpy_helper.from_array(np.arange(64, dtype=np.uint8).reshape(1, 64) * 3, "b"))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.UINT8, [1, 64]))
+    node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["c"], domain="com.microsoft")
+    g = helper.make_graph([node], "qadd", inputs, [helper.make_tensor_value_info("c", TensorProto.UINT8, [1, 64])], inits)
+    return helper.make_model(g, ir_version=8, opset_imports=[helper.make_opsetid("", 12), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_qlinear_add_matches_onnxruntime_exactly():
+    m = _qlinear_add_model()
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = reference.evaluator(m)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        feeds = {"a": rng.integers(0, 256, (1, 64), dtype=np.uint8), "b": rng.integers(0, 256, (1, 64), dtype=np.uint8)}
+        got, want = s.run(None, feeds)[0], ref.run(None, feeds)[0]
+        assert got.dtype == want.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    assert {o.version for o in m.opset_import if o.domain == ""} == {12}  # the caller's model is not changed
+
+
+def test_compare_reports_a_difference():
+    """compare() finds the one image whose output is one level off, and agreement where there is none."""
+    m = _qlinear_add_model(b_const=True)
+    real = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).integers(0, 256, (3, 64), dtype=np.uint8)
+    assert reference.compare(m, real, "a", x).exact
+
+    class OffByOneInSecondImage:
+        calls = 0
+
+        def run(self, names, feeds):
+            self.calls += 1
+            out = real.run(names, feeds)[0].astype(np.int32)
+            return [out + 1 if self.calls == 2 else out]
+
+    agr = reference.compare(m, OffByOneInSecondImage(), "a", x)
+    assert (agr.images, agr.images_differing, agr.max_abs_diff, agr.exact) == (3, 1, 1.0, False)
+
+
+@pytest.mark.realdata
+def test_default_int8_computes_exactly_on_this_cpu(tuned_mnist12, splits):
+    """The default model (7-bit ranges) gives onnxruntime's exact integer result on this CPU, whatever
+    its int8 kernels (VNNI or AVX2): the same outputs on every machine."""
+    out, _ = tuned_mnist12
+    x = data.preprocess(splits["test"].images[:256], 1 / 255, 0, 1, "NCHW")
+    s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    agr = reference.compare(onnx.load(out), s, "Input3", x)
+    assert agr.exact, agr
