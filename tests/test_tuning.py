@@ -62,7 +62,9 @@ def test_goal_not_met_raises_and_writes_nothing(tmp_path):
     # calibrated on dim train images, evaluated on bright noisy test images: int8 clips to chance
     d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
     with pytest.raises(AccuracyError, match=r"no int8 model met the relative 0.01 .*best int8 top-1 .* vs fp32 100.00%") as e:
-        _tune(tmp_path, pattern_linear("N", "flat"), d, {"preprocessing": {"layout": "flat"}, "tuning": {"max_trials": 1}})
+        # 8-bit ranges: with 7-bit ones this synthetic model still scores within the criterion
+        _tune(tmp_path, pattern_linear("N", "flat"), d, {"preprocessing": {"layout": "flat"}, "quantization": {"reduce_range": False},
+                                                         "tuning": {"max_trials": 1}})
     assert e.value.exit_code == 3 and e.value.details["baseline_accuracy"] == 1.0
     assert not (tmp_path / "int8.onnx").exists() and not (tmp_path / "int8.report.json").exists()
     assert not list(tmp_path.glob(".int8*"))  # no temp leftovers
