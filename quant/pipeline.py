@@ -138,7 +138,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         "preprocessing": cfg.preprocessing_dict(),
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range,
-                         "inc_options_pinned": {"reduce_range": cfg.quantization.reduce_range, **tuning.HOST_INDEPENDENT},
+                         "inc_options_pinned": tuning.pinned_options(cfg),
                          "op_types_to_keep_fp32": cfg.quantization.op_types_to_keep_fp32,
                          "nodes_to_keep_fp32": cfg.quantization.nodes_to_keep_fp32},
         "tuning": {"trials": len(result.trials) - 1, "strategy": cfg.tuning.strategy, "objective": cfg.tuning.objective,

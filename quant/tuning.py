@@ -5,8 +5,8 @@ history as a pickle) lives in a private temporary folder deleted after the run, 
 never enabled, so nothing a user supplies is ever unpickled.
 
 One result on every machine: INC reads the host CPU in two places of its onnxrt path, and both are
-pinned here (:data:`HOST_INDEPENDENT`): ``reduce_range`` (INC: ``not CpuInfo().vnni``, i.e. 7-bit
-weights on CPUs without AVX-512 VNNI) is always passed from ``quantization.reduce_range``, and bf16/fp16
+pinned here (:func:`pinned_options`): ``reduce_range`` (INC: ``not CpuInfo().vnni``, i.e. 7-bit
+ranges on CPUs without AVX-512 VNNI) is always passed from ``quantization.reduce_range``, and bf16/fp16
 are excluded from the tuning space (INC adds bf16 when ``CpuInfo().bf16`` or ``$FORCE_BF16``).
 
 Compatibility layer (:func:`inc_compat`): INC 3.7.1, the last release with the onnxrt adaptor,
@@ -65,6 +65,12 @@ def meets(criterion: tuple[str, float], baseline: float, acc: float) -> bool:
 
 # INC options that would otherwise be read from the host CPU; the values are passed on every call.
 HOST_INDEPENDENT = {"excluded_precisions": ["bf16", "fp16"]}
+
+
+def pinned_options(cfg) -> dict:
+    """The PostTrainingQuantConfig options that INC would otherwise derive from the host CPU, as
+    passed on every call (and recorded in the report)."""
+    return {"reduce_range": cfg.quantization.reduce_range, **copy.deepcopy(HOST_INDEPENDENT)}
 
 # The plain numeric/string tensor types of the removed onnx.mapping tables (what INC's quantizer looks up).
 _MAPPED_TYPES = ("FLOAT", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64", "STRING", "BOOL", "FLOAT16",
@@ -163,9 +169,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         device="cpu",
         backend="default",
         quant_format=_FORMAT[cfg.quantization.format],
-        # passed explicitly on every call: INC's default is `not CpuInfo().vnni` (host-dependent bytes)
-        reduce_range=cfg.quantization.reduce_range,
-        excluded_precisions=list(HOST_INDEPENDENT["excluded_precisions"]),
+        **pinned_options(cfg),  # reduce_range, excluded_precisions: INC's defaults read the host CPU
         calibration_sampling_size=[cfg.quantization.calibration.sampling_size],
         op_type_dict=op_type_dict,
         op_name_dict=op_name_dict,
