@@ -1,9 +1,11 @@
 """Benchmark harness: size, accuracy and latency of a model (int8) against a baseline (fp32),
 measured in one run, plus the CI accuracy gate.
 
-Latency is taken with ``time.perf_counter_ns`` around one ``run_with_iobinding`` call (inputs
-and outputs bound once, so per-call Python work is a single method call). Models are timed
-interleaved (A, B, A, B, ...) so machine drift affects all alike.
+Latency is taken with ``time.perf_counter_ns`` around ``session.run`` in a plain onnxruntime session
+(default options except the thread count), as a user's program would load the model
+(:mod:`quant.timing`). Models are timed interleaved (A, B, A, B, ...) so machine drift affects all
+alike. The report adds the multiply-adds per image and the machine's single-thread GEMM peak, so the
+achieved rate shows the distance to the hardware floor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import evaluation, models, report
+from . import evaluation, inputs, models, report, timing
 from .errors import AccuracyError, UsageError
 from .fsio import atomic_write_bytes, check_writable_target
 
@@ -26,13 +28,6 @@ MODES = ("performance", "accuracy", "all")
 
 
 # ---------------------------------------------------------------------------------- statistics
-def latency_stats(ns: np.ndarray) -> dict:
-    """Summary of per-inference wall times given in nanoseconds, in milliseconds."""
-    ms = np.asarray(ns, dtype=np.float64) / 1e6
-    return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-            "p99": float(np.percentile(ms, 99)), "min": float(ms.min()), "max": float(ms.max()), "n": int(len(ms))}
-
-
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
     cm = np.zeros((k, k), dtype=np.int64)
@@ -72,80 +67,11 @@ def gate(baseline_acc: float, model_acc: float, budget: float) -> dict:
     return {"max_accuracy_drop": budget, "accuracy_drop": drop, "passed": bool(passed), "verdict": verdict}
 
 
-# ------------------------------------------------------------------------------------ timing
-@dataclass
-class Timed:
-    name: str
-    sess: object
-    io: object
-    per_call_images: int  # images per run() call
-    calls: int  # run() calls per timed unit (batch_size / per_call_images)
-
-
-def _bind(sess, input_name: str, x: np.ndarray):
-    io = sess.io_binding()
-    io.bind_cpu_input(input_name, np.ascontiguousarray(x))
-    for o in sess.get_outputs():
-        io.bind_output(o.name)
-    return io
-
-
-def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progress: bool = True) -> dict[str, np.ndarray]:
-    """Per-unit (one batch) wall times in ns for each target, measured round-robin."""
-    for t in targets:
-        for _ in range(warmup):
-            for _ in range(t.calls):
-                t.sess.run_with_iobinding(t.io)
-    times = {t.name: np.empty(iterations, dtype=np.int64) for t in targets}
-    it = range(iterations)
-    marks = set()
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="[benchmark] timing", unit="round", file=sys.stderr, mininterval=0.5, leave=False)
-    elif progress:  # progress lines for logs (CI): every quarter
-        marks = {iterations * q // 4 for q in (1, 2, 3)} - {0}
-    clock = time.perf_counter_ns
-    for i in it:
-        for t in targets:
-            run, io, calls = t.sess.run_with_iobinding, t.io, t.calls
-            t0 = clock()
-            for _ in range(calls):
-                run(io)
-            times[t.name][i] = clock() - t0
-        if i in marks:
-            print(f"[benchmark] timing: {i}/{iterations} rounds", file=sys.stderr, flush=True)
-    return times
-
-
-def profile_ops(model: bytes, input_name: str, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict]:
-    """Median kernel time per node from onnxruntime's profiler (``runs`` calls on ``x``), slowest first."""
-    import json
-    import tempfile
-
-    import onnxruntime as ort
-
-    so = evaluation.session_options(threads)
-    so.enable_profiling = True
-    with tempfile.TemporaryDirectory(prefix="mnist-quant-prof-") as d:
-        so.profile_file_prefix = os.path.join(d, "ort")
-        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"], disabled_optimizers=evaluation.disabled_optimizers(model))
-        for _ in range(runs):
-            sess.run(None, {input_name: x})
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
-    per: dict[tuple[str, str], list[float]] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
-    rows = [{"op": op, "node": node, "median_us": float(np.median(v))} for (op, node), v in per.items()]
-    return sorted(rows, key=lambda r: -r["median_us"])
-
-
 # ------------------------------------------------------------------------------------- driver
 def _model_entry(lm: models.LoadedModel) -> dict:
     return {"path": lm.path, "bytes": lm.bytes, "sha256": lm.sha256, "opset": lm.opset,
-            "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(lm.proto)}
+            "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(evaluation.onnxruntime_graph(lm.raw, lm.path)),
+            "macs_per_image": timing.macs_per_image(lm.proto)}
 
 
 def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, mode: str = "performance",
@@ -159,8 +85,6 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     Raises AccuracyError (exit 3) in accuracy mode when the first model's drop against the baseline
     exceeds the budget (``max_accuracy_drop`` or the config's accuracy criterion).
     """
-    from .pipeline import load_config, load_splits, test_inputs
-
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
     if not input_models:
@@ -169,7 +93,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         raise UsageError(f"--max_accuracy_drop {max_accuracy_drop}: must be a fraction in [0, 1)")
     if max_accuracy_drop is not None and baseline_model is None:
         raise UsageError("--max_accuracy_drop needs --baseline_model (the drop is measured against it)")
-    cfg = load_config(config)
+    cfg = inputs.load_config(config)
     b = cfg.benchmark
     pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (0 must reach the range check)
     batch_size, iterations, warmup, threads = (pick(batch_size, b.batch_size), pick(iterations, b.iterations),
@@ -195,8 +119,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         lm = models.load(path, "baseline model" if key == "baseline" else "input model")
         loaded[key] = lm
         sigs[key] = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
-    splits = load_splits(cfg, data_dir, splits=("test",), log=log)
-    x_test, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
+    splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
+    x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
     entries = {k: _model_entry(lm) for k, lm in loaded.items()}
     run_bytes = {k: lm.raw for k, lm in loaded.items()}
     if dynamic_batch:  # serve fixed-batch models (the zoo's) at any batch: rewrite in memory, verify, say so
@@ -225,7 +149,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             entries[k]["accuracy"] = entries[k]["accuracy_stats"]["top1"]
 
     # --- latency / throughput
-    timing = None
+    timing_doc = None
     if mode in ("performance", "all"):
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
             targets = []
@@ -235,12 +159,14 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                     raise UsageError(f"--batch_size {bs}: {loaded[k].path} has a fixed batch of {per_call}; use a multiple of it "
                                      "or --dynamic_batch")
                 xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
-                targets.append(Timed(k, sessions[k], _bind(sessions[k], sigs[k].input_name, xb), per_call, bs // per_call))
+                targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
             log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
-            times = time_interleaved(targets, iterations, warmup, progress=True)
+            times = timing.time_interleaved(targets, iterations, warmup, progress=True)
             for k, t in zip(loaded, targets):
-                st = latency_stats(times[k])
+                st = timing.latency_stats(times[k])
                 m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
+                if entries[k].get("macs_per_image"):  # achieved multiply-add rate at the median latency
+                    m["gmacs"] = entries[k]["macs_per_image"] * bs / (st["p50"] / 1e3) / 1e9
                 entries[k].setdefault("by_batch", {})[str(bs)] = m
                 if pos == 0:
                     entries[k].update(m)
@@ -250,16 +176,16 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 for bs in [batch_size, *extra_batch_sizes]:
                     per_call = evaluation.effective_batch(sigs[k].fixed_batch, bs)
                     xb = np.resize(x_test, (per_call, *x_test.shape[1:]))
-                    entries[k].setdefault("profile", {})[str(bs)] = profile_ops(run_bytes[k], sigs[k].input_name, xb, threads=threads)
+                    entries[k].setdefault("profile", {})[str(bs)] = timing.profile_ops(run_bytes[k], sigs[k].input_name, xb, threads=threads)
             log("[benchmark] onnxruntime per-op profile taken (200 runs per model and batch size)")
-        timing = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
+        timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
                   "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
-                  "method": "perf_counter_ns around InferenceSession.run_with_iobinding (inputs/outputs bound once); "
-                            "a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
-                  "session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1,
-                                      "execution_mode": "sequential", "graph_optimization_level": "ORT_ENABLE_ALL",
-                                      "providers": ["CPUExecutionProvider"],
-                                      "disabled_optimizers": {lm.path: evaluation.disabled_optimizers(run_bytes[k]) for k, lm in loaded.items()}}}
+                  "method": timing.METHOD + "; a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
+                  "session_options": {"intra_op_num_threads": threads, "other_options": "onnxruntime defaults",
+                                      "providers": ["CPUExecutionProvider"]},
+                  "gemm_peak": timing.gemm_peak(threads=threads)}
+        log(f"[benchmark] single-thread GEMM peak here: fp32 {timing_doc['gemm_peak']['fp32_gmacs']:.1f}, "
+            f"u8s8 {timing_doc['gemm_peak']['u8s8_gmacs']:.1f} GMAC/s")
 
     # --- ratios and gate
     doc: dict = {"schema_version": report.SCHEMA_VERSION, "kind": "benchmark", "mode": mode,
@@ -284,8 +210,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     for key in ("accuracy_drop", "latency_ratio", "throughput_ratio", "size_ratio"):
         if key in entries["model"]:
             doc[key] = entries["model"][key]
-    if timing:
-        doc["timing"] = timing
+    if timing_doc:
+        doc["timing"] = timing_doc
     doc["environment"] = report.environment()
     doc["command"] = command or shlex.join(["python", "-m", "quant", *sys.argv[1:]])
     g = None
@@ -340,12 +266,15 @@ def render(doc: dict) -> str:
             if doc.get("baseline"):
                 rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
                 rows.append([f"throughput ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
+        if any(e.get("macs_per_image") for e in cols):
+            peak = t.get("gemm_peak") or {}
+            rows.append(["multiply-adds per image", *[f"{e.get('macs_per_image', 0):,}" for e in cols]])
+            for bs in [t["batch_size"], *t.get("extra_batch_sizes", [])]:
+                rows.append([f"achieved GMAC/s, batch {bs} (GEMM peak here: fp32 {peak.get('fp32_gmacs', 0):.0f}, u8s8 {peak.get('u8s8_gmacs', 0):.0f})",
+                             *[f"{e['by_batch'][str(bs)].get('gmacs', 0):.1f}" for e in cols]])
         if any(x.get("image_by_image") for e in cols for x in e["by_batch"].values()):
             rows.append(["note", *["fixed batch 1: run image by image" if any(x.get("image_by_image") for x in e["by_batch"].values()) else ""
                                    for e in cols]])
-        hints = t["session_options"].get("disabled_optimizers", {})
-        if any(hints.values()):
-            rows.append(["onnxruntime optimizers disabled (model metadata)", *[", ".join(hints.get(e["path"], [])) for e in cols]])
     if any(e.get("rewritten") for e in cols):
         rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
     env = doc["environment"]

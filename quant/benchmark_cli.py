@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def cmd_benchmark(args) -> int:
     from .benchmark import benchmark_models
-    from .cli import _command_line, _log
+    from .cliutil import command_line as _command_line, log as _log
     from .errors import AccuracyError
 
     from .errors import UsageError

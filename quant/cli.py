@@ -9,16 +9,12 @@ only with --verbose).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import traceback
 from pathlib import Path
 
+from .cliutil import command_line as _command_line, log as _log
 from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USAGE, QuantError, UsageError
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output_model", required=True, help="where the int8 model is written (atomically)")
     t.add_argument("--objective", choices=("accuracy", "performance"), default=None,
                    help="override tuning.objective (performance = latency-aware search)")
-    t.add_argument("--dynamic_batch", action="store_true", default=None,
-                   help="give the int8 model a symbolic batch dimension (config model.dynamic_batch)")
+    t.add_argument("--dynamic_batch", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the int8 model a symbolic batch dimension (default: config model.dynamic_batch, true)")
     t.set_defaults(func=cmd_tune)
 
     f = sub.add_parser("fetch", help="download MNIST and the zoo's mnist-12.onnx with checksum verification", allow_abbrev=False)
@@ -70,10 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark_cli.add_parser(sub)
     validate_cli.add_parsers(sub, _common)
     return parser
-
-
-def _command_line() -> str:
-    return shlex.join(["python", "-m", "quant", *sys.argv[1:]])
 
 
 def cmd_tune(args) -> int:

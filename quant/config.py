@@ -44,7 +44,8 @@ SCHEMA: dict[str, Any] = {
         "name": F("str", "mnist-12", doc="a label used in reports"),
         "input_name": F("str", None, nullable=True, doc="input tensor name; detected from the model when null"),
         "output": F("str", "logits", choices=("logits", "probabilities"), doc="what the model's 10 outputs are; probabilities = ends in Softmax"),
-        "dynamic_batch": F("bool", False, doc="rewrite a fixed batch dimension to a symbolic one before quantizing (--dynamic_batch)"),
+        "dynamic_batch": F("bool", True, doc="rewrite a fixed batch dimension (the zoo's 1) to a symbolic one before quantizing, "
+                           "outputs checked identical (--dynamic_batch / --no-dynamic_batch)"),
     },
     "dataset": {
         "root": F("str", None, nullable=True, doc="MNIST folder; else --data_dir / $MNIST_DIR / cache"),
@@ -59,7 +60,10 @@ SCHEMA: dict[str, Any] = {
     },
     "quantization": {
         "approach": F("str", "static", choices=("static",), doc="post-training static quantization"),
-        "format": F("str", "QOperator", choices=("QOperator", "QDQ"), doc="QLinear* ops (the zoo's) or QuantizeLinear/DequantizeLinear pairs"),
+        "format": F("str", "QDQ", choices=("QOperator", "QDQ"), doc="QuantizeLinear/DequantizeLinear pairs (onnxruntime fuses them into "
+                    "int8 kernels; float logits) or QLinear* ops (the zoo's; quantized logits)"),
+        "kernel_aware": F("bool", True, doc="exact speed rewrites of the fp32 graph and the kernel-aware precision plan: layers without "
+                          "a fast onnxruntime int8 kernel stay fp32 (README: Fast int8 by default)"),
         "per_channel": F("bool", False, doc="per-channel weight scales (QDQ needs opset >= 13)"),
         "reduce_range": F("bool", True, doc="7-bit quantization ranges (uint8 activations 0..127, int8 weights -64..64), so "
                           "onnxruntime computes the int8 model exactly on every x86 CPU (AVX2 without VNNI saturates 16-bit sums "

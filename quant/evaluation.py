@@ -8,7 +8,6 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError, first_line
-from .models import ort_hints
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -19,34 +18,20 @@ GRAPH_OPT_LEVELS = {
 
 
 def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOptions:
+    """onnxruntime's default session options, except the thread count (and the optimization level
+    when asked); no optimizer is ever disabled, so what is measured is what a user's program runs."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = GRAPH_OPT_LEVELS[opt_level]
+    if opt_level != "all":
+        so.graph_optimization_level = GRAPH_OPT_LEVELS[opt_level]
     so.log_severity_level = 3
     return so
 
 
-# onnxruntime graph optimizers a latency-aware int8 model may ask to disable, recorded in its metadata
-# (models.ORT_HINT_KEY). QDQPropagationTransformer moves a QuantizeLinear that follows an fp32 MaxPool in
-# front of it, so the pool runs on uint8 in NCHW with a slow generic kernel (0.9 ms vs 0.07 ms at batch 64).
-KNOWN_OPTIMIZERS = ("QDQPropagationTransformer",)
-
-
-def disabled_optimizers(model: bytes) -> list[str]:
-    """The optimizers the model's metadata asks to disable (only known names are honoured)."""
-    return [o for o in ort_hints(model) if o in KNOWN_OPTIMIZERS]
-
-
-def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: str = "model",
-                 disabled: list[str] | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session from serialized model bytes (honouring the model's optimizer hint
-    unless ``disabled`` is given)."""
-    dis = disabled_optimizers(model) if disabled is None else disabled
+def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: str = "model") -> ort.InferenceSession:
+    """An onnxruntime CPU session from serialized model bytes."""
     try:
-        return ort.InferenceSession(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=dis)
+        return ort.InferenceSession(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"])
     except Exception as e:
         msg = first_line(e)
         raise ModelError(f"{name}: onnxruntime cannot load it: {msg}") from None
@@ -87,3 +72,32 @@ class Evaluator:
 
     def __call__(self, model_bytes: bytes, name: str = "model") -> float:
         return accuracy(self.outputs(model_bytes, name), self.labels)
+
+
+def tied_top1(outputs: np.ndarray) -> int:
+    """Images whose two largest outputs are exactly equal (their top-1 depends on the tie rule)."""
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
+        return 0
+    top2 = np.sort(outputs, axis=1)[:, -2:]
+    return int(np.sum(top2[:, 0] == top2[:, 1]))
+
+
+def onnxruntime_graph(model_bytes: bytes, name: str = "model"):
+    """The graph onnxruntime executes for this model after its portable rewrites (level EXTENDED:
+    QuantizeLinear/DequantizeLinear groups fused into int8 kernels such as QLinearConv and QGemm,
+    constants folded), read back from ``SessionOptions.optimized_model_filepath``. Level ALL would add
+    host-specific layouts (NCHWc), so it is not used here; what runs in int8 does not change with it."""
+    import os
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="mnist-quant-ort-") as d:
+        path = os.path.join(d, "optimized.onnx")
+        so = session_options(1, "extended")
+        so.optimized_model_filepath = path
+        try:
+            ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"{name}: onnxruntime cannot load it: {first_line(e)}") from None
+        return onnx.load(path)

@@ -21,7 +21,8 @@ from .fsio import sha256_bytes
 MAX_MODEL_BYTES = 256 << 20  # MNIST classifiers are kilobytes; refuse absurd files early
 QUANT_OPS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
              "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
-             "ConvInteger", "MatMulInteger", "QGemm", "QAttention", "DynamicQuantizeLinear"}
+             "ConvInteger", "MatMulInteger", "QGemm", "QAttention", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
+             "DynamicQuantizeMatMul", "QLinearReduceMean", "QLinearWhere", "NhwcMaxPool"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 
@@ -289,23 +290,3 @@ def check_output_kind(model: onnx.ModelProto, sig: Signature, declared: str, pat
     if declared == "probabilities" and not softmax:
         raise ModelError(f"{path}: output {sig.output_name!r} comes from {op or 'no node'}, not Softmax, "
                          "but model.output is probabilities; set model.output: logits")
-
-
-ORT_HINT_KEY = "mnist_quant.onnxruntime.disabled_optimizers"
-
-
-def ort_hints(model: bytes | onnx.ModelProto) -> list[str]:
-    """Optimizer names stored under ORT_HINT_KEY in the model's metadata (comma-separated)."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_model_from_string(model)
-    for p in proto.metadata_props:
-        if p.key == ORT_HINT_KEY:
-            return [x for x in p.value.split(",") if x]
-    return []
-
-
-def set_ort_hints(model: onnx.ModelProto, optimizers: list[str]) -> None:
-    keep = [p for p in model.metadata_props if p.key != ORT_HINT_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    if optimizers:
-        model.metadata_props.add(key=ORT_HINT_KEY, value=",".join(optimizers))

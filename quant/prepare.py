@@ -1,4 +1,5 @@
-"""Graph preparation before quantization: legacy-IR clean-up, opset upgrade, dynamic batch.
+"""Graph preparation before quantization: legacy-IR clean-up, opset upgrade, dynamic batch, and the
+exact rewrites of :mod:`quant.rewrites` that make the int8 model fast in stock onnxruntime.
 
 Every step is a pure ONNX rewrite that leaves the model's outputs unchanged; each returns a short
 note for the report. ``check_same_outputs`` verifies a rewrite with onnxruntime, image by image.
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
+from . import rewrites
 from .errors import ModelError, first_line
 from .models import Signature, graph_inputs, opset_of
 
@@ -27,6 +29,9 @@ BATCH_DIM = "N"
 class Prepared:
     model: onnx.ModelProto
     steps: list[str] = field(default_factory=list)
+    # node name -> op type before the rewrites (a fused MatMul keeps its name as a Gemm), so settings
+    # given by op type (quantization.op_types_to_keep_fp32: [MatMul]) still reach the fused node
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 def required_opset(fmt: str, per_channel: bool) -> int:
@@ -126,22 +131,25 @@ def make_batch_dynamic(model: onnx.ModelProto, sig: Signature, path: str = "mode
 
 
 def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_name: str, batch: int, path: str = "model",
-                       atol: float = 1e-5) -> float:
+                       atol: float = 1e-5, rtol: float = 1e-6) -> float:
     """Run ``x`` image by image through ``reference`` and in batches of ``batch`` through
-    ``candidate``; raise ModelError unless the outputs agree. Returns the largest difference."""
+    ``candidate``; raise ModelError unless the outputs agree within ``atol + rtol * max|reference|``
+    (rewrites may change float summation order, which moves the last bits). Returns the largest difference."""
     from .evaluation import make_session, predict
 
     ref = predict(make_session(reference, name=path), x, input_name, 1)
     got = predict(make_session(candidate, name=path), x, input_name, batch)
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
-    if not diff <= atol:
-        raise ModelError(f"{path}: the rewritten model's outputs differ from the original by {diff:g} (> {atol:g})")
+    limit = atol + rtol * (float(np.max(np.abs(ref))) if len(x) else 0.0)
+    if not diff <= limit:
+        raise ModelError(f"{path}: the rewritten model's outputs differ from the original by {diff:g} (> {limit:g})")
     return diff
 
 
 def prepare(model: onnx.ModelProto, sig: Signature, fmt: str, per_channel: bool, dynamic_batch: bool,
-            path: str = "model") -> Prepared:
-    """All preparation steps a model needs before INC quantizes it, with a note for each one applied."""
+            path: str = "model", rewrite: bool = True) -> Prepared:
+    """All preparation steps a model needs before INC quantizes it, with a note for each one applied
+    (``rewrite``: also the speed rewrites of :mod:`quant.rewrites`)."""
     out = Prepared(model)
     m, note = upgrade_opset(model, required_opset(fmt, per_channel), path)  # the converter needs IR-3 inputs kept
     if note:
@@ -153,6 +161,29 @@ def prepare(model: onnx.ModelProto, sig: Signature, fmt: str, per_channel: bool,
         m, note = make_batch_dynamic(m, sig, path)
         if note:
             out.steps.append(note)
+    if rewrite:
+        for step in rewrites.ALL:
+            m, note = _guarded(step, m, path)
+            if note:
+                out.steps.append(note)
+            if step is rewrites.name_nodes:
+                out.origin = {n.name: n.op_type for n in m.graph.node}
     out.model = m
     return out
+
+
+def apply_plan(prepared: Prepared, keep_fp32: set[str], path: str = "model") -> Prepared:
+    """The rewrites that depend on the precision plan (MaxPool before Relu behind fp32 layers)."""
+    m, note = _guarded(lambda x: rewrites.pool_before_relu(x, after=keep_fp32), prepared.model, path)
+    return Prepared(m, prepared.steps + ([note] if note else []), prepared.origin)
+
+
+def _guarded(step, model: onnx.ModelProto, path: str):
+    try:
+        m, note = step(model)
+        if note:
+            onnx.checker.check_model(m)
+        return m, note
+    except Exception as e:  # a rewrite must never take a run down: report it as a model problem
+        raise ModelError(f"{path}: graph rewrite {getattr(step, '__name__', 'step')} failed: {first_line(e)}") from None
 

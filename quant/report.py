@@ -88,16 +88,20 @@ def render_tune(doc: dict) -> str:
             ["top-1 (10k test images)", pct(f["accuracy"]), pct(q["accuracy"]), f"{q['accuracy'] / f['accuracy']:.4f}"],
             ["file bytes", f"{f['bytes']:,}", f"{q['bytes']:,}", f"{q['bytes'] / f['bytes']:.3f}"],
             ["opset", f["opset"], q["opset"], ""],
+            ["test images with tied top-1 outputs", f.get("tied_top1_images", ""), q.get("tied_top1_images", ""), ""],
         ]),
         "",
-        f"- int8 ops: {_ops(q['ops']['int8'])}",
+        f"- int8 ops (as onnxruntime runs the model): {_ops(q['ops']['int8'])}",
         f"- fp32 ops: {_ops(q['ops']['fp32'])}",
         f"- conversions: {_ops(q['ops']['convert'])}",
         f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}",
-        *([f"- latency-aware choice (objective performance): fp32 layers {doc['latency_aware']['nodes_kept_fp32'] or 'none'}, "
-           f"onnxruntime optimizers disabled via model metadata: {doc['latency_aware']['onnxruntime_disabled_optimizers'] or 'none'}; "
-           f"int8/fp32 p50 score {doc['latency_aware']['score']:.2f}x over {len(doc['latency_aware']['candidates'])} candidates"]
+        *([f"- latency-aware choice (objective performance): fp32 layers {doc['latency_aware']['nodes_kept_fp32'] or 'none'}; "
+           f"int8/fp32 p50 score {doc['latency_aware']['score']:.2f}x over {len(doc['latency_aware']['candidates'])} candidates"
+           + ("" if doc['latency_aware']['beats_fp32'] else " (no int8 candidate beats fp32 on this machine)")]
           if doc.get("latency_aware") else []),
+        *([f"- precision plan: {', '.join(f'{k} fp32 ({v})' for k, v in doc['precision_plan']['keep_fp32'].items()) or 'every layer int8'}"]
+          if doc.get("precision_plan") else []),
+        *([f"- finishing: {'; '.join(doc['finishing'])}"] if doc.get("finishing") else []),
         f"- graph preparation before quantizing: {'; '.join(doc['preparation']['steps']) or 'none needed'} "
         f"(int8 input shape {doc['preparation']['input_shape']})",
         f"- tuning: {doc['tuning']['trials']} trial(s), strategy {doc['tuning']['strategy']}, objective {doc['tuning']['objective']}, "

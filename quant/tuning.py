@@ -63,6 +63,15 @@ def meets(criterion: tuple[str, float], baseline: float, acc: float) -> bool:
     return acc >= baseline * (1 - tol) - 1e-12 if kind == "relative" else acc >= baseline - tol - 1e-12
 
 
+# INC recipes: keep Gemm a Gemm (INC splits it into MatMul + Add by default, which onnxruntime then runs as
+# an int8 MatMul plus a separate Add instead of one QGemm).
+RECIPES = {"gemm_to_matmul": False}
+
+
+def recipes(cfg) -> dict:
+    """INC recipes passed for this config: ours with ``quantization.kernel_aware``, INC's defaults without."""
+    return dict(RECIPES) if cfg.quantization.kernel_aware else {}
+
 # INC options that would otherwise be read from the host CPU; the values are passed on every call.
 HOST_INDEPENDENT = {"excluded_precisions": ["bf16", "fp16"]}
 
@@ -173,6 +182,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         calibration_sampling_size=[cfg.quantization.calibration.sampling_size],
         op_type_dict=op_type_dict,
         op_name_dict=op_name_dict,
+        recipes=recipes(cfg),
         accuracy_criterion=AccuracyCriterion(criterion=kind, tolerable_loss=tol, higher_is_better=True),
         tuning_criterion=TuningCriterion(strategy=cfg.tuning.strategy, timeout=cfg.tuning.timeout,
                                          max_trials=cfg.tuning.max_trials, objective="accuracy"),
@@ -216,84 +226,3 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         )
     model = q.model if hasattr(q, "model") else q
     return TuneResult(model=model, trials=trials, inc_version=version)
-
-
-# ------------------------------------------------------------------------ latency-aware search
-COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
-
-
-def _candidates(fp32: onnx.ModelProto) -> list[tuple[str, ...]]:
-    """fp32-fallback sets to try: none, each prefix of the compute layers, each single layer."""
-    names = [n.name for n in fp32.graph.node if n.op_type in COMPUTE_OPS and n.name]
-    cands = [()] + [tuple(names[:k]) for k in range(1, len(names))] + [(n,) for n in names[1:]]
-    return list(dict.fromkeys(cands))
-
-
-@dataclass
-class LatencyChoice:
-    keep_fp32: tuple[str, ...]
-    disabled_optimizers: list[str]
-    score: float  # geometric mean over the measured batch sizes of int8 / fp32 p50 latency
-    table: list[dict]
-
-
-def latency_aware(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn, x: np.ndarray, input_name: str, batches: list[int],
-                  verbose: bool = False, log: Callable[[str], None] = print, iterations: int = 1500) -> tuple[TuneResult, LatencyChoice]:
-    """``tuning.objective: performance``: tune one int8 model per fp32-fallback candidate (each through
-    INC's accuracy-aware loop), time every candidate that meets the criterion against fp32 in one
-    interleaved run (with and without onnxruntime's QDQ propagation), and return the fastest.
-
-    Timings decide, so a rerun on another machine may choose differently; the report records the
-    choice, and pinning it (quantization.nodes_to_keep_fp32) reproduces the model byte for byte.
-    """
-    from .benchmark import Timed, _bind, time_interleaved
-    from .evaluation import KNOWN_OPTIMIZERS, make_session
-
-    fp32_bytes = fp32.SerializeToString()
-    tuned: list[tuple[tuple[str, ...], TuneResult, bytes]] = []
-    seen = set()
-    for keep in _candidates(fp32):
-        c = copy.deepcopy(cfg)
-        c.quantization.nodes_to_keep_fp32 = sorted(set(cfg.quantization.nodes_to_keep_fp32) | set(keep))
-        try:
-            r = tune(fp32, c, calib_loader, eval_fn, verbose=verbose, log=lambda m: None)
-        except AccuracyError:
-            log(f"[latency] fp32 {list(keep) or 'none'}: no int8 model met the criterion")
-            continue
-        b = r.model.SerializeToString()
-        if b in seen:
-            continue
-        seen.add(b)
-        tuned.append((keep, r, b))
-        log(f"[latency] fp32 {list(keep) or 'none'}: int8 top-1 {r.trials[-1].accuracy:.2%} after {len(r.trials) - 1} trial(s)")
-    if not tuned:
-        raise AccuracyError(f"objective performance: no fp32-fallback candidate met the {cfg.criterion[0]} {cfg.criterion[1]:g} criterion")
-    variants = [(i, dis) for i in range(len(tuned)) for dis in ([], list(KNOWN_OPTIMIZERS))]
-    ratios: dict[tuple[int, tuple], list[float]] = {(i, tuple(d)): [] for i, d in variants}
-    for bs in batches:
-        xb = np.resize(x, (bs, *x.shape[1:])).astype(np.float32)
-        base = make_session(fp32_bytes, disabled=[])
-        targets = [Timed("fp32", base, _bind(base, input_name, xb), bs, 1)]
-        for i, dis in variants:
-            s = make_session(tuned[i][2], disabled=dis)
-            targets.append(Timed(f"{i}|{','.join(dis)}", s, _bind(s, input_name, xb), bs, 1))
-        n = max(50, iterations // bs)
-        times = time_interleaved(targets, n, max(10, n // 10), progress=False)
-        f = float(np.median(times["fp32"]))
-        for i, dis in variants:
-            ratios[(i, tuple(dis))].append(float(np.median(times[f"{i}|{','.join(dis)}"])) / f)
-    table = []
-    for (i, dis), rs in ratios.items():
-        table.append({"keep_fp32": list(tuned[i][0]), "disabled_optimizers": list(dis), "latency_ratios": dict(zip(map(str, batches), rs)),
-                      "score": float(np.exp(np.mean(np.log(rs)))), "accuracy": tuned[i][1].trials[-1].accuracy})
-    # fastest first; a candidate within 3 % of the fastest with fewer fp32 layers / no session hint wins the tie
-    best_score = min(t["score"] for t in table)
-    near = [t for t in table if t["score"] <= best_score * 1.03]
-    pick = min(near, key=lambda t: (len(t["keep_fp32"]), len(t["disabled_optimizers"]), t["score"]))
-    for t in table:
-        t["chosen"] = t is pick
-        log(f"[latency] fp32 {t['keep_fp32'] or 'none'}{' + disable ' + ','.join(t['disabled_optimizers']) if t['disabled_optimizers'] else ''}: "
-            f"int8/fp32 p50 " + ", ".join(f"batch {b} {r:.2f}x" for b, r in t["latency_ratios"].items()) + (" <- chosen" if t is pick else ""))
-    i = next(k for k, (keep, _, _) in enumerate(tuned) if list(keep) == pick["keep_fp32"])
-    return tuned[i][1], LatencyChoice(tuple(pick["keep_fp32"]), pick["disabled_optimizers"], pick["score"], table)
-

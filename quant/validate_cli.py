@@ -51,7 +51,7 @@ def _check_tol(args) -> None:
 
 
 def cmd_validate(args) -> int:
-    from .cli import _command_line, _log
+    from .cliutil import command_line as _command_line, log as _log
     from .errors import AccuracyError
     from .validation import validate_model
 
@@ -92,9 +92,9 @@ def cmd_check_test_data(args) -> int:
 
 def cmd_write_test_data(args) -> int:
     from . import models, testdata
-    from .cli import _log
+    from .cliutil import log as _log
     from .errors import UsageError
-    from .pipeline import load_config, load_splits, test_inputs
+    from .inputs import load_config, load_splits, test_inputs
 
     cfg = load_config(args.config)
     count = cfg.output.test_data_sets if args.count is None else args.count

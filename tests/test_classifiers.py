@@ -42,6 +42,7 @@ def test_classifier_tune_validate_benchmark(kind, classifiers, mnist_dir, tmp_pa
     doc = json.loads((tmp_path / f"{kind}-int8.report.json").read_text())
     assert doc["passed"] and doc["int8"]["accuracy"] >= doc["criterion"]["min_accuracy"]
     assert doc["fp32"]["accuracy"] > 0.9  # a meaningful classifier, so the criterion means something
+    assert doc["fp32"]["accuracy"] - doc["int8"]["accuracy"] <= 0.005  # issue 12: within 0.5 pp with config alone
     assert doc["int8"]["ops"]["int8"], doc["int8"]["ops"]
     inp = onnx.load(int8).graph.input[0]
     assert inp.type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch honoured
@@ -50,7 +51,8 @@ def test_classifier_tune_validate_benchmark(kind, classifiers, mnist_dir, tmp_pa
     assert v.returncode == 0, v.stderr + v.stdout
     vdoc = json.loads((tmp_path / f"{kind}-int8.validate.json").read_text())
     checks = {c["name"]: c for c in vdoc["checks"]}
-    assert checks["input range"]["status"] == "pass" and checks["test data"]["status"] == "pass"
+    # the CNNs' first conv (1 input channel) stays fp32 by the precision plan: no quantized input to check
+    assert checks["input range"]["status"] == ("pass" if kind == "mlp_flat" else "skip") and checks["test data"]["status"] == "pass"
     assert checks["per-layer error"]["details"]["layers"]
     b = run_cli(f"--input_model={int8}", f"--baseline_model={fp32}", f"--config={cfg}", "--mode=all", f"--data_dir={mnist_dir}",
                 f"--report={tmp_path / 'bench.json'}", "--no_plots", script="run_benchmark.sh")

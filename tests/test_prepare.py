@@ -6,7 +6,7 @@ import pytest
 from helpers import mnist12_like, pattern_linear
 from onnx import numpy_helper
 
-from quant import models, prepare
+from quant import models, plan, prepare
 from quant.errors import ModelError
 
 
@@ -49,10 +49,10 @@ def test_check_same_outputs_catches_a_wrong_rewrite():
 @pytest.mark.parametrize("fmt,per_channel,want", [("QOperator", False, 12), ("QDQ", False, 12), ("QDQ", True, 13)])
 def test_opset_upgrade_target_follows_the_quantization_format(fmt, per_channel, want):
     m = mnist12_like(opset=10)
-    p = prepare.prepare(m, _sig(m), fmt, per_channel, dynamic_batch=False)
+    p = prepare.prepare(m, _sig(m), fmt, per_channel, dynamic_batch=False, rewrite=False)
     assert models.opset_of(p.model) == want and p.steps == [f"opset 10 -> {want} (onnx version converter; IR 7 -> 7)"]
     onnx.checker.check_model(p.model)
-    same = prepare.prepare(mnist12_like(opset=13), _sig(m), fmt, per_channel, dynamic_batch=False)
+    same = prepare.prepare(mnist12_like(opset=13), _sig(m), fmt, per_channel, dynamic_batch=False, rewrite=False)
     assert same.steps == []
 
 
@@ -71,10 +71,17 @@ def test_zoo_models_prepare_to_identical_outputs_on_real_images(models_dir, spli
 
     m = models.load(models_dir / name)
     sig = models.signature(m.proto, m.path)
-    p = prepare.prepare(m.proto, sig, "QOperator", False, dynamic_batch=True, path=m.path)
+    p = prepare.prepare(m.proto, sig, "QDQ", False, dynamic_batch=True, path=m.path)
     assert models.opset_of(p.model) >= 12 and models.graph_inputs(p.model) == list(p.model.graph.input)
     assert any("dynamic" in s for s in p.steps)
     if m.opset < 12:
         assert p.steps[0].startswith(f"opset {m.opset} -> 12") and "removed 8 initializers" in p.steps[1]
-    x = preprocess(splits["test"].images[:200], 1 / 255, 0.0, 1.0, "NCHW")
-    assert prepare.check_same_outputs(m.raw, models.serialize(p.model), x, sig.input_name, batch=64) <= 1e-5
+    p = prepare.apply_plan(p, set(plan.make(p.model).keep_fp32), m.path)
+    # every speed rewrite applied to the zoo graph: weight Reshape folded, biases fused, Gemm, HWC flatten, pool/Relu swap
+    kinds = " | ".join(p.steps)
+    for want in ("folded 1 constant", "-> Conv with bias", "-> Gemm", "flatten in (H, W, C) order", "MaxPool moved before Relu"):
+        assert want in kinds
+    assert [n.op_type for n in p.model.graph.node] == ["Conv", "MaxPool", "Relu", "Conv", "Relu", "MaxPool", "Transpose", "Reshape", "Gemm"]
+    x = preprocess(splits["test"].images[:500], 1 / 255, 0.0, 1.0, "NCHW")
+    diff = prepare.check_same_outputs(m.raw, models.serialize(p.model), x, sig.input_name, batch=64)  # raises if not the same
+    assert diff <= 1e-4

@@ -21,7 +21,9 @@ def _tune(tmp_path, model, data_dir, overrides=None, name="int8.onnx"):
 
 
 def test_tune_mnist12_topology_gives_qoperator_model(tmp_path, synth_dir):
-    out, doc = _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
+    out, doc = _tune(tmp_path, mnist12_like(), synth_dir, {"quantization": {"format": "QOperator", "kernel_aware": False},
+                                                           "model": {"dynamic_batch": False},
+                                                           "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
     m = onnx.load(out)
     ops = {n.op_type for n in m.graph.node}
     assert {"QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"} <= ops
@@ -40,7 +42,7 @@ def test_tune_qdq_format(tmp_path, synth_dir):
                      {"preprocessing": {"layout": "flat"}, "quantization": {"format": "QDQ"}, "tuning": {"max_trials": 2}})
     ops = [n.op_type for n in onnx.load(out).graph.node]
     assert "QLinearMatMul" not in ops and ops.count("DequantizeLinear") >= 2
-    assert doc["int8"]["ops"]["int8"].get("MatMul") == 1
+    assert doc["int8"]["ops"]["int8"].get("QGemm") == 1  # MatMul + Add fused into one Gemm, run by onnxruntime as QGemm
     assert doc["int8"]["accuracy"] >= 0.99 * doc["fp32"]["accuracy"] and doc["fp32"]["accuracy"] == 1.0
 
 
@@ -52,54 +54,29 @@ def test_same_seed_gives_byte_identical_models(tmp_path, synth_dir):
     assert doc_a["int8"]["accuracy"] == doc_b["int8"]["accuracy"]
 
 
-def test_keep_fp32_op_types(tmp_path, synth_dir):
+@pytest.mark.parametrize("op_type", ["MatMul", "Gemm"])
+def test_keep_fp32_op_types_reaches_the_fused_gemm(tmp_path, synth_dir, op_type):
+    # mnist12_like's MatMul + Add become one Gemm named "MatMul"; keeping either op type keeps that layer fp32
     out, doc = _tune(tmp_path, mnist12_like(), synth_dir,
-                     {"quantization": {"op_types_to_keep_fp32": ["MatMul"]}, "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
-    assert "MatMul" in doc["int8"]["ops"]["fp32"] and "QLinearMatMul" not in doc["int8"]["ops"]["int8"]
+                     {"quantization": {"op_types_to_keep_fp32": [op_type]}, "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    assert doc["int8"]["ops"]["fp32"].get("Gemm") == 1 and "QGemm" not in doc["int8"]["ops"]["int8"]
+    assert doc["int8"]["ops"]["int8"].get("QLinearConv") == 1
 
 
-def test_goal_not_met_raises_and_writes_nothing(tmp_path):
-    # calibrated on dim train images, evaluated on bright noisy test images: int8 clips to chance
-    d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
-    with pytest.raises(AccuracyError, match=r"no int8 model met the relative 0.01 .*best int8 top-1 .* vs fp32 100.00%") as e:
-        # 8-bit ranges: with 7-bit ones this synthetic model still scores within the criterion
-        _tune(tmp_path, pattern_linear("N", "flat"), d, {"preprocessing": {"layout": "flat"}, "quantization": {"reduce_range": False},
-                                                         "tuning": {"max_trials": 1}})
-    assert e.value.exit_code == 3 and e.value.details["baseline_accuracy"] == 1.0
-    assert not (tmp_path / "int8.onnx").exists() and not (tmp_path / "int8.report.json").exists()
-    assert not list(tmp_path.glob(".int8*"))  # no temp leftovers
-
-
-def test_fit_returning_none_is_handled(default_config):
-    """INC's fit returns None when the goal is missed: eval says 0.9 for fp32, 0.1 for every int8."""
-    calls = []
-
-    def fake_eval(_bytes):
-        calls.append(1)
-        return 0.9 if len(calls) == 1 else 0.1
-
-    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-    cfg = config.from_dict({"tuning": {"max_trials": 2}})
-    with pytest.raises(AccuracyError, match=r"after \d+ trial\(s\): best int8 top-1 10.00% vs fp32 90.00%") as e:
-        tuning.tune(mnist12_like(), cfg, calib.CalibDataLoader(x, np.zeros(4)), fake_eval, log=lambda m: None)
-    assert e.value.details["best_accuracy"] == 0.1
-
-
-def test_meets():
-    assert tuning.meets(("relative", 0.01), 0.9890, 0.97912)
-    assert not tuning.meets(("relative", 0.01), 0.9890, 0.9790)
-    assert tuning.meets(("absolute", 0.001), 0.9890, 0.9880) and not tuning.meets(("absolute", 0.0), 0.9890, 0.9889)
-
-
-@pytest.mark.realdata
 def test_real_mnist12_meets_issue_figures(tuned_mnist12):
     out, r = tuned_mnist12
     rep = json.loads(out.with_name("mnist-12-int8.report.json").read_text())
     assert rep["passed"] is True
     assert rep["fp32"]["accuracy"] == pytest.approx(0.9890, abs=1e-4)
     assert rep["int8"]["accuracy"] >= 0.9880
-    assert rep["int8"]["bytes"] <= 11000 and rep["fp32"]["bytes"] == 26143
-    assert rep["int8"]["ops"]["int8"]["QLinearConv"] == 2 and rep["int8"]["ops"]["int8"]["QLinearMatMul"] == 1
+    assert rep["int8"]["accuracy"] >= rep["fp32"]["accuracy"] - 0.0005  # issue 12: >= fp32 - 0.05 pp
+    assert rep["int8"]["tied_top1_images"] == 0  # float logits: no tie rule involved
+    assert rep["int8"]["bytes"] <= 10000 and rep["fp32"]["bytes"] == 26143
+    # as onnxruntime runs it: the second conv and the FC layer in int8, the first conv (1 input channel) in fp32
+    assert rep["int8"]["ops"]["int8"]["QLinearConv"] == 1 and rep["int8"]["ops"]["int8"]["QGemm"] == 1
+    assert rep["int8"]["ops"]["fp32"]["Conv"] == 1
+    assert list(rep["precision_plan"]["keep_fp32"]) == ["Convolution28"]
+    assert rep["preparation"]["dynamic_batch"] is True and rep["preparation"]["input_shape"][0] == "N"
     assert rep["calibration"]["name"] == "train-100-seed9527" and rep["calibration"]["split"] == "train"
     assert rep["environment"]["neural_compressor"] == "3.7.1"
     assert rep["quantization"]["reduce_range"] is True
@@ -124,23 +101,28 @@ def test_tuned_model_computes_like_fp32(tuned_mnist12, models_dir, splits):
     f = evaluation.predict(evaluation.make_session((models_dir / "mnist-12.onnx").read_bytes()), x, "Input3")
     q = evaluation.predict(evaluation.make_session(out.read_bytes()), x, "Input3")
     assert np.mean(np.argmax(f, 1) == np.argmax(q, 1)) >= 0.99
-    assert models.signature(onnx.load(out), str(out)).input_shape == (1, 1, 28, 28)
+    assert models.signature(onnx.load(out), str(out)).input_shape == ("N", 1, 28, 28)
+    x64 = np.resize(x, (64, 1, 28, 28))  # the default model takes any batch
+    assert evaluation.make_session(out.read_bytes()).run(None, {"Input3": x64})[0].shape == (64, 10)
 
 
-def test_latency_aware_objective_times_fallback_candidates_and_records_the_choice(tmp_path, synth_dir):
+def test_latency_aware_objective_times_stock_fast_candidates_and_records_the_choice(tmp_path, synth_dir):
     out, doc = _tune(tmp_path, mnist12_like(batch=1), synth_dir,
-                     {"model": {"dynamic_batch": True}, "tuning": {"objective": "performance", "accuracy_criterion": {"absolute": 0.9}}})
+                     {"tuning": {"objective": "performance", "accuracy_criterion": {"absolute": 0.9}}})
     la = doc["latency_aware"]
     kept = [c["keep_fp32"] for c in la["candidates"]]
-    assert [] in kept and ["Conv1"] in kept  # all-int8 and first-Conv-in-fp32 were both tried
+    assert kept[0] == ["Conv1"] and la["candidates"][0]["default"]  # the default plan is always a candidate
+    assert ["Conv1", "Conv2"] in kept or ["Conv1", "MatMul"] in kept  # plus one more layer in fp32
     assert all(set(c["latency_ratios"]) == {"1", "64"} for c in la["candidates"])  # dynamic batch: both batch sizes timed
     chosen = [c for c in la["candidates"] if c["chosen"]]
     assert len(chosen) == 1 and chosen[0]["keep_fp32"] == la["nodes_kept_fp32"]
-    assert chosen[0]["score"] <= 1.03 * min(c["score"] for c in la["candidates"])
+    default = la["candidates"][0]
+    assert chosen[0] is default or chosen[0]["score"] < default["score"] * 0.97  # never slower than the default
+    assert la["beats_fp32"] == (chosen[0]["score"] < 1)
     m = onnx.load(out)
-    assert models.ort_hints(m) == la["onnxruntime_disabled_optimizers"]
-    conv_fp32 = [n.name for n in m.graph.node if n.op_type == "Conv"]
-    assert ("Conv1" in la["nodes_kept_fp32"]) == ("Conv1" in conv_fp32)
+    assert not m.metadata_props  # no session hints: fast in any plain onnxruntime session
+    conv_fp32 = [n.name for n in m.graph.node if n.op_type == "Conv" and not any(i.endswith(".dq") for i in n.input)]
+    assert set(conv_fp32) == {x for x in la["nodes_kept_fp32"] if x.startswith("Conv")}
     assert doc["tuning"]["objective"] == "performance" and "latency-aware choice" in (tmp_path / "int8.report.md").read_text()
 
 
@@ -155,23 +137,10 @@ def test_objective_override_and_bad_value(tmp_path, synth_dir):
     assert config.from_dict({"tuning": {"objective": "performance"}}).tuning.objective == "performance"
 
 
-def test_session_honours_only_known_optimizer_hints():
-    from quant import evaluation
-
-    m = mnist12_like()
-    models.set_ort_hints(m, ["QDQPropagationTransformer", "SomethingElse"])
-    raw = models.serialize(m)
-    assert models.ort_hints(raw) == ["QDQPropagationTransformer", "SomethingElse"]
-    assert evaluation.disabled_optimizers(raw) == ["QDQPropagationTransformer"]
-    evaluation.make_session(raw)  # loads with the hint applied
-    models.set_ort_hints(m, [])
-    assert models.ort_hints(m) == [] and not m.metadata_props
-
-
 # ------------------------------------------------------------------- one result on every machine
 # The default model's sha256 on Python 3.11, 3.12 and 3.13 and on CPUs with and without AVX-512 VNNI
 # (README: One result everywhere). A change here is a change of the published model: say why.
-DEFAULT_MNIST12_INT8_SHA256 = "39c481cd6e0dd5d7236756ddb23f79d8cf6b4b9e3d7b9465102abbfa5dec1bbe"
+DEFAULT_MNIST12_INT8_SHA256 = "09d0921600ac23fe6ecfbca6ebf7d71e699f1611047a3664bfc58672858d5fcc"
 
 
 def _as_host(monkeypatch, vnni: bool, bf16: bool):
@@ -212,7 +181,7 @@ def test_the_pin_is_what_makes_them_equal(tmp_path, synth_dir, monkeypatch):
 
 @pytest.mark.parametrize("reduce_range,qmax", [(True, 127), (False, 255)])
 def test_reduce_range_sets_the_input_quantizer_range(tmp_path, synth_dir, reduce_range, qmax):
-    out, doc = _tune(tmp_path, mnist12_like(), synth_dir, {"quantization": {"reduce_range": reduce_range},
+    out, doc = _tune(tmp_path, mnist12_like(), synth_dir, {"quantization": {"reduce_range": reduce_range, "kernel_aware": False},
                                                            "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
     m = onnx.load(out)
     q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear")

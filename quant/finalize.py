@@ -1,0 +1,164 @@
+"""Finishing touches on INC's int8 model, before it is evaluated and written.
+
+- :func:`float_outputs`: a graph output that INC quantized (``op -> QuantizeLinear -> DequantizeLinear
+  -> output``) is taken straight from the op instead: onnxruntime then runs the classifier head as an
+  int8 QGemm / MatMulIntegerToFloat with float logits. Quantized logits (INC's scale for mnist-12 is
+  ~0.44) tie the top-1 class on some images, so the accuracy depended on the tie rule.
+- :func:`compact_names` and :func:`drop_zero_bias_zero_points`: shorter names for INC's
+  QuantizeLinear/DequantizeLinear glue and no all-zero bias zero points (bytes, not behaviour).
+- :func:`drop_unused_opsets`: INC saves its model through onnxruntime, which lists every domain it
+  knows in ``opset_import``; only the domains that nodes use are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import onnx
+
+
+def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Remove the QuantizeLinear/DequantizeLinear pair in front of each graph output; returns the
+    names of the outputs that became float."""
+    m = copy.deepcopy(model)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    removed, changed = set(), []
+    for out in m.graph.output:
+        dq = producers.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or uses.get(q.output[0], 0) != 1:
+            continue
+        src = producers.get(q.input[0])
+        if src is None or uses.get(q.input[0], 0) != 1 or src.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            continue
+        src.output[list(src.output).index(q.input[0])] = out.name
+        removed.update((id(q), id(dq)))
+        changed.append(out.name)
+    if not changed:
+        return model, []
+    keep = [n for n in m.graph.node if id(n) not in removed]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    used = {i for n in m.graph.node for i in n.input}
+    inits = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m, changed
+
+
+def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    used = {n.domain or "" for n in model.graph.node} | {""}
+    m = copy.deepcopy(model)
+    keep = [o for o in m.opset_import if (o.domain or "") in used]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    return m
+
+
+_INC_SUFFIXES = ("_QuantizeLinear", "_quantized", "_QuantizeInput", "_dequantized", "_DequantizeLinear")
+
+
+def _stem(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for s in _INC_SUFFIXES:
+            if name.endswith(s) and len(name) > len(s):
+                name, changed = name[: -len(s)], True
+    return name
+
+
+def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shorter names for the QuantizeLinear/DequantizeLinear glue INC adds (its names repeat the
+    consumer's name, ~40 bytes each, several times per tensor): a QuantizeLinear's output becomes
+    ``<float tensor>.q``, a DequantizeLinear's ``<source>.dq`` (numbered when a source has several),
+    the glue nodes lose their names and the quantized ops lose INC's ``_quant`` suffix (their names are
+    the fp32 model's again, as ``quantization.nodes_to_keep_fp32`` spells them). Graph inputs, outputs, initializers and the compute ops'
+    tensors keep theirs, so a layer still matches its fp32 twin by name."""
+    m = copy.deepcopy(model)
+    fixed = {i.name for i in m.graph.input} | {o.name for o in m.graph.output}
+    taken = set(fixed) | {t.name for t in m.graph.initializer} | {o for n in m.graph.node for o in n.output}
+    rename: dict[str, str] = {}
+
+    def fresh(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}{k}", k + 1
+        taken.add(name)
+        return name
+
+    for t in m.graph.initializer:  # INC's quantized weights and quantization parameters
+        for suffix, short in (("_quantized", ".q"), ("_zero_point", ".zp"), ("_scale", ".s")):
+            if t.name.endswith(suffix) and t.name not in fixed and len(t.name) > len(suffix):
+                taken.discard(t.name)
+                rename[t.name] = t.name = fresh(t.name[: -len(suffix)] + short)
+                break
+    inits = {t.name for t in m.graph.initializer}
+    for n in m.graph.node:  # a compute op's output INC renamed to X_QuantizeInput gets X back when X is free
+        for k, o in enumerate(n.output):
+            if o.endswith("_QuantizeInput") and o not in fixed and o[: -len("_QuantizeInput")] not in taken:
+                taken.discard(o)
+                rename[o] = n.output[k] = fresh(o[: -len("_QuantizeInput")])
+
+    for n in m.graph.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            if n.name.endswith("_quant"):  # INC's mark on the ops it quantized: the fp32 model's node name again
+                n.name = n.name[: -len("_quant")]
+            continue
+        n.name = ""
+        out = n.output[0]
+        if out in fixed:
+            continue
+        src = n.input[0]
+        if n.op_type == "QuantizeLinear":
+            new = f"{_stem(src)}.q"
+        elif src in inits:
+            new = f"{src[:-2] if src.endswith('.q') else _stem(src)}.dq"  # a weight or bias
+        else:
+            new = f"{src[:-2] if src.endswith('.q') else _stem(src)}.dq"
+        taken.discard(out)
+        rename[out] = n.output[0] = fresh(new)
+    return m
+
+
+def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A DequantizeLinear of an int32 constant (a bias) whose zero point is all zeros loses the zero
+    point input (ONNX's default is 0 of the same type), and the initializer goes if unused.
+    Only int32: onnxruntime 1.31 stops fusing DequantizeLinear -> Gemm into QGemm when the int8
+    *weight's* DequantizeLinear has no zero point (measured), so those stay."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if (n.op_type == "DequantizeLinear" and len(n.input) == 3 and n.input[0] in inits and n.input[2] in inits
+                and inits[n.input[0]].data_type == onnx.TensorProto.INT32 and not np.any(numpy_helper.to_array(inits[n.input[2]]))):
+            del n.input[2]
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    keep = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    return m
+
+
+def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """All finishing touches, with a note for each that changed something."""
+    notes = []
+    m, outs = float_outputs(model)
+    if outs:
+        notes.append(f"float outputs (QuantizeLinear/DequantizeLinear pair before them removed): {', '.join(outs)}")
+    before = len(m.opset_import)
+    m = drop_unused_opsets(m)
+    if len(m.opset_import) < before:
+        notes.append(f"opset imports of unused domains dropped ({before} -> {len(m.opset_import)})")
+    m = compact_names(m)
+    m = drop_zero_bias_zero_points(m)
+    return m, notes

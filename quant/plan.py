@@ -1,0 +1,72 @@
+"""Kernel-aware precision plan: which compute layers stay fp32 because onnxruntime has no fast int8
+kernel for their shape. Rules, not timings, so the default int8 model is the same on every machine.
+
+onnxruntime runs an int8 Conv (QLinearConv, or DequantizeLinear -> Conv -> QuantizeLinear fused into
+it) fast only through MLAS's symmetric indirect-convolution kernel (``MlasConvSymPackWSize`` in
+``onnxruntime/core/mlas/lib/convsym.cpp``, x86 dispatch tables). Its conditions:
+
+- int8 weights with zero point 0 (INC's weights are symmetric);
+- groups == 1: input channels per group divisible by 4 and at least 16 output channels
+  (``KernelInputChannelAlignment`` 4, ``FilterOutputChannelPackCount`` 16);
+- depthwise (1 input and 1 output channel per group): a group count divisible by 16.
+
+Any other int8 Conv falls back to a generic im2col + u8s8 GEMM path that is slower than fp32 on small
+layers (mnist-12's first Conv, 1 -> 8 channels: 4.5x its fp32 time). MatMul and Gemm always have a fast
+int8 GEMM (MLAS QGEMM) and are quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper
+
+CONV_SYM_INPUT_ALIGN = 4
+CONV_SYM_MIN_OUTPUT_CHANNELS = 16
+CONV_SYM_DEPTHWISE_GROUP_ALIGN = 16
+
+
+@dataclass
+class Plan:
+    keep_fp32: dict[str, str] = field(default_factory=dict)  # node name -> reason
+    int8: list[str] = field(default_factory=list)  # compute nodes left to INC
+
+    def summary(self) -> dict:
+        return {"rule_source": "onnxruntime MLAS ConvSym kernel constraints (quant/plan.py)",
+                "keep_fp32": dict(self.keep_fp32), "int8_candidates": list(self.int8)}
+
+
+def conv_reason(weight_shape: list[int], group: int) -> str | None:
+    """Why an int8 Conv with this weight shape ([out, in/group, kh, kw]) would be slow, or None."""
+    out_ch, in_per_group = weight_shape[0], weight_shape[1]
+    if group > 1:
+        if in_per_group == 1 and out_ch == group:
+            if group % CONV_SYM_DEPTHWISE_GROUP_ALIGN:
+                return f"depthwise with {group} groups (onnxruntime's int8 depthwise kernel needs a multiple of {CONV_SYM_DEPTHWISE_GROUP_ALIGN})"
+            return None
+        return f"grouped convolution ({group} groups): no fast int8 kernel in onnxruntime"
+    if in_per_group % CONV_SYM_INPUT_ALIGN:
+        return f"{in_per_group} input channel(s): onnxruntime's fast int8 conv needs a multiple of {CONV_SYM_INPUT_ALIGN}"
+    if out_ch < CONV_SYM_MIN_OUTPUT_CHANNELS:
+        return f"{out_ch} output channels: onnxruntime's fast int8 conv needs at least {CONV_SYM_MIN_OUTPUT_CHANNELS}"
+    return None
+
+
+def make(model: onnx.ModelProto) -> Plan:
+    """The plan for a prepared fp32 model (node names as INC will see them)."""
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    plan = Plan()
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        name = n.name or n.output[0]
+        if n.op_type == "Conv":
+            w = inits.get(n.input[1]) if len(n.input) > 1 else None
+            group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+            reason = "weights are not a constant" if w is None or len(w) < 2 else conv_reason(w, int(group))
+            if reason:
+                plan.keep_fp32[name] = reason
+                continue
+        plan.int8.append(name)
+    return plan

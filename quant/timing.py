@@ -1,0 +1,173 @@
+"""Timing primitives shared by the benchmark and the latency search: interleaved ``session.run``
+timing in plain onnxruntime sessions, onnxruntime's per-op profile, the machine's single-thread GEMM
+peak and the multiply-adds a model does per image.
+
+Every session here is what a user's program gets from ``onnxruntime.InferenceSession(path)`` with
+default options, except the thread count (``intra_op_num_threads``, 1 by default, so two models timed
+side by side on a shared machine do not fight over cores).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a plain onnxruntime session "
+          "(default SessionOptions except intra_op_num_threads); models timed round-robin")
+
+
+def plain_session(model: bytes, threads: int = 1, **extra) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    for k, v in extra.items():
+        setattr(so, k, v)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def latency_stats(ns: np.ndarray) -> dict:
+    """Summary of per-inference wall times given in nanoseconds, in milliseconds."""
+    ms = np.asarray(ns, dtype=np.float64) / 1e6
+    return {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "min": float(ms.min()), "max": float(ms.max()), "n": int(len(ms))}
+
+
+@dataclass
+class Timed:
+    name: str
+    sess: object
+    feed: dict  # {input name: array}, built once
+    per_call_images: int  # images per run() call
+    calls: int  # run() calls per timed unit (batch_size / per_call_images)
+
+
+def feed(input_name: str, x: np.ndarray) -> dict:
+    return {input_name: np.ascontiguousarray(x)}
+
+
+def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progress: bool = True) -> dict[str, np.ndarray]:
+    """Per-unit (one batch) wall times in ns for each target, measured round-robin."""
+    for t in targets:
+        for _ in range(warmup):
+            for _ in range(t.calls):
+                t.sess.run(None, t.feed)
+    times = {t.name: np.empty(iterations, dtype=np.int64) for t in targets}
+    it = range(iterations)
+    marks = set()
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="[benchmark] timing", unit="round", file=sys.stderr, mininterval=0.5, leave=False)
+    elif progress:  # progress lines for logs (CI): every quarter
+        marks = {iterations * q // 4 for q in (1, 2, 3)} - {0}
+    clock = time.perf_counter_ns
+    for i in it:
+        for t in targets:
+            run, fd, calls = t.sess.run, t.feed, t.calls
+            t0 = clock()
+            for _ in range(calls):
+                run(None, fd)
+            times[t.name][i] = clock() - t0
+        if i in marks:
+            print(f"[benchmark] timing: {i}/{iterations} rounds", file=sys.stderr, flush=True)
+    return times
+
+
+def profile_ops(model: bytes, input_name: str, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict]:
+    """Median kernel time per node from onnxruntime's profiler (``runs`` calls on ``x``), slowest first."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mnist-quant-prof-") as d:
+        sess = plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(d, "ort"))
+        for _ in range(runs):
+            sess.run(None, {input_name: x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    per: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
+    rows = [{"op": op, "node": node, "median_us": float(np.median(v))} for (op, node), v in per.items()]
+    return sorted(rows, key=lambda r: -r["median_us"])
+
+
+# ------------------------------------------------------------------------ work and machine peak
+def macs_per_image(model: onnx.ModelProto) -> int:
+    """Multiply-adds of the Conv, MatMul and Gemm nodes for one image (static shapes from onnx's
+    shape inference with the batch set to 1); fp32 and int8 forms of one network give the same count."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:
+        return 0
+    shapes = {}
+    for vi in [*m.graph.value_info, *m.graph.input, *m.graph.output]:
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+    producers = {o: n for n in m.graph.node for o in n.output}
+    inits = {t.name: list(t.dims) for t in m.graph.initializer}
+
+    def weight_dims(name):  # through a DequantizeLinear for QDQ models
+        if name in inits:
+            return inits[name]
+        p = producers.get(name)
+        return inits.get(p.input[0]) if p is not None and p.op_type == "DequantizeLinear" else None
+
+    total = 0
+    for n in m.graph.node:
+        op = n.op_type
+        if op in ("Conv", "QLinearConv"):
+            w = weight_dims(n.input[3] if op == "QLinearConv" else n.input[1])
+            y = shapes.get(n.output[0])
+            if w and y and len(y) == 4:
+                total += int(np.prod(y[1:])) * int(np.prod(w[1:]))
+        elif op in ("MatMul", "Gemm", "QLinearMatMul", "MatMulInteger", "QGemm"):
+            a = shapes.get(n.input[0])  # K from the activation: the weight may be computed (the zoo's Reshape)
+            y = shapes.get(n.output[0])
+            trans_a = any(at.name == "transA" and at.i for at in n.attribute)
+            if a and y and len(a) >= 2:
+                total += int(np.prod(y[1:])) * int(a[-2] if trans_a else a[-1])
+    return total
+
+
+def gemm_peak(size: int = 512, repeats: int = 15, threads: int = 1) -> dict:
+    """Single-thread GEMM rate of this machine in onnxruntime: fp32 MatMul and u8s8 MatMulInteger of
+    ``size``^3 (GMAC/s, median of ``repeats``): the ceiling a model's conv/FC layers can approach."""
+    rng = np.random.default_rng(0)
+    n = size
+
+    def model(node, xtype, wt):
+        g = helper.make_graph([node], "peak", [helper.make_tensor_value_info("x", xtype, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT if xtype == TensorProto.FLOAT else TensorProto.INT32, [n, n])], wt)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+    fp = model(helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT,
+               [numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")])
+    q = model(helper.make_node("MatMulInteger", ["x", "w", "xz"], ["y"]), TensorProto.UINT8,
+              [numpy_helper.from_array(rng.integers(-64, 64, (n, n)).astype(np.int8), "w"),
+               numpy_helper.from_array(np.array(3, np.uint8), "xz")])
+    out = {"size": n, "threads": threads}
+    for name, mb, x in (("fp32", fp, rng.standard_normal((n, n)).astype(np.float32)),
+                        ("u8s8", q, rng.integers(0, 128, (n, n)).astype(np.uint8))):
+        s = plain_session(mb, threads)
+        for _ in range(3):
+            s.run(None, {"x": x})
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            s.run(None, {"x": x})
+            ts.append(time.perf_counter() - t0)
+        out[f"{name}_gmacs"] = float(n ** 3 / np.median(ts) / 1e9)
+    return out

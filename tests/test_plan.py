@@ -1,0 +1,38 @@
+"""Kernel-aware precision plan (quant/plan.py): rules from onnxruntime's int8 conv kernel."""
+
+import numpy as np
+import pytest
+from helpers import _t, mnist12_like, pattern_linear
+from onnx import TensorProto, helper
+
+from quant import plan
+
+
+@pytest.mark.parametrize("shape,group,slow", [
+    ([8, 1, 5, 5], 1, "1 input channel(s)"),          # mnist-12's first conv
+    ([16, 8, 5, 5], 1, None),                           # mnist-12's second conv
+    ([8, 8, 3, 3], 1, "8 output channels"),
+    ([32, 6, 3, 3], 1, "6 input channel(s)"),
+    ([32, 1, 3, 3], 32, None),                          # depthwise, 32 groups
+    ([8, 1, 3, 3], 8, "depthwise with 8 groups"),
+    ([32, 4, 3, 3], 8, "grouped convolution"),
+])
+def test_conv_rules(shape, group, slow):
+    reason = plan.conv_reason(shape, group)
+    assert (reason is None) if slow is None else (slow in reason)
+
+
+def test_mnist12_topology_keeps_only_the_first_conv_fp32():
+    p = plan.make(mnist12_like())
+    assert list(p.keep_fp32) == ["Conv1"] and p.int8 == ["Conv2", "MatMul"]
+    assert "multiple of 4" in p.keep_fp32["Conv1"]
+    assert p.summary()["keep_fp32"] == p.keep_fp32
+
+
+def test_fc_layers_are_always_int8_and_a_conv_without_constant_weights_stays_fp32():
+    assert plan.make(pattern_linear()).int8 == ["MatMul"]
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="dyn")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+                           helper.make_tensor_value_info("w", TensorProto.FLOAT, [16, 4, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert plan.make(helper.make_model(g)).keep_fp32 == {"dyn": "weights are not a constant"}

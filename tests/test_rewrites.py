@@ -1,0 +1,139 @@
+"""Exact graph rewrites (quant/rewrites.py): each keeps the outputs and does what it says, on
+synthetic graphs of every classifier shape; the zoo models are covered in test_prepare."""
+
+import numpy as np
+import onnx
+import pytest
+from helpers import CLASSIFIERS, _t, fitted_classifier, mnist12_like, pattern_images, pattern_linear
+from onnx import TensorProto, helper, numpy_helper
+
+from quant import models, prepare, rewrites
+
+
+def _same(a, b, x, input_name):
+    return prepare.check_same_outputs(models.serialize(a), models.serialize(b), x, input_name, batch=len(x))
+
+
+def _x(shape=(9, 1, 28, 28), seed=0):
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def _ops(m):
+    return [n.op_type for n in m.graph.node]
+
+
+def test_fold_constants_turns_a_weight_reshape_into_an_initializer():
+    m = mnist12_like(batch="N")
+    w = next(t for t in m.graph.initializer if t.name == "W3")
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).reshape(16, 16, 10), "W3"))
+    m.graph.initializer.append(numpy_helper.from_array(np.array([256, 10], np.int64), "w_shape"))
+    m.graph.node.insert(0, helper.make_node("Reshape", ["W3", "w_shape"], ["W3r"], name="w_reshape"))
+    next(n for n in m.graph.node if n.op_type == "MatMul").input[1] = "W3r"
+    out, note = rewrites.fold_constants(m)
+    assert "folded 1 constant node(s)" in note and "w_reshape" in note
+    assert "Reshape" not in _ops(out)[:1] and list(next(t for t in out.graph.initializer if t.name == "W3r").dims) == [256, 10]
+    assert {t.name for t in out.graph.initializer}.isdisjoint({"W3", "w_shape"})  # the unused sources are gone
+    _same(m, out, _x(), "Input3")
+    assert rewrites.fold_constants(out) == (out, None)
+
+
+def test_fuse_bias_makes_conv_biases_and_a_gemm():
+    m = mnist12_like(batch="N")
+    out, note = rewrites.fuse_bias(m)
+    assert note.count("-> Conv with bias") == 2 and "MatMul+Add3 -> Gemm" in note
+    assert _ops(out) == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Reshape", "Gemm"]
+    assert [len(n.input) for n in out.graph.node if n.op_type == "Conv"] == [3, 3]
+    assert out.graph.output[0].name == "Plus214_Output_0" and out.graph.node[-1].output[0] == "Plus214_Output_0"
+    _same(m, out, _x(), "Input3")
+
+
+def test_fuse_bias_leaves_non_constant_or_shared_adds_alone():
+    m = mnist12_like(batch="N")
+    add = next(n for n in m.graph.node if n.name == "Add1")
+    add.input[1] = "c1"  # c1 + c1: not a bias
+    conv_out_used_twice = _ops(rewrites.fuse_bias(m)[0])
+    assert conv_out_used_twice.count("Add") == 1  # Add1 stays; Add2 fused into Conv2; Add3 into the Gemm
+    lin = pattern_linear("N", "NCHW")  # MatMul of a 2-D tensor whose rank shape inference knows
+    assert _ops(rewrites.fuse_bias(lin)[0]) == ["Reshape", "Gemm"]
+
+
+def test_fuse_bias_needs_a_2d_matmul():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 784])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["mm"], name="mm"), helper.make_node("Add", ["mm", "B"], ["y"], name="b")],
+                          "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [_t("W", np.ones((784, 10))), _t("B", np.ones((10,)))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    assert rewrites.fuse_bias(m) == (m, None)  # Gemm is 2-D only
+
+
+def test_pool_before_relu_swaps_only_after_the_named_layers_and_keeps_outputs():
+    m, _ = rewrites.fuse_bias(mnist12_like(batch="N"))
+    one, note = rewrites.pool_before_relu(m, after={"Conv1"})
+    assert note == "MaxPool moved before Relu (they commute): Relu1/Pool1"
+    assert _ops(one)[:3] == ["Conv", "MaxPool", "Relu"] and _ops(one)[3:6] == ["Conv", "Relu", "MaxPool"]
+    both, note = rewrites.pool_before_relu(m)
+    assert _ops(both)[:6] == ["Conv", "MaxPool", "Relu", "Conv", "MaxPool", "Relu"]
+    for out in (one, both):
+        onnx.checker.check_model(out)
+        _same(m, out, _x(seed=3) - 0.5, "Input3")  # negative inputs too: the Relu really clips
+    assert rewrites.pool_before_relu(both) == (both, None)
+
+
+def test_pool_before_relu_skips_a_relu_with_other_consumers():
+    m, _ = rewrites.fuse_bias(mnist12_like(batch="N"))
+    relu = next(n for n in m.graph.node if n.name == "Relu1")
+    m.graph.output.append(helper.make_tensor_value_info(relu.output[0], TensorProto.FLOAT, None))
+    out, note = rewrites.pool_before_relu(m)
+    assert "Relu1" not in note and "Relu2/Pool2" in note
+
+
+def test_channels_last_flatten_permutes_fc_rows_and_keeps_outputs():
+    m, _ = rewrites.fuse_bias(mnist12_like(batch="N"))
+    out, note = rewrites.channels_last_flatten(m)
+    assert note.endswith("Reshape -> MatMul")
+    t = next(n for n in out.graph.node if n.op_type == "Transpose")
+    assert list(helper.get_attribute_value(t.attribute[0])) == [0, 2, 3, 1]
+    assert _ops(out)[-3:] == ["Transpose", "Reshape", "Gemm"]
+    _same(m, out, _x(seed=4), "Input3")
+    assert rewrites.channels_last_flatten(out) == (out, None)  # a flatten after a Transpose is left alone
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_channels_last_flatten_with_flatten_op_and_transposed_gemm(trans_b):
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.1, (3 * 4 * 4, 10)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], name="flat", axis=1),
+         helper.make_node("Gemm", ["f", "W", "B"], ["y"], name="fc", transB=trans_b)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], [_t("W", w.T if trans_b else w), _t("B", np.ones(10))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    out, note = rewrites.channels_last_flatten(m)
+    assert "flat -> fc" in note
+    _same(m, out, _x((6, 3, 4, 4), 6), "x")
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
+def test_every_classifier_shape_keeps_its_outputs(kind):
+    rng = np.random.default_rng(7)
+    layout = CLASSIFIERS[kind][0]
+    labels = rng.integers(0, 10, 64)
+    imgs = pattern_images(labels, rng).astype(np.float32) / 255
+    shape = {"flat": (-1, 784), "NCHW": (-1, 1, 28, 28), "NHWC": (-1, 28, 28, 1)}[layout]
+    x = imgs.reshape(shape)
+    m = fitted_classifier(kind, x, labels)
+    out = m
+    for step in rewrites.ALL:
+        out, _ = step(out)
+    out, _ = rewrites.pool_before_relu(out)
+    onnx.checker.check_model(out)
+    _same(m, out, x, "input")
+    assert "Gemm" in _ops(out) and "MatMul" not in _ops(out)  # every head ends as one Gemm
+
+
+def test_name_nodes_names_the_unnamed_ones():
+    m = mnist12_like()
+    m.graph.node[0].name = m.graph.node[4].name = ""
+    out, note = rewrites.name_nodes(m)
+    assert note == "named 2 unnamed node(s): Conv_0, Conv_4" and all(n.name for n in out.graph.node)
