@@ -16,16 +16,15 @@ import copy
 
 import onnx
 
+from .models import consumers, drop_unused_initializers
+
 
 def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """Remove the QuantizeLinear/DequantizeLinear pair in front of each graph output; returns the
     names of the outputs that became float."""
     m = copy.deepcopy(model)
     producers = {o: n for n in m.graph.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = consumers(m)
     removed, changed = set(), []
     for out in m.graph.output:
         dq = producers.get(out.name)
@@ -45,10 +44,7 @@ def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     keep = [n for n in m.graph.node if id(n) not in removed]
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    used = {i for n in m.graph.node for i in n.input}
-    inits = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
+    drop_unused_initializers(m)
     return m, changed
 
 
@@ -142,10 +138,7 @@ def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
         if (n.op_type == "DequantizeLinear" and len(n.input) == 3 and n.input[0] in inits and n.input[2] in inits
                 and inits[n.input[0]].data_type == onnx.TensorProto.INT32 and not np.any(numpy_helper.to_array(inits[n.input[2]]))):
             del n.input[2]
-    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
-    keep = [t for t in m.graph.initializer if t.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    drop_unused_initializers(m)
     return m
 
 

@@ -290,3 +290,19 @@ def check_output_kind(model: onnx.ModelProto, sig: Signature, declared: str, pat
     if declared == "probabilities" and not softmax:
         raise ModelError(f"{path}: output {sig.output_name!r} comes from {op or 'no node'}, not Softmax, "
                          "but model.output is probabilities; set model.output: logits")
+
+
+# ------------------------------------------------------------------------------ graph helpers
+def consumers(model: onnx.ModelProto) -> Counter:
+    """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)."""
+    c = Counter(i for n in model.graph.node for i in n.input if i)
+    c.update(o.name for o in model.graph.output)
+    return c
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove initializers no node and no graph output reads (in place)."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)

@@ -20,14 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from . import calib, evaluation, finalize, inputs, models, plan as plan_mod, prepare, report, testdata
 from .errors import AccuracyError, UsageError
 from .fsio import atomic_write_bytes, check_writable_target, sha256_bytes
-
-# kept for callers of the earlier API (quant.pipeline.load_config & co.)
-load_config, load_splits, test_inputs = inputs.load_config, inputs.load_splits, inputs.test_inputs
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -112,9 +107,9 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
     c.quantization.nodes_to_keep_fp32 = sorted(set(cfg.quantization.nodes_to_keep_fp32) | keep | by_type)
     model, steps = prep.model, []
     if cfg.quantization.kernel_aware:
-        planned = prepare.apply_plan(prepare.Prepared(prep.model), set(c.quantization.nodes_to_keep_fp32), fp32_path)
-        model, steps = planned.model, planned.steps
-        if steps:
+        model, note = prepare.apply_plan(prep.model, set(c.quantization.nodes_to_keep_fp32), fp32_path)
+        if note:
+            steps.append(note)
             check(model)
     result = tuning.tune(model, c, loader, evaluator, verbose=verbose, log=log)
     finished, notes = finalize.finish(result.model) if cfg.quantization.kernel_aware else (result.model, [])

@@ -172,18 +172,17 @@ def prepare(model: onnx.ModelProto, sig: Signature, fmt: str, per_channel: bool,
     return out
 
 
-def apply_plan(prepared: Prepared, keep_fp32: set[str], path: str = "model") -> Prepared:
+def apply_plan(model: onnx.ModelProto, keep_fp32: set[str], path: str = "model") -> tuple[onnx.ModelProto, str | None]:
     """The rewrites that depend on the precision plan (MaxPool before Relu behind fp32 layers)."""
-    m, note = _guarded(lambda x: rewrites.pool_before_relu(x, after=keep_fp32), prepared.model, path)
-    return Prepared(m, prepared.steps + ([note] if note else []), prepared.origin)
+    return _guarded(rewrites.pool_before_relu, model, path, after=keep_fp32)
 
 
-def _guarded(step, model: onnx.ModelProto, path: str):
+def _guarded(step, model: onnx.ModelProto, path: str, **kwargs):
     try:
-        m, note = step(model)
+        m, note = step(model, **kwargs)
         if note:
             onnx.checker.check_model(m)
         return m, note
     except Exception as e:  # a rewrite must never take a run down: report it as a model problem
-        raise ModelError(f"{path}: graph rewrite {getattr(step, '__name__', 'step')} failed: {first_line(e)}") from None
+        raise ModelError(f"{path}: graph rewrite {step.__name__} failed: {first_line(e)}") from None
 

@@ -22,21 +22,16 @@ images. They are written for any MNIST-classifier shape (MLPs, LeNets, NHWC mode
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .models import consumers, drop_unused_initializers
+
 # ops that are safe to evaluate ahead of time when all their inputs are constant
 _FOLDABLE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat",
              "Mul", "Add", "Sub", "Div", "Neg", "Sqrt", "Reciprocal", "Shape", "Gather", "Slice", "Constant"}
-
-
-def _consumers(model: onnx.ModelProto) -> Counter:
-    c = Counter(i for n in model.graph.node for i in n.input if i)
-    c.update(o.name for o in model.graph.output)  # a graph output counts as a consumer that must keep the name
-    return c
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -57,13 +52,6 @@ def _unique(model: onnx.ModelProto, base: str) -> str:
     while name in taken:
         name, k = f"{base}_{k}", k + 1
     return name
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
@@ -128,7 +116,7 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]
         m.graph.initializer.append(numpy_helper.from_array(const[o], o))
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    _drop_unused_initializers(m)
+    drop_unused_initializers(m)
     return m, f"folded {len(folded)} constant node(s) into initializers: {', '.join(n.name or n.op_type for n in folded)}"
 
 
@@ -148,7 +136,7 @@ def fuse_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """``Conv -> Add(const)`` into Conv's bias; ``MatMul(2-D x, const W) -> Add(const b)`` into ``Gemm``."""
     m = copy.deepcopy(model)
     inits = _inits(m)
-    uses = _consumers(m)
+    uses = consumers(m)
     shapes = _static_shapes(m)
     by_input: dict[str, list[onnx.NodeProto]] = {}
     for n in m.graph.node:
@@ -203,7 +191,7 @@ def fuse_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     keep = [n for n in m.graph.node if id(n) not in removed]
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    _drop_unused_initializers(m)
+    drop_unused_initializers(m)
     return m, "fused biases: " + "; ".join(notes)
 
 
@@ -213,7 +201,7 @@ def pool_before_relu(model: onnx.ModelProto, after: set[str] | None = None) -> t
     fp32: behind an int8 layer the pool runs on uint8 in NHWC anyway, and INC 3.7.1 removes a Relu whose
     input is quantized, assuming its range was calibrated after the Relu, which a pool's is not)."""
     m = copy.deepcopy(model)
-    uses = _consumers(m)
+    uses = consumers(m)
     by_input = {i: n for n in m.graph.node for i in n.input}
     producers = {o: n for n in m.graph.node for o in n.output}
     swapped = []
@@ -246,7 +234,7 @@ def channels_last_flatten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str 
     """Flatten [N,C,H,W] in (H,W,C) order before a fully connected layer with constant weights."""
     m = copy.deepcopy(model)
     inits = _inits(m)
-    uses = _consumers(m)
+    uses = consumers(m)
     shapes = _static_shapes(m)
     by_input = {i: n for n in m.graph.node for i in n.input}
     producers = {o: n for n in m.graph.node for o in n.output}

@@ -19,14 +19,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from . import evaluation
+
 METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a plain onnxruntime session "
           "(default SessionOptions except intra_op_num_threads); models timed round-robin")
 
 
 def plain_session(model: bytes, threads: int = 1, **extra) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    """``evaluation.session_options`` (defaults but the thread count) plus ``extra`` settings such as profiling."""
+    so = evaluation.session_options(threads)
     for k, v in extra.items():
         setattr(so, k, v)
     return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])

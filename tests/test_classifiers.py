@@ -8,7 +8,7 @@ import onnx
 import pytest
 from helpers import CLASSIFIERS, fitted_classifier, save
 
-from conftest import REPO, run_cli, write_config
+from conftest import run_cli, write_config
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ unused opsets or zero bias zero points — onnxruntime must still run the same i
 
 import numpy as np
 import onnx
-from helpers import _t
 from onnx import TensorProto, helper, numpy_helper
 
 from quant import evaluation, finalize, models

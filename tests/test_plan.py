@@ -1,8 +1,7 @@
 """Kernel-aware precision plan (quant/plan.py): rules from onnxruntime's int8 conv kernel."""
 
-import numpy as np
 import pytest
-from helpers import _t, mnist12_like, pattern_linear
+from helpers import mnist12_like, pattern_linear
 from onnx import TensorProto, helper
 
 from quant import plan

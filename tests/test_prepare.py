@@ -76,7 +76,8 @@ def test_zoo_models_prepare_to_identical_outputs_on_real_images(models_dir, spli
     assert any("dynamic" in s for s in p.steps)
     if m.opset < 12:
         assert p.steps[0].startswith(f"opset {m.opset} -> 12") and "removed 8 initializers" in p.steps[1]
-    p = prepare.apply_plan(p, set(plan.make(p.model).keep_fp32), m.path)
+    model, note = prepare.apply_plan(p.model, set(plan.make(p.model).keep_fp32), m.path)
+    p = prepare.Prepared(model, p.steps + [note])
     # every speed rewrite applied to the zoo graph: weight Reshape folded, biases fused, Gemm, HWC flatten, pool/Relu swap
     kinds = " | ".join(p.steps)
     for want in ("folded 1 constant", "-> Conv with bias", "-> Gemm", "flatten in (H, W, C) order", "MaxPool moved before Relu"):

@@ -1,7 +1,6 @@
 """Timing primitives: statistics, plain-session timing, multiply-add counts, the GEMM peak."""
 
 import numpy as np
-import onnx
 import pytest
 from helpers import mnist12_like, pattern_linear
 

@@ -7,9 +7,8 @@ import onnx
 import pytest
 
 from conftest import REPO, synth_config
-from helpers import mnist12_like, pattern_linear, save, write_mnist
-from quant import calib, config, models, tuning
-from quant.errors import AccuracyError
+from helpers import mnist12_like, pattern_linear, save
+from quant import config, models, tuning
 from quant.pipeline import tune_model
 
 
