@@ -210,33 +210,24 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def op_precisions(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Which compute ops run in int8 and which in fp32 (Q/DQ conversion nodes listed apart).
+    """Which compute ops run in int8 and which in fp32 (Q/DQ conversion nodes listed apart), for the
+    graph onnxruntime executes (:func:`quant.evaluation.onnxruntime_graph`).
 
-    A node is int8 when it is a QLinear*/Integer op, when its data input is an int8/uint8 tensor
-    (e.g. MaxPool on uint8), or, in QDQ models, when its data inputs all come from
-    DequantizeLinear and its outputs all go to QuantizeLinear (onnxruntime fuses such DQ->op->Q
-    groups into int8 kernels).
+    A node is int8 when it is a QLinear*/Integer op or when its data input is an int8/uint8 tensor
+    (e.g. MaxPool on uint8). In that graph onnxruntime has already fused every DQ -> op -> Q group it
+    can run in int8, so an op still between a DequantizeLinear and a QuantizeLinear runs in fp32
+    (e.g. the bias Add of onnxruntime's own QDQ models); guessing from a QDQ file's DQ/Q groups
+    would call it int8.
     """
     types = _elem_types(model)
-    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    consumers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.op_type)
     inits = {i.name for i in model.graph.initializer}
     res = {"int8": [], "fp32": [], "convert": []}
     for n in model.graph.node:
         label = f"{n.op_type}:{n.name}" if n.name else n.op_type
+        data_inputs = [i for i in n.input if i and i not in inits]
         if n.op_type in QDQ_OPS:
             res["convert"].append(label)
-            continue
-        data_inputs = [i for i in n.input if i and i not in inits]
-        if n.op_type in QUANT_OPS:
-            res["int8"].append(label)
-        elif data_inputs and types.get(data_inputs[0]) in INT8_TYPES:
-            res["int8"].append(label)
-        elif (data_inputs and all(i in dq_outputs for i in data_inputs)
-              and all(consumers.get(o) and set(consumers[o]) == {"QuantizeLinear"} for o in n.output)):
+        elif n.op_type in QUANT_OPS or (data_inputs and types.get(data_inputs[0]) in INT8_TYPES):
             res["int8"].append(label)
         else:
             res["fp32"].append(label)

@@ -7,11 +7,13 @@ evaluates the ONNX ops in numpy with exact int32 accumulation, which is what eve
 nothing saturates; comparing onnxruntime's outputs with it on real inputs tells whether a model gives
 the same result on every CPU.
 
-Two gaps of ``onnx.reference`` are bridged here: it has no ``com.microsoft`` ``QLinearAdd`` (INC's
-QOperator models use it for the bias after QLinearMatMul), and it implements QuantizeLinear /
-DequantizeLinear only from opset 19, so a copy of the model declares opset 21 for the default domain.
-Only the quantize/dequantize signatures changed in between, and for uint8/int8 tensors with scalar or
-1-D scales (the models here) their arithmetic is the same.
+Gaps of ``onnx.reference`` bridged here: it has no ``com.microsoft`` ops, so ``QLinearAdd`` (INC's
+and onnxruntime's QOperator models use it for biases) and ``QGemm`` (what onnxruntime fuses a QDQ Gemm
+into) are implemented below, and onnxruntime's fp32 fusions ``FusedConv``/``FusedGemm`` are turned
+back into standard nodes (:func:`unfuse`); any other contrib op raises :class:`Unsupported` naming it.
+It implements QuantizeLinear / DequantizeLinear only from opset 19, so a copy of the model declares
+opset 21 for the default domain. Only the quantize/dequantize signatures changed in between, and for
+uint8/int8 tensors with scalar or 1-D scales their arithmetic is the same.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
@@ -70,13 +73,76 @@ class QGemm(OpRun):
         return (np.clip(np.rint(v), info.min, info.max).astype(y_zero.dtype),)
 
 
+class Unsupported(ValueError):
+    """The model has an op the reference cannot evaluate (named in the message)."""
+
+
+NEW_OPS = (QLinearAdd, QGemm)
+
+
 def evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
     ref = onnx.ModelProto()
     ref.CopyFrom(model)
     for o in ref.opset_import:
         if o.domain in ("", "ai.onnx") and o.version < REFERENCE_OPSET:
             o.version = REFERENCE_OPSET
-    return ReferenceEvaluator(ref, new_ops=[QLinearAdd, QGemm])
+    known = {(c.op_domain, c.__name__) for c in NEW_OPS}
+    for n in ref.graph.node:
+        if n.domain not in ("", "ai.onnx") and (n.domain, n.op_type) not in known:
+            raise Unsupported(f"no exact reference for {n.domain} {n.op_type} (node {n.name or n.output[0]})")
+    try:
+        return ReferenceEvaluator(ref, new_ops=list(NEW_OPS))
+    except Exception as e:  # an op onnx.reference does not implement for these types
+        raise Unsupported(f"onnx.reference cannot evaluate it: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+# fp32 fusions onnxruntime makes at level EXTENDED (contrib ops): activation -> standard ONNX nodes
+_ACTIVATIONS = {"Relu": [], "Tanh": [], "Sigmoid": [], "LeakyRelu": ["alpha"], "HardSigmoid": ["alpha", "beta"], "Clip": []}
+
+
+def unfuse(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace onnxruntime's fp32 contrib fusions FusedConv / FusedGemm (Conv or Gemm + activation) by
+    the standard ONNX nodes they stand for, so the reference can evaluate the executed graph."""
+    if not any(n.domain == "com.microsoft" and n.op_type in ("FusedConv", "FusedGemm") for n in model.graph.node):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    nodes = []
+    for n in m.graph.node:
+        if not (n.domain == "com.microsoft" and n.op_type in ("FusedConv", "FusedGemm")):
+            nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        act = attrs.pop("activation", b"")
+        act = act.decode() if isinstance(act, bytes) else act
+        params = list(attrs.pop("activation_params", []))
+        for k in [k for k in attrs if k.startswith("activation")]:
+            attrs.pop(k)
+        if act and act not in _ACTIVATIONS:
+            raise Unsupported(f"no exact reference for com.microsoft {n.op_type} with activation {act} (node {n.name})")
+        base = n.op_type[len("Fused"):]
+        inputs = list(n.input)
+        extra = inputs[3] if base == "Conv" and len(inputs) > 3 and inputs[3] else None  # FusedConv's sum input Z
+        inputs = inputs[:3]
+        out = n.output[0]
+        mid = f"{out}.pre" if act or extra else out
+        nodes.append(helper.make_node(base, inputs, [mid], name=n.name, **attrs))
+        if extra:
+            summed = f"{out}.sum" if act else out
+            nodes.append(helper.make_node("Add", [mid, extra], [summed], name=f"{n.name}.sum"))
+            mid = summed
+        if act == "Clip":
+            lo, hi = (params + [float("-inf"), float("inf")])[:2] if params else (float("-inf"), float("inf"))
+            names = [f"{out}.min", f"{out}.max"]
+            m.graph.initializer.extend([numpy_helper.from_array(np.array(lo, np.float32), names[0]),
+                                        numpy_helper.from_array(np.array(hi, np.float32), names[1])])
+            nodes.append(helper.make_node("Clip", [mid, *names], [out], name=f"{n.name}.act"))
+        elif act:
+            kw = dict(zip(_ACTIVATIONS[act], params))
+            nodes.append(helper.make_node(act, [mid], [out], name=f"{n.name}.act", **kw))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
 
 
 @dataclass
@@ -85,6 +151,9 @@ class Agreement:
     max_abs_diff: float
     images_differing: int
     top1_disagreements: int
+    max_abs_output: float = 0.0  # the largest |output| of the reference, to read max_abs_diff against
+    correct_onnxruntime: int | None = None  # top-1 correct (first max), when labels were given
+    correct_reference: int | None = None
 
     @property
     def exact(self) -> bool:
@@ -100,19 +169,26 @@ def integer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     from .evaluation import onnxruntime_graph
 
-    return onnxruntime_graph(model.SerializeToString())
+    return unfuse(onnxruntime_graph(model.SerializeToString()))
 
 
-def compare(model: onnx.ModelProto, session, input_name: str, x: np.ndarray) -> Agreement:
+def compare(model: onnx.ModelProto, session, input_name: str, x: np.ndarray, labels: np.ndarray | None = None) -> Agreement:
     """onnxruntime ``session``'s outputs vs the exact reference of the model's integer graph
-    (:func:`integer_graph`), image by image, on ``x``."""
+    (:func:`integer_graph`), image by image, on ``x`` (and top-1 correct counts of both with ``labels``)."""
     ref = evaluator(integer_graph(model))
-    largest, differing, disagree = 0.0, 0, 0
+    largest, differing, disagree, peak = 0.0, 0, 0, 0.0
+    ok_a = ok_b = 0
     for i in range(len(x)):
         xi = x[i:i + 1]
-        a = np.asarray(session.run(None, {input_name: xi})[0], dtype=np.float64)
-        b = np.asarray(ref.run(None, {input_name: xi})[0], dtype=np.float64)
+        a = np.asarray(session.run(None, {input_name: xi})[0], dtype=np.float64).reshape(-1)
+        b = np.asarray(ref.run(None, {input_name: xi})[0], dtype=np.float64).reshape(-1)
         d = float(np.abs(a - b).max())
         largest, differing = max(largest, d), differing + (d > 0)
+        peak = max(peak, float(np.abs(b).max()))
         disagree += int(a.argmax() != b.argmax())
-    return Agreement(len(x), largest, differing, disagree)
+        if labels is not None:
+            ok_a += int(a.argmax() == labels[i])
+            ok_b += int(b.argmax() == labels[i])
+    if labels is None:
+        return Agreement(len(x), largest, differing, disagree, peak)
+    return Agreement(len(x), largest, differing, disagree, peak, ok_a, ok_b)

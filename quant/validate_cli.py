@@ -19,7 +19,14 @@ def add_parsers(sub, common) -> None:
     v.add_argument("--baseline_model", required=True, help="the fp32 model the int8 model was made from")
     v.add_argument("--test_data", nargs="+", default=None, metavar="DIR",
                    help="test_data_set_N folders (or folders of them) to check; default: <model>_test_data/ if present")
-    v.add_argument("--samples", type=int, default=200, help="test images for the per-layer error (default 200)")
+    v.add_argument("--samples", type=int, default=200,
+                   help="test images for the per-layer error, 1-10000 (default 200)")
+    v.add_argument("--portability_samples", type=int, default=1000,
+                   help="test images for the CPU-portability check against the exact integer reference, 1-10000 "
+                        "(default 1000, ~10 ms each)")
+    v.add_argument("--json", action="store_true",
+                   help="quiet: print only a JSON summary (verdict per check, exit code, report paths) on stdout; "
+                        "no progress lines, no Markdown; exit codes unchanged")
     _tolerances(v)
     v.set_defaults(func=cmd_validate)
 
@@ -50,7 +57,17 @@ def _check_tol(args) -> None:
             raise UsageError(f"--{name} {v}: must be >= 0")
 
 
+def summary(doc: dict, exit_code: int) -> dict:
+    """What ``validate --json`` prints: the verdicts, not the evidence (that is in the JSON report)."""
+    return {"passed": doc["passed"], "exit_code": exit_code,
+            "input_model": doc["input_model"], "baseline_model": doc["baseline_model"],
+            "checks": [{"name": c["name"], "status": c["status"], "verdict": c["verdict"]} for c in doc["checks"]],
+            "reports": doc["reports"]}
+
+
 def cmd_validate(args) -> int:
+    import json
+
     from .cliutil import command_line as _command_line, log as _log
     from .errors import AccuracyError
     from .validation import validate_model
@@ -58,12 +75,16 @@ def cmd_validate(args) -> int:
     _check_tol(args)
     try:
         doc = validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
-                             report_path=args.report, test_data=args.test_data, samples=args.samples, rtol=args.rtol,
-                             atol=args.atol, log=_log, command=_command_line())
+                             report_path=args.report, test_data=args.test_data, samples=args.samples,
+                             portability_samples=args.portability_samples, rtol=args.rtol,
+                             atol=args.atol, log=(lambda _m: None) if args.json else _log, command=_command_line())
     except AccuracyError as e:
         if "markdown" in e.details:
-            print(e.details["markdown"])
+            print(json.dumps(summary(e.details, e.exit_code), indent=2) if args.json else e.details["markdown"])
         raise
+    if args.json:
+        print(json.dumps(summary(doc, 0), indent=2))
+        return 0
     print(doc["markdown"])
     _log(f"[validate] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
     return 0

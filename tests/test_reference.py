@@ -69,3 +69,37 @@ def test_default_int8_computes_like_the_integer_reference_on_this_cpu(tuned_mnis
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     agr = reference.compare(onnx.load(out), s, "Input3", x)
     assert agr.top1_disagreements == 0 and agr.images_differing <= 0.02 * agr.images and agr.max_abs_diff < 0.25, agr
+
+
+@pytest.mark.parametrize("activation,params", [("Relu", []), ("LeakyRelu", [0.2]), ("Clip", [-0.5, 0.7]), ("", [])])
+def test_unfuse_turns_fused_conv_back_into_standard_nodes(activation, params):
+    """onnxruntime's executed graph has com.microsoft FusedConv for fp32 Conv + activation; the
+    reference evaluates it as Conv -> activation and matches onnxruntime."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    attrs = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    if activation:
+        attrs["activation"] = activation
+    if params:
+        attrs["activation_params"] = params
+    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y"], name="fc", domain="com.microsoft", **attrs)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w, b])
+    m = helper.make_model(g, ir_version=8, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    plain = reference.unfuse(m)
+    assert [n.op_type for n in plain.graph.node] == ["Conv"] + ([activation] if activation else [])
+    x = rng.standard_normal((1, 1, 6, 6)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = reference.evaluator(plain).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_op_without_reference_is_named():
+    node = helper.make_node("QLinearSigmoid", ["a", "s", "z", "s", "z"], ["c"], name="sig", domain="com.microsoft")
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 4])],
+                          [helper.make_tensor_value_info("c", TensorProto.UINT8, [1, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(reference.Unsupported, match="no exact reference for com.microsoft QLinearSigmoid \\(node sig\\)"):
+        reference.evaluator(m)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import mnist12_like, pattern_linear, save
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from quant import models, validation
 from conftest import run_cli, write_config
@@ -106,6 +106,61 @@ def test_structure_check_compares_io_with_the_baseline(tmp_path):
     assert c.status == "fail" and "no op runs in int8" in c.summary
 
 
+def test_tied_outputs_count_and_both_tie_rules():
+    out = np.array([[1, 3, 3], [2, 1, 0], [0, 5, 5], [4, 4, 4]], np.float32)
+    c = validation.tied_check(out, np.array([2, 0, 1, 0]))
+    assert c.status == "info" and c.details["tied_images"] == 3
+    assert c.details["accuracy_first_max"] == 0.75  # argmax takes class 1, 0, 1, 0
+    assert c.details["accuracy_any_max"] == 1.0
+    assert "3 of 4 test images have an exactly tied top-1" in c.summary and "moves accuracy by 25.00 pp" in c.summary
+    assert validation.tied_check(np.eye(3, dtype=np.float32), np.arange(3)).details["tied_images"] == 0
+
+
+@pytest.mark.parametrize("diff,differing,flips,ok_here,ok_exact,status", [
+    (0.0, 0, 0, 990, 990, "pass"),      # bit-exact
+    (0.04, 2, 0, 990, 990, "pass"),     # last bits of an fp32 layer
+    (2.6, 1000, 1, 989, 990, "warn"),   # saturation on this CPU, accuracy within the budget
+    (0.04, 2, 1, 990, 990, "warn"),     # small, but a top-1 changed
+    (6.0, 1000, 40, 960, 990, "fail"),  # accuracy depends on the CPU by more than the budget (1 %)
+])
+def test_portability_verdict_rules(diff, differing, flips, ok_here, ok_exact, status):
+    from quant.reference import Agreement
+
+    a = Agreement(1000, diff, differing, flips, 30.0, ok_here, ok_exact)
+    c = validation.portability_verdict(a, 0.01, "avx2")
+    assert c.status == status and "this CPU (avx2)" in c.summary and f"{differing} differ" in c.summary
+    assert c.details["accuracy_here"] == ok_here / 1000 and c.details["cpu_int8_flags"] == "avx2"
+
+
+def test_portability_check_skips_an_op_without_reference(monkeypatch):
+    from quant import reference
+
+    def no_ref(*a, **k):
+        raise reference.Unsupported("no exact reference for com.microsoft QLinearSigmoid (node s)")
+
+    monkeypatch.setattr(reference, "compare", no_ref)
+    c = validation.portability_check(mnist12_like(), None, "Input3", np.zeros((1, 1, 28, 28), np.float32), np.zeros(1), 0.01)
+    assert c.status == "skip" and "QLinearSigmoid" in c.summary and "CPU int8 flags here" in c.summary
+
+
+def test_an_op_left_between_dq_and_q_by_onnxruntime_runs_in_fp32(tmp_path):
+    """onnxruntime's own QDQ models add an int8 bias to a uint8 activation (DQ -> Add <- DQ -> Q): onnxruntime
+    cannot fuse that into an int8 op, so the executed graph runs the Add in fp32 (a file-level guess said int8)."""
+    f = numpy_helper.from_array
+    inits = [f(np.array(0.1, np.float32), "s"), f(np.array(0, np.uint8), "z"), f(np.array(0.01, np.float32), "bs"),
+             f(np.array(0, np.int8), "bz"), f(np.arange(4, dtype=np.int8).reshape(1, 4), "bq")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"]), helper.make_node("Add", ["xd", "bd"], ["a"], name="bias"),
+             helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"]), helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(g, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    from quant import evaluation
+
+    executed = evaluation.onnxruntime_graph(m.SerializeToString())
+    assert models.precision_summary(executed)["fp32"] == {"Add": 1}
+
+
 # ------------------------------------------------------------------------------------- real data
 def _validate(model, models_dir, mnist_dir, tmp_path, *extra):
     return run_cli("validate", f"--input_model={model}", f"--baseline_model={models_dir / 'mnist-12.onnx'}", "--config=mnist.yaml",
@@ -123,9 +178,13 @@ def test_validate_fails_the_zoo_int8_with_the_range_message(models_dir, mnist_di
     assert as_configured < 60 and in_range > 98.5
     doc = json.loads((tmp_path / "v.json").read_text())
     status = {c["name"]: c["status"] for c in doc["checks"]}
-    assert status == {"structure": "pass", "input range": "fail", "accuracy": "fail", "per-layer error": "info", "test data": "skip"}
+    portable = status.pop("CPU portability")
+    assert status == {"structure": "pass", "input range": "fail", "accuracy": "fail", "tied outputs": "info",
+                      "per-layer error": "info", "test data": "skip"}
+    assert portable in ("pass", "warn")  # 8-bit ranges: exact on VNNI, may saturate on AVX2 (here: inputs of 1-2 levels)
     layers = next(c for c in doc["checks"] if c["name"] == "per-layer error")["details"]["layers"]
     assert layers[0]["op"] == "QuantizeLinear" and layers[0]["levels_used"] == 2 and layers[0]["sqnr_db"] < 20
+    assert layers[0]["fp32_twin"] == "Input3" and layers[0]["matched_by"] == "name"
     assert "## Per-layer error" in r.stdout and "**FAIL**" in r.stdout
 
 
@@ -137,6 +196,9 @@ def test_validate_passes_our_int8_and_checks_its_test_data(tuned_mnist12, models
     doc = json.loads((tmp_path / "v.json").read_text())
     checks = {c["name"]: c for c in doc["checks"]}
     assert all(c["status"] in ("pass", "info") for k, c in checks.items() if k != "input range")
+    # 7-bit ranges: onnxruntime computes the exact integer result on every CPU (first conv fp32: last bits only)
+    assert checks["CPU portability"]["details"]["top1_disagreements"] == 0
+    assert checks["tied outputs"]["details"]["tied_images"] == 0  # float logits
     # the default model's first conv (1 input channel) runs in fp32, so its input is not quantized
     assert checks["input range"]["status"] == "skip" and "the first layer runs in fp32" in checks["input range"]["summary"]
     assert "3 of 3 test_data_set folders reproduced" in checks["test data"]["summary"]
@@ -145,6 +207,8 @@ def test_validate_passes_our_int8_and_checks_its_test_data(tuned_mnist12, models
     assert [(r_["tensor"], r_["fp32_twin"]) for r_ in layers] == [
         ("Pooling66_Output_0.q", "Pooling66_Output_0"), ("Plus112_Output_0.q", "ReLU114_Output_0"),
         ("Pooling160_Output_0.q", "Pooling160_Output_0")]
+    # the conv's output stands for the Relu's (a uint8 zero point 0 clamps at 0): found by value, and said so
+    assert [r_["matched_by"].split(" ")[0] for r_ in layers] == ["name", "value", "name"]
     assert min(r_["sqnr_db"] for r_ in layers) > 25 and sum(r_["flag"].startswith("worst") for r_ in layers) == 1
     # the zoo's test data contract: the zoo int8 model does not reproduce our reference outputs
     bad = run_cli("check-test-data", f"--input_model={models_dir / 'mnist-12-int8.onnx'}", "--test_data",
@@ -157,7 +221,8 @@ def test_validate_passes_our_int8_and_checks_its_test_data(tuned_mnist12, models
     ("int8 baseline", ["--baseline_model={zoo_int8}"], 4, "is already quantized"),
     ("layout contradiction", ["--config={nhwc}"], 4, "but preprocessing.layout is NHWC"),
     ("report folder missing", ["--report={tmp}/no/such/v.json"], 2, "output folder"),
-    ("bad samples", ["--samples=0"], 2, "--samples 0: must be >= 1"),
+    ("bad samples", ["--samples=0"], 2, "--samples 0: must be between 1 and 10000"),
+    ("bad portability samples", ["--portability_samples=10001"], 2, "--portability_samples 10001: must be between 1 and 10000"),
     ("missing baseline flag", ["--baseline_model"], 2, "expected one argument"),
 ])
 def test_validate_bad_inputs(case, args, code, words, models_dir, mnist_dir, tmp_path):
@@ -191,3 +256,72 @@ def test_a_7bit_model_calibrated_on_raw_pixels_is_named_as_such(models_dir, mnis
     err = r.stderr.strip().splitlines()[-1]
     assert "scale 2.008, zero point 0, uint8 7-bit (reduce_range)) covers [0, 255]" in err
     assert "calibrated for inputs in [0, 255]" in err and "512" not in err
+
+
+# ---------------------------------------------------------------------- other producers' int8 models
+def _ort_producer():
+    """examples/ort_quantize_static.py (onnxruntime's quantize_static), as the README runs it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ort_quantize_static.py"
+    spec = importlib.util.spec_from_file_location("ort_quantize_static", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# 7-bit weights (reduce_range): the products cannot saturate 16-bit sums, so each model computes the
+# exact integer result on every CPU and its verdicts do not depend on the machine
+PRODUCERS = {
+    "QDQ": ({}, {"QLinearConv": 2, "QLinearMatMul": 1}),
+    "QDQ per-channel": ({"per_channel": True}, {"QLinearConv": 2, "QLinearMatMul": 1}),
+    "QOperator QGemm": ({"fmt": "QOperator", "gemm": True}, {"QLinearConv": 2, "QGemm": 1}),
+    "QDQ QGemm float output": ({"gemm": True, "float_gemm_output": True}, {"QLinearConv": 2, "QGemm": 1}),
+    "QDQ int8 activations, asymmetric weights": ({"activations": "int8", "symmetric_weights": False},
+                                                 {"QLinearConv": 2, "QLinearMatMul": 1}),
+}
+
+
+@pytest.fixture(scope="module")
+def ort_calibration(mnist_dir):
+    return _ort_producer(), _ort_producer().calibration_images(str(mnist_dir))
+
+
+@pytest.mark.parametrize("kind", PRODUCERS)
+def test_validate_passes_onnxruntime_quantize_static_models(kind, ort_calibration, models_dir, mnist_dir, tmp_path):
+    producer, x = ort_calibration
+    kwargs, int8_ops = PRODUCERS[kind]
+    model = tmp_path / "ort.onnx"
+    producer.quantize(str(models_dir / "mnist-12.onnx"), str(model), x, reduce_range=True, **kwargs)
+    r = _validate(model, models_dir, mnist_dir, tmp_path, "--json", "--portability_samples=300")
+    assert r.returncode == 0, (kind, r.stdout, r.stderr)
+    assert r.stderr == ""  # --json is quiet
+    verdicts = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert verdicts["structure"]["verdict"].startswith("PASS structure: ONNX checker passed")
+    doc = json.loads((tmp_path / "v.json").read_text())
+    checks = {c["name"]: c for c in doc["checks"]}
+    ops = checks["structure"]["details"]["ops"]
+    assert {k: v for k, v in ops["int8"].items() if k in int8_ops} == int8_ops, ops
+    assert "Add" not in ops["int8"]  # a bias Add left between DQ and Q runs in fp32 (reported as such)
+    # onnxruntime quantizes activations with full 8-bit ranges even with reduce_range (weights only)
+    assert checks["input range"]["status"] == "pass" and checks["input range"]["details"]["quantizer"]["bits"] == 8
+    assert "covers [0, 1]" in checks["input range"]["summary"]
+    assert checks["accuracy"]["status"] == "pass" and checks["accuracy"]["details"]["int8"] > 0.985
+    layers = checks["per-layer error"]["details"]["layers"]
+    assert layers and all(r_["sqnr_db"] > 25 for r_ in layers)
+    assert any(r_["matched_by"] == "name" for r_ in layers)
+    portable = checks["CPU portability"]
+    assert portable["details"]["images"] == 300 and portable["details"]["top1_disagreements"] == 0
+    if "asymmetric" not in kind:  # zero points on the weights take the products beyond 7 bits
+        assert portable["status"] == "pass" and portable["details"]["images_differing"] == 0
+
+
+def test_validate_json_on_failure_keeps_the_exit_code(models_dir, mnist_dir, tmp_path):
+    r = _validate(models_dir / "mnist-12-int8.onnx", models_dir, mnist_dir, tmp_path, "--json", "--samples=20",
+                  "--portability_samples=20")
+    assert r.returncode == 3
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is False and doc["exit_code"] == 3
+    assert [c["verdict"].split(":")[0] for c in doc["checks"] if c["status"] == "fail"] == ["FAIL input range", "FAIL accuracy"]
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: validation FAILED")
