@@ -346,14 +346,17 @@ def tied_check(outputs: np.ndarray, labels: np.ndarray) -> Check:
     tie counts as the first maximum (numpy's argmax, what most programs do) vs as any maximum."""
     top = outputs.max(axis=1, keepdims=True)
     is_max = outputs == top
-    tied = int(np.sum(is_max.sum(axis=1) > 1))
+    ways = is_max.sum(axis=1)
+    tied = int(np.sum(ways > 1))
     first = float(np.mean(outputs.argmax(axis=1) == labels))
     anyv = float(np.mean(is_max[np.arange(len(labels)), labels]))
-    details = {"images": int(len(labels)), "tied_images": tied, "accuracy_first_max": first, "accuracy_any_max": anyv}
+    details = {"images": int(len(labels)), "tied_images": tied, "most_classes_tied": int(ways.max()),
+               "accuracy_first_max": first, "accuracy_any_max": anyv}
     if not tied:
         return Check("tied outputs", "info", f"no test image has a tied top-1 output ({len(labels):,} images)", details)
     return Check("tied outputs", "info",
-                 f"{tied} of {len(labels):,} test images have an exactly tied top-1 output (quantized outputs): top-1 is "
+                 f"{tied} of {len(labels):,} test images have an exactly tied top-1 output (quantized outputs; up to "
+                 f"{int(ways.max())} classes share the maximum): top-1 is "
                  f"{first:.2%} counting the first maximum and {anyv:.2%} counting any maximum, so the tie rule alone moves "
                  f"accuracy by {100 * (anyv - first):.2f} pp", details)
 

@@ -113,6 +113,7 @@ def test_tied_outputs_count_and_both_tie_rules():
     assert c.details["accuracy_first_max"] == 0.75  # argmax takes class 1, 0, 1, 0
     assert c.details["accuracy_any_max"] == 1.0
     assert "3 of 4 test images have an exactly tied top-1" in c.summary and "moves accuracy by 25.00 pp" in c.summary
+    assert c.details["most_classes_tied"] == 3 and "up to 3 classes share the maximum" in c.summary
     assert validation.tied_check(np.eye(3, dtype=np.float32), np.arange(3)).details["tied_images"] == 0
 
 
