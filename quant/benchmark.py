@@ -21,7 +21,7 @@ import numpy as np
 
 from . import evaluation, inputs, models, report, timing
 from .errors import AccuracyError, UsageError
-from .fsio import atomic_write_bytes, check_writable_target
+from .fsio import atomic_write_bytes, check_distinct, check_writable_target
 
 MODES = ("performance", "accuracy", "all")
 
@@ -107,9 +107,10 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark")
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
-    for m in input_models + ([baseline_model] if baseline_model else []):
-        if Path(m).exists() and Path(m).resolve() in (json_path.resolve(), md_path.resolve()):
-            raise UsageError(f"--report {json_path}: would overwrite the model {m}")
+    plot_paths = [("plot", p) for p in plot_targets(json_path)] if plots else []
+    check_distinct(reads=[("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model),
+                                                                         ("--config", inputs.config_file(cfg))],
+                   writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
 
     # --- load and check every model before measuring anything
     names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
@@ -300,6 +301,15 @@ def render(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLOTS = ("latency", "confusion")
+
+
+def plot_targets(json_path: Path) -> list[Path]:
+    """Where :func:`write_plots` writes: ``<report stem>.<plot>.png`` beside the JSON report."""
+    stem = json_path.name[:-5] if json_path.name.endswith(".json") else json_path.name
+    return [json_path.with_name(f"{stem}.{name}.png") for name in PLOTS]
+
+
 def write_plots(json_path: Path, entries: dict, times: dict, log: Callable) -> dict | str:
     """Latency histogram and confusion matrix PNGs beside the report (matplotlib is optional)."""
     try:
@@ -313,13 +323,13 @@ def write_plots(json_path: Path, entries: dict, times: dict, log: Callable) -> d
     import io
 
     out = {}
-    stem = json_path.name[:-5] if json_path.name.endswith(".json") else json_path.name
+    targets = dict(zip(PLOTS, plot_targets(json_path)))
 
     def save(fig, name):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
         plt.close(fig)
-        p = json_path.with_name(f"{stem}.{name}.png")
+        p = targets[name]
         atomic_write_bytes(p, buf.getvalue())
         out[name] = str(p)
 

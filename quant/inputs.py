@@ -11,6 +11,11 @@ def load_config(cfg):
     return cfg if isinstance(cfg, config_mod.Config) else config_mod.load(cfg)
 
 
+def config_file(cfg) -> str | None:
+    """The YAML file a config was read from (None for the built-in defaults)."""
+    return None if cfg.source.startswith("<") else cfg.source
+
+
 def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callable = print) -> dict[str, data.Split]:
     root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
     return {s: data.load_split(root, s, verify=cfg.dataset.verify_md5) for s in splits}

@@ -22,14 +22,7 @@ from typing import Callable
 
 from . import calib, evaluation, finalize, inputs, models, plan as plan_mod, prepare, report, testdata
 from .errors import AccuracyError, UsageError
-from .fsio import atomic_write_bytes, check_writable_target, sha256_bytes
-
-
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return Path(a).resolve() == Path(b).resolve()
+from .fsio import atomic_write_bytes, check_distinct, check_writable_target, sha256_bytes
 
 
 @dataclass
@@ -50,18 +43,19 @@ def _resolve_config(config, objective: str | None):
 
 
 def _check_outputs(input_model: str, output_model: str, report_path: str | None, cfg) -> _Outputs:
-    """Every output path is checked before any work, so a bad path fails in a second, not after tuning."""
-    if Path(output_model).exists() and Path(input_model).exists() and _same_file(input_model, output_model):
-        raise UsageError(f"--output_model {output_model}: is the input model; refusing to overwrite it")
+    """Every output path is checked before any work, so a bad path fails in a second, not after tuning:
+    writable, and distinct from every input, every other output and the test-data folder it replaces."""
     check_writable_target(output_model, "--output_model")
     json_path, md_path = report.default_report_paths(output_model, report_path or cfg.output.report)
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
-        if Path(input_model).exists() and p.exists() and _same_file(p, input_model):
-            raise UsageError(f"--report {p}: is the input model; refusing to overwrite it")
     td_dir = testdata.default_dir(output_model)
-    if cfg.output.test_data_sets and td_dir.exists() and not td_dir.is_dir():
-        raise UsageError(f"--output_model {output_model}: {td_dir} (for its test data) exists and is not a folder")
+    check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)),
+                          ("quantization.calibration.manifest", cfg.quantization.calibration.manifest)],
+                   writes=[("--output_model", output_model), ("--report (JSON)", json_path), ("--report (Markdown)", md_path)],
+                   replaced=[("the output model's test data folder", td_dir)] if cfg.output.test_data_sets else [])
+    if cfg.output.test_data_sets:
+        testdata.check_replaceable(td_dir, f"--output_model {output_model}: its test data folder")
     return _Outputs(output_model, json_path, md_path, td_dir)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .evaluation import make_session
 DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
 DEFAULT_ATOL = 1e-7
 MAX_TENSOR_BYTES = 64 << 20
+SET_NAME = re.compile(r"test_data_set_\d+")
 
 
 def default_dir(model_path: str | os.PathLike) -> Path:
@@ -40,6 +42,21 @@ def pick_indices(n_total: int, count: int, seed: int) -> np.ndarray:
 
 def _tensor_bytes(arr: np.ndarray, name: str) -> bytes:
     return numpy_helper.from_array(np.ascontiguousarray(arr), name).SerializeToString(deterministic=True)
+
+
+def check_replaceable(dest: str | os.PathLike, what: str) -> None:
+    """``dest`` may be replaced whole only if it is absent or holds nothing but ``test_data_set_N``
+    folders (an earlier run's output): anything else there would be deleted with it (exit 2)."""
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise UsageError(f"{what} {dest}: exists and is not a folder")
+    other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and SET_NAME.fullmatch(p.name)))
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise UsageError(f"{what} {dest}: holds other files ({shown}); the test-data folder is replaced whole, "
+                         "so choose a new or empty folder")
 
 
 def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, dest: str | os.PathLike,

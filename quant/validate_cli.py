@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def _tolerances(p) -> None:
@@ -115,15 +116,19 @@ def cmd_write_test_data(args) -> int:
     from . import models, testdata
     from .cliutil import log as _log
     from .errors import UsageError
-    from .inputs import load_config, load_splits, test_inputs
+    from .fsio import check_distinct
+    from .inputs import config_file, load_config, load_splits, test_inputs
 
     cfg = load_config(args.config)
     count = cfg.output.test_data_sets if args.count is None else args.count
     if count < 1:
         raise UsageError(f"--count {count}: must be >= 1")
+    dest = Path(args.output_dir) if args.output_dir else testdata.default_dir(args.input_model)
+    check_distinct(reads=[("--input_model", args.input_model), ("--config", config_file(cfg))], writes=[],
+                   replaced=[("--output_dir", dest)])
+    testdata.check_replaceable(dest, "--output_dir")
     m = models.load(args.input_model, "input model")
     sig = models.signature(m.proto, m.path, cfg.model.input_name, cfg.preprocessing.layout)
-    dest = args.output_dir or testdata.default_dir(m.path)
     test = load_splits(cfg, args.data_dir, splits=("test",), log=_log)["test"]
     x = test_inputs(cfg, test)[testdata.pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
     sets = testdata.write_sets(m.raw, sig.input_name, sig.output_name, x, dest, m.path)

@@ -20,12 +20,10 @@ the graph onnxruntime executes, not guessed from op names.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import evaluation, models, report, testdata
 from .errors import AccuracyError, UsageError
-from .fsio import check_writable_target
+from .fsio import check_distinct, check_writable_target
 
 RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
 RANGE_MAX_CLIPPED = 1e-3  # ... and at most 0.1 % of input values may fall outside it
@@ -462,7 +460,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     Raises AccuracyError (exit 3, with the report in ``details``) when any check fails.
     """
     from .benchmark import accuracy_budget, gate
-    from .inputs import load_config, load_splits, test_inputs
+    from .inputs import config_file, load_config, load_splits, test_inputs
 
     t0 = time.perf_counter()
     for flag, v in (("--samples", samples), ("--portability_samples", portability_samples)):
@@ -472,9 +470,9 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate")
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
-        for m in (input_model, baseline_model):
-            if Path(m).exists() and p.exists() and os.path.samefile(p, m):
-                raise UsageError(f"--report {p}: would overwrite the model {m}")
+    check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", config_file(cfg)),
+                          *[("--test_data", d) for d in test_data or []]],
+                   writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path)])
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)

@@ -38,7 +38,7 @@ def test_bad_config_exit_2(tmp_path):
 def test_output_equal_to_input_refused(tmp_path):
     m = save(mnist12_like(), tmp_path / "m.onnx")
     before = m.read_bytes()
-    _assert_clean_error(run_cli("tune", f"--input_model={m}", f"--output_model={m}"), 2, "is the input model")
+    _assert_clean_error(run_cli("tune", f"--input_model={m}", f"--output_model={m}"), 2, "is the --input_model", "refusing to overwrite it")
     assert m.read_bytes() == before
 
 

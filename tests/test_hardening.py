@@ -353,7 +353,7 @@ def _path_case(case: str, cmd: str, tmp_path):
     ro.mkdir()
     if case == "output = input":
         m = save(mnist12_like(), tmp_path / "m.onnx")
-        return m, None, m, "is the input model"
+        return m, None, m, "--output_model " + str(m) + " is the --input_model"
     if case == "output folder missing":
         return tmp_path / "no" / "int8.onnx", None, None, "does not exist"
     if case == "output is a folder":
@@ -371,25 +371,67 @@ def _path_case(case: str, cmd: str, tmp_path):
         return None, ro / "r.json", None, "is not writable"
     if case == "report would overwrite the model":
         m = save(mnist12_like(), tmp_path / "m.json")
-        return None, m, m, ("is the input model" if cmd == "run_tuning.sh" else "would overwrite the model")
+        return None, m, m, f"--report (JSON) {m} is the --input_model {m}; refusing to overwrite it"
+    if case == "report = output model":
+        return tmp_path / "x.json", tmp_path / "x.json", None, "--output_model " + str(tmp_path / "x.json") + " and --report (JSON)"
+    if case == "output = config":
+        return tmp_path / "m.yaml", None, None, "is the --config"
     raise AssertionError(case)
 
 
 PATH_CASES = [(c, k) for c in COMMANDS for k in ("report folder missing", "report is a folder", "report folder not writable",
                                                  "report would overwrite the model")]
-PATH_CASES += [("run_tuning.sh", k) for k in ("output = input", "output folder missing", "output is a folder", "output folder not writable")]
+PATH_CASES += [("run_tuning.sh", k) for k in ("output = input", "output folder missing", "output is a folder", "output folder not writable",
+                                              "report = output model", "output = config")]
 
 
 @pytest.mark.parametrize("cmd,case", PATH_CASES)
 def test_bad_output_and_report_paths(cmd, case, tmp_path, synth_dir):
     output, report, model, words = _path_case(case, cmd, tmp_path)
     model = model or save(mnist12_like(), tmp_path / "m.onnx")
+    cfg = synth_config(tmp_path)
+    if case == "output = config":
+        output = cfg.rename(tmp_path / "m.yaml")
+        cfg = output
     before = {f: f.read_bytes() for f in tmp_path.glob("m.*")}
-    r, out = _command(cmd, model, tmp_path, synth_dir, synth_config(tmp_path), output=output, report=report, unprivileged=True)
+    r, out = _command(cmd, model, tmp_path, synth_dir, cfg, output=output, report=report, unprivileged=True)
     _one_line_error(r, 2, words, (cmd, case))
     ro = tmp_path / "readonly"
     assert list(out.iterdir()) == [] and [f for f in ro.rglob("*") if f != ro / "r.json"] == []
     assert {f: f.read_bytes() for f in tmp_path.glob("m.*")} == before
+
+
+def test_test_data_folders_of_others_are_never_replaced(tmp_path, synth_dir):
+    """tune and write-test-data replace a test-data folder whole: never one holding the input model or
+    anything but test_data_set_N folders (the working folder included)."""
+    from conftest import run_cli
+
+    cfg = synth_config(tmp_path)
+    out = tmp_path / "out"
+    (out / "int8_test_data").mkdir(parents=True)
+    inside = save(mnist12_like(), out / "int8_test_data" / "m.onnx")
+    r = run_cli(f"--input_model={inside}", f"--output_model={out / 'int8.onnx'}", f"--config={cfg}", f"--data_dir={synth_dir}",
+                script="run_tuning.sh")
+    _one_line_error(r, 2, ["--input_model", "lies inside", "int8_test_data", "replaces whole"], "model inside test data")
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    inside.rename(out / "int8_test_data" / "notes.txt")
+    r = run_cli(f"--input_model={m}", f"--output_model={out / 'int8.onnx'}", f"--config={cfg}", f"--data_dir={synth_dir}",
+                script="run_tuning.sh")
+    _one_line_error(r, 2, "its test data folder " + str(out / "int8_test_data") + ": holds other files (notes.txt)", "foreign file")
+    assert sorted(p.name for p in out.rglob("*")) == ["int8_test_data", "notes.txt"]
+    for dest, cwd in ((out / "int8_test_data", None), (".", out)):
+        r = run_cli("write-test-data", f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}", f"--output_dir={dest}",
+                    cwd=cwd)
+        _one_line_error(r, 2, "holds other files", ("write-test-data", dest))
+    assert sorted(p.name for p in out.rglob("*")) == ["int8_test_data", "notes.txt"]
+    r = run_cli("write-test-data", f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}", f"--output_dir={tmp_path}")
+    _one_line_error(r, 2, ["--input_model", "lies inside"], "write-test-data over the model's folder")
+    # an earlier run's test-data folder is replaced (the normal case)
+    ok = tmp_path / "sets"
+    for _ in range(2):
+        r = run_cli("write-test-data", f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}", f"--output_dir={ok}", "--count=2")
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in ok.iterdir()) == ["test_data_set_0", "test_data_set_1"]
 
 
 # --------------------------------------------------- unreadable inputs (permission bits apply: see conftest.run_cli)
