@@ -189,6 +189,5 @@ def compare(model: onnx.ModelProto, session, input_name: str, x: np.ndarray, lab
         if labels is not None:
             ok_a += int(a.argmax() == labels[i])
             ok_b += int(b.argmax() == labels[i])
-    if labels is None:
-        return Agreement(len(x), largest, differing, disagree, peak)
-    return Agreement(len(x), largest, differing, disagree, peak, ok_a, ok_b)
+    counted = labels is not None
+    return Agreement(len(x), largest, differing, disagree, peak, ok_a if counted else None, ok_b if counted else None)

@@ -342,11 +342,10 @@ def layer_errors(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, in
 def tied_check(outputs: np.ndarray, labels: np.ndarray) -> Check:
     """Images whose largest output is shared by two or more classes, and top-1 accuracy when such a
     tie counts as the first maximum (numpy's argmax, what most programs do) vs as any maximum."""
-    top = outputs.max(axis=1, keepdims=True)
-    is_max = outputs == top
+    is_max = outputs == outputs.max(axis=1, keepdims=True)
     ways = is_max.sum(axis=1)
-    tied = int(np.sum(ways > 1))
-    first = float(np.mean(outputs.argmax(axis=1) == labels))
+    tied = evaluation.tied_top1(outputs)
+    first = evaluation.accuracy(outputs, labels)
     anyv = float(np.mean(is_max[np.arange(len(labels)), labels]))
     details = {"images": int(len(labels)), "tied_images": tied, "most_classes_tied": int(ways.max()),
                "accuracy_first_max": first, "accuracy_any_max": anyv}
