@@ -20,10 +20,12 @@ from typing import Callable
 import numpy as np
 
 from . import evaluation, inputs, models, report, timing
+from .config import check_value
 from .errors import AccuracyError, UsageError
-from .fsio import atomic_write_bytes, check_distinct, check_writable_target
+from .fsio import Outputs, check_distinct, check_writable_target
 
 MODES = ("performance", "accuracy", "all")
+MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -68,7 +70,7 @@ def gate(baseline_acc: float, model_acc: float, budget: float) -> dict:
 
 # ------------------------------------------------------------------------------------- driver
 def _model_entry(lm: models.LoadedModel) -> dict:
-    return {"path": lm.path, "bytes": lm.bytes, "sha256": lm.sha256, "opset": lm.opset,
+    return {**lm.describe(),
             "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(evaluation.onnxruntime_graph(lm.raw, lm.path)),
             "macs_per_image": timing.macs_per_image(lm.proto)}
 
@@ -88,23 +90,27 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
     if not input_models:
         raise UsageError("--input_model: at least one model is required")
-    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < 1:
-        raise UsageError(f"--max_accuracy_drop {max_accuracy_drop}: must be a fraction in [0, 1)")
+    if max_accuracy_drop is not None:  # a drop, like the config's criterion: [0, 1)
+        check_value("tuning.accuracy_criterion", max_accuracy_drop, "--max_accuracy_drop")
     if max_accuracy_drop is not None and baseline_model is None:
         raise UsageError("--max_accuracy_drop needs --baseline_model (the drop is measured against it)")
+    for key, v in (("batch_size", batch_size), *(("batch_size", x) for x in extra_batch_sizes), ("iterations", iterations),
+                   ("warmup", warmup), ("threads", threads)):
+        if v is not None:  # the flag (or argument) gets the config key's range; the config's own values are checked already
+            check_value(f"benchmark.{key}", v, f"--{key}")
     cfg = inputs.load_config(config)
     b = cfg.benchmark
-    pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (0 must reach the range check)
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (warmup 0 is not "unset")
     batch_size, iterations, warmup, threads = (pick(batch_size, b.batch_size), pick(iterations, b.iterations),
                                                pick(warmup, b.warmup), pick(threads, b.threads))
-    for v in extra_batch_sizes:
-        if v < 1:
-            raise UsageError(f"--batch_size {v}: must be >= 1")
-    for name, v, lo in (("--batch_size", batch_size, 1), ("--iterations", iterations, 1), ("--warmup", warmup, 0), ("--threads", threads, 1)):
-        if v < lo:
-            raise UsageError(f"{name} {v}: must be >= {lo}")
+    sizes = [batch_size, *extra_batch_sizes]
+    if len(set(sizes)) != len(sizes):
+        raise UsageError(f"--batch_size {','.join(map(str, sizes))}: give each batch size once")
+    if (warmup + iterations) * sum(sizes) > MAX_TIMED_IMAGES:  # each value is in range; their product must be too
+        raise UsageError(f"--iterations {iterations} and --warmup {warmup} at --batch_size {','.join(map(str, sizes))}: "
+                         f"{(warmup + iterations) * sum(sizes):,} images per model, over the {MAX_TIMED_IMAGES:,} limit")
     first = input_models[0]
-    json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark")
+    json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
     plot_paths = [("plot", p) for p in plot_targets(json_path)] if plots else []
@@ -144,6 +150,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             bs = evaluation.effective_batch(sigs[k].fixed_batch, cfg.evaluation.batch_size)
             outs[k] = evaluation.predict(sessions[k], x_test, sigs[k].input_name, bs)
             log(f"[benchmark] accuracy {loaded[k].path}: {100 * evaluation.accuracy(outs[k], labels):.2f} % ({time.perf_counter() - t0:.1f} s)")
+        if "baseline" in outs:
+            evaluation.require_above_chance(evaluation.accuracy(outs["baseline"], labels), loaded["baseline"].path,
+                                            cfg.preprocessing_dict(), cfg.dataset.verify_md5)
         for k in loaded:
             entries[k]["accuracy_stats"] = accuracy_stats(outs[k], labels, outs.get("baseline") if k != "baseline" else None)
             entries[k]["accuracy"] = entries[k]["accuracy_stats"]["top1"]
@@ -221,10 +230,12 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         g["budget_source"] = "--max_accuracy_drop" if max_accuracy_drop is not None else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})"
         doc["gate"] = g
     doc["reports"] = {"json": str(json_path), "markdown": str(md_path)}
-    if plots:
-        doc["plots"] = write_plots(json_path, entries, raw_times, log)
-    md = render(doc)
-    report.write(json_path, doc, md_path, md)
+    with Outputs() as staged:  # reports and plots committed together
+        if plots:
+            doc["plots"] = write_plots(json_path, entries, raw_times, log, staged)
+        md = render(doc)
+        report.write(json_path, doc, md_path, md, staged)
+        staged.commit()
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
@@ -310,7 +321,7 @@ def plot_targets(json_path: Path) -> list[Path]:
     return [json_path.with_name(f"{stem}.{name}.png") for name in PLOTS]
 
 
-def write_plots(json_path: Path, entries: dict, times: dict, log: Callable) -> dict | str:
+def write_plots(json_path: Path, entries: dict, times: dict, log: Callable, staged: Outputs) -> dict | str:
     """Latency histogram and confusion matrix PNGs beside the report (matplotlib is optional)."""
     try:
         import matplotlib
@@ -330,7 +341,7 @@ def write_plots(json_path: Path, entries: dict, times: dict, log: Callable) -> d
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
         plt.close(fig)
         p = targets[name]
-        atomic_write_bytes(p, buf.getvalue())
+        staged.bytes(p, buf.getvalue())
         out[name] = str(p)
 
     if times:

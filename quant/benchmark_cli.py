@@ -5,17 +5,29 @@ from __future__ import annotations
 import sys
 
 
+def _range(key: str) -> str:
+    """Help text for a flag overriding config ``key``: the key's range (:func:`quant.config.check_value` enforces it)."""
+    from .config import leaf, range_text
+
+    return f"range {range_text(leaf(key))}"
+
+
 def add_parser(sub) -> None:
     b = sub.add_parser("benchmark", help="size, accuracy and latency of int8 vs fp32; accuracy gate", allow_abbrev=False)
     b.add_argument("--input_model", required=True, help="model to measure; several may be given comma-separated")
     b.add_argument("--baseline_model", default=None, help="fp32 model to compare against (measured in the same run)")
     b.add_argument("--config", default=None)
     b.add_argument("--mode", default="performance", choices=("performance", "accuracy", "all"))
-    b.add_argument("--batch_size", default=None, help="images per timed inference; several comma-separated (e.g. 1,64) are timed in turn")
-    b.add_argument("--iterations", type=int, default=None)
-    b.add_argument("--warmup", type=int, default=None)
-    b.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default 1)")
-    b.add_argument("--max_accuracy_drop", type=float, default=None, help="gate budget as a fraction (default: the config's criterion)")
+    b.add_argument("--batch_size", default=None, help="images per timed inference; several comma-separated (e.g. 1,64) are timed "
+                   f"in turn ({_range('benchmark.batch_size')} each; default: config benchmark.batch_size)")
+    b.add_argument("--iterations", type=int, default=None,
+                   help=f"timed inferences per model ({_range('benchmark.iterations')}; default: config benchmark.iterations)")
+    b.add_argument("--warmup", type=int, default=None,
+                   help=f"untimed inferences per model first ({_range('benchmark.warmup')}; default: config benchmark.warmup)")
+    b.add_argument("--threads", type=int, default=None,
+                   help=f"onnxruntime intra-op threads ({_range('benchmark.threads')}; default: config benchmark.threads, 1)")
+    b.add_argument("--max_accuracy_drop", type=float, default=None, help="gate budget as a fraction "
+                   f"({_range('tuning.accuracy_criterion')}; default: the config's tuning.accuracy_criterion)")
     b.add_argument("--data_dir", default=None)
     b.add_argument("--report", default=None)
     b.add_argument("--no_plots", action="store_true", help="skip the PNG plots")

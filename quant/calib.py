@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Split, preprocess
-from .errors import ConfigError, DataError
-from .fsio import atomic_write_bytes, atomic_write_text, sha256_bytes
+from .data import SPLIT_SIZES, Split, preprocess
+from .errors import ConfigError, DataError, first_line
+from .fsio import atomic_write_bytes, atomic_write_text, read_regular_file, sha256_bytes
 
 BUILTIN_MANIFEST = Path(__file__).resolve().parent / "resources" / "calib_manifest.json"
 MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20  # a set of all 60,000 train indices is ~420 kB of JSON: room for dozens of sets
 
 
 def select_indices(n_total: int, count: int, seed: int) -> list[int]:
@@ -64,16 +65,43 @@ def manifest_path(cfg) -> Path:
 
 
 def read_manifest(path: Path) -> list[dict]:
+    """The manifest's list of set definitions (read bounded: fsio.read_regular_file)."""
+    raw = read_regular_file(path, "calibration manifest (quantization.calibration.manifest)", MAX_MANIFEST_BYTES, ConfigError)
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"quantization.calibration.manifest: {path} not found") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"quantization.calibration.manifest: {path} is not a readable JSON manifest ({e})") from None
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # RecursionError: thousands of nested brackets
+        raise ConfigError(f"quantization.calibration.manifest: {path} is not a readable JSON manifest ({first_line(e)})") from None
     sets = doc.get("sets") if isinstance(doc, dict) else None
-    if not isinstance(sets, list):
-        raise ConfigError(f"quantization.calibration.manifest: {path} has no 'sets' list")
+    if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
+        raise ConfigError(f"quantization.calibration.manifest: {path} has no 'sets' list of set definitions")
+    for i, entry in enumerate(sets):
+        problem = _entry_problem(entry)
+        if problem:
+            raise ConfigError(f"quantization.calibration.manifest: {path}: set {entry.get('name', i)!r}: {problem}")
     return sets
+
+
+def _entry_problem(e: dict) -> str | None:
+    """What is wrong with one set definition (None if nothing): every field ``build`` relies on, typed and in range."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    for key, ok, want in (("split", lambda v: v in SPLIT_SIZES, f"one of {', '.join(SPLIT_SIZES)}"),
+                          ("count", lambda v: is_int(v) and v >= 1, "an integer >= 1"), ("seed", is_int, "an integer"),
+                          ("preprocessing", lambda v: isinstance(v, dict), "a mapping"),
+                          ("sha256", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v), "64 hex digits"),
+                          ("indices", lambda v: isinstance(v, list) and all(map(is_int, v)), "a list of integers")):
+        if key not in e:
+            return f"missing {key!r}"
+        if not ok(e[key]):
+            return f"{key} must be {want}, got {json.dumps(e[key])[:40]}"
+    n = SPLIT_SIZES[e["split"]]
+    idx = e["indices"]
+    if len(idx) != e["count"]:
+        return f"has {len(idx)} indices but count {e['count']}"
+    if idx and not 0 <= min(idx) <= max(idx) < n:
+        return f"index {min(idx) if min(idx) < 0 else max(idx)} is outside the {e['split']} split (0..{n - 1})"
+    if len(set(idx)) != len(idx):
+        return "repeats an index"
+    return None
 
 
 def build(cfg, train: Split) -> CalibrationSet:

@@ -1,32 +1,52 @@
 """Command line: ``python -m quant {tune,benchmark,validate,check-test-data,write-test-data,fetch,calib,config} ...``
 (the zoo's flag style).
 
-Exit codes: 0 success; 1 unexpected error; 2 usage or config error; 3 accuracy goal not met;
-4 invalid input model or data; 130 interrupted. Errors print one line on stderr (a traceback
+Exit codes: 0 success; 1 unexpected error (a bug); 2 usage or config error; 3 accuracy goal not met;
+4 invalid input model or data; 5 the system refused a path (disk full, name too long); 130 Ctrl-C,
+129 SIGHUP, 143 SIGTERM. Errors print one line on stderr (a traceback
 only with --verbose).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from .cliutil import command_line as _command_line, log as _log
-from .errors import EXIT_INTERRUPTED, EXIT_UNEXPECTED, EXIT_USAGE, QuantError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, Interrupted, QuantError, UsageError
+
+
+PATH_FLAGS = {"--input_model", "--baseline_model", "--output_model", "--config", "--data_dir", "--report", "--models_dir",
+              "--out_dir", "--output_dir", "--test_data"}
+
+
+def _path(value: str) -> str:
+    if not value.strip():  # "" would mean the working folder to pathlib: never what was meant
+        raise argparse.ArgumentTypeError("expected a path, got an empty value")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
+    def add_argument(self, *names, **kwargs):
+        if PATH_FLAGS.intersection(names):  # every sub-command's path flags refuse an empty value
+            kwargs.setdefault("type", _path)
+        return super().add_argument(*names, **kwargs)
+
 
 def _common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     p.add_argument("--input_model", required=model_required, help="ONNX model to read")
     p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults, identical to mnist.yaml)")
     p.add_argument("--data_dir", default=None, help="MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)")
-    p.add_argument("--report", default=None, help="report path; .json and .md are written (default: beside the model)")
+    p.add_argument("--report", default=None, help="report path; .json and .md are written (default: tune beside the output model; "
+                   "validate <model>.validate.json/.md in the working folder)")
     p.add_argument("--verbose", action="store_true", help="INC's full logging and tracebacks on errors")
 
 
@@ -94,11 +114,17 @@ def cmd_fetch(args) -> int:
 
 def cmd_calib(args) -> int:
     from . import calib, config, data
+    from .fsio import check_writable_target
 
     cfg = config.load(args.config)
+    folder = Path(args.out_dir) if args.out_dir else Path("calib_data")
+    default_missing = not args.out_dir and not folder.exists()  # created, after the work, only when the default is used
+    check_writable_target(folder if default_missing else folder / "calib-0123456789ab.npy", "--out_dir")
     root = data.ensure_data_dir(args.data_dir, cfg.dataset.root, download=cfg.dataset.download, log=_log)
     cs = calib.build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
-    out = calib.save_array(cs, Path(args.out_dir) if args.out_dir else Path("calib_data"))
+    if default_missing:
+        folder.mkdir()
+    out = calib.save_array(cs, folder)
     _log(f"[calib] {cs.definition['count']} {cs.definition['split']} images, {cs.definition['source']}; sha256 {cs.sha256} checked")
     if args.add_to_manifest:
         if cfg.quantization.calibration.manifest is None:  # never write into the installed package
@@ -119,25 +145,58 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    """A message stays one line even when a path in it holds a line break."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _stop_signals() -> dict:
+    """SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C:
+    cleanup runs, one line, exit 128 + signal. Returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
+    previous = _stop_signals()
     try:
         return args.func(args)
     except QuantError as e:
         if verbose:
             traceback.print_exc()
-        print(f"error: {e.message}", file=sys.stderr)
+        print(f"error: {_one_line(e.message)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Interrupted as e:
+        print(f"interrupted by {signal.Signals(e.signum).name}; no output written", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:  # stdout closed early (``| head``): nothing more to say to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except OSError as e:  # the system refused a path the run needs: disk full, name too long, I/O error
+        if verbose:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {_one_line(where + str(e.strerror or e))}", file=sys.stderr)
+        return EXIT_SYSTEM
     except Exception as e:  # a bug: one line unless --verbose
         if verbose:
             traceback.print_exc()
-        print(f"unexpected error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)", file=sys.stderr)
+        print(f"unexpected error: {type(e).__name__}: {_one_line(str(e))} (rerun with --verbose for the traceback)", file=sys.stderr)
         return EXIT_UNEXPECTED
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """The toolkit's YAML config (``mnist.yaml``): schema, defaults, validation, INC-1.x key mapping.
 
-Loaded with ``yaml.safe_load`` only. Any problem raises :class:`ConfigError` (exit 2) with one line
-naming the file and the key path: unknown keys (with a did-you-mean), wrong types, values out of
-range. The INC-1.x keys of the zoo's 2022 recipe are mapped onto this schema before validation.
+Parsed with PyYAML's SafeLoader only, and built only after its composed node graph is checked
+(aliases expanded, no mapping with a key twice). Any problem raises :class:`ConfigError` (exit 2)
+with one line naming the file and the key path: unknown keys (with a did-you-mean), wrong types,
+values out of range. Every number has one range (``F.min``/``F.max``); the command-line flags that
+override a key are checked against the same range (:func:`check_value`). The INC-1.x keys of the
+zoo's 2022 recipe are mapped onto this schema before validation.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError, first_line
 from .fsio import sha256_bytes
 
 MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 10_000  # with aliases expanded; mnist.yaml has < 200, a 400-byte alias bomb hundreds of millions
+SEED_MAX = 2**32 - 1  # numpy's RandomState (which INC seeds) takes seeds below 2**32
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,9 @@ class F:
     kind: str  # str | int | float | bool | fraction | list[str] | criterion
     default: Any
     choices: tuple | None = None
-    min: float | None = None
+    min: float | None = None  # every number (int, float, fraction, criterion) has both bounds
     max: float | None = None
-    min_exclusive: bool = False
+    max_exclusive: bool = False
     nullable: bool = False
     doc: str = ""
 
@@ -53,9 +58,11 @@ SCHEMA: dict[str, Any] = {
         "verify_md5": F("bool", True, doc="check the md5 of the four canonical files"),
     },
     "preprocessing": {
-        "scale": F("fraction", "1/255", min=0, min_exclusive=True, doc="pixels (0..255) are multiplied by this"),
-        "mean": F("float", 0.0, doc="subtracted after scaling"),
-        "std": F("float", 1.0, min=0, min_exclusive=True, doc="divided by after subtracting mean"),
+        # scale and std below 1e-6 are no preprocessing anyone uses (and tiny enough ones make the
+        # float32 input 0 or inf); '1e400' used to reach float() and overflow
+        "scale": F("fraction", "1/255", min=1e-6, max=1000, doc="pixels (0..255) are multiplied by this"),
+        "mean": F("float", 0.0, min=-1e6, max=1e6, doc="subtracted after scaling (far beyond any pixel range at +-1e6)"),
+        "std": F("float", 1.0, min=1e-6, max=1e6, doc="divided by after subtracting mean"),
         "layout": F("str", "NCHW", choices=("NCHW", "NHWC", "flat"), doc="input layout: NCHW [N,1,28,28], NHWC [N,28,28,1], flat [N,784]"),
     },
     "quantization": {
@@ -72,28 +79,34 @@ SCHEMA: dict[str, Any] = {
         "nodes_to_keep_fp32": F("list[str]", [], doc="node names never quantized"),
         "calibration": {
             "split": F("str", "train", choices=("train",), doc="calibration never uses test images"),
+            # the whole train split: measured 150 s and 508 MB peak for mnist-12 on 2 cores (README: Calibration set)
             "sampling_size": F("int", 100, min=1, max=60000, doc="number of calibration images"),
-            "seed": F("int", 9527, min=0, doc="seed that picks the calibration images"),
+            "seed": F("int", 9527, min=0, max=SEED_MAX, doc="seed that picks the calibration images"),
             "manifest": F("str", None, nullable=True, doc="calibration-set definitions checked against; null = the built-in "
                           "one shipped in the package (quant/resources/calib_manifest.json)"),
         },
     },
     "tuning": {
-        "accuracy_criterion": F("criterion", {"relative": 0.01}, doc="{relative: x} or {absolute: x}, x >= 0"),
+        "accuracy_criterion": F("criterion", {"relative": 0.01}, min=0, max=1, max_exclusive=True,
+                                doc="{relative: x} or {absolute: x}: the accuracy (a fraction) int8 may lose; 1 would accept any model"),
         "strategy": F("str", "basic", choices=("basic", "conservative", "mse", "mse_v2", "random", "exhaustive", "bayesian"), doc="INC tuning strategy"),
         "objective": F("str", "accuracy", choices=("accuracy", "performance"), doc="accuracy: INC's first config that meets the criterion; performance: also time fp32-fallback candidates and keep the fastest that meets it (README: Faster int8)"),
-        "timeout": F("int", 0, min=0, doc="seconds; 0 = no limit"),
-        "max_trials": F("int", 100, min=1, doc="tuning trials at most"),
-        "random_seed": F("int", 9527, min=0, doc="INC's random seed"),
+        "timeout": F("int", 0, min=0, max=7 * 24 * 3600, doc="seconds; 0 = no limit (at most a week)"),
+        "max_trials": F("int", 100, min=1, max=10000, doc="tuning trials at most (each quantizes and evaluates the model)"),
+        "random_seed": F("int", 9527, min=0, max=SEED_MAX, doc="INC's random seed (numpy seeds are below 2**32)"),
     },
     "evaluation": {
-        "batch_size": F("int", 1, min=1, max=10000, doc="batch for accuracy runs (models with a fixed batch of 1 use 1)"),
+        "batch_size": F("int", 1, min=1, max=10000, doc="batch for accuracy runs (models with a fixed batch of 1 use 1; "
+                        "at most the 10,000 test images)"),
     },
     "benchmark": {
-        "batch_size": F("int", 1, min=1, max=10000, doc="images per timed inference"),
-        "iterations": F("int", 1000, min=1, doc="timed inferences per model"),
-        "warmup": F("int", 100, min=0, doc="untimed inferences per model first"),
-        "threads": F("int", 1, min=1, max=256, doc="onnxruntime intra-op threads"),
+        "batch_size": F("int", 1, min=1, max=10000, doc="images per timed inference (at most the 10,000 test images)"),
+        # 10**12 used to fail allocating the latency array (8 bytes per iteration and model) or run for days
+        "iterations": F("int", 1000, min=1, max=1_000_000, doc="timed inferences per model (a million: 8 MB of "
+                        "latencies per model)"),
+        "warmup": F("int", 100, min=0, max=10000, doc="untimed inferences per model first"),
+        # 1000 threads drove the load average to 730
+        "threads": F("int", 1, min=1, max=256, doc="onnxruntime intra-op threads (more than the CPU has is allowed, up to 256)"),
     },
     "output": {
         "test_data_sets": F("int", 3, min=0, max=1000, doc="zoo-style test_data_set_N folders written beside the int8 model (0 = none)"),
@@ -140,7 +153,7 @@ class Config(Section):
         return {"scale": str(p.scale), "mean": p.mean, "std": p.std, "layout": p.layout}
 
 
-def _suggest(value: str, options) -> str | None:
+def suggest(value: str, options) -> str | None:
     """The closest option (case-insensitive prefix first, then difflib), for did-you-mean hints."""
     opts = [str(o) for o in options]
     low = str(value).lower()
@@ -157,6 +170,52 @@ def _err(source: str, key: str, msg: str) -> ConfigError:
 
 def _typename(v: Any) -> str:
     return {"NoneType": "null", "dict": "mapping", "list": "list", "str": "string", "bool": "boolean"}.get(type(v).__name__, type(v).__name__)
+
+
+def _num(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def range_text(f: F) -> str:
+    """A number's range as the help texts and the config reference state it: ``1..256``, ``[0, 1)``."""
+    return f"[{_num(f.min)}, {_num(f.max)})" if f.max_exclusive else f"{_num(f.min)}..{_num(f.max)}"
+
+
+def _range_problem(f: F, value) -> str | None:
+    """Why ``value`` (a number; a Fraction for fraction leaves) is outside ``f``'s range, or None.
+    Compared exactly before any float() conversion, so a huge int or fraction cannot overflow."""
+    if value < f.min:
+        return f"must be >= {_num(f.min)}"
+    if value > f.max or (f.max_exclusive and value == f.max):
+        return f"must be {'<' if f.max_exclusive else '<='} {_num(f.max)}"
+    if value != value:  # nan: no comparison is true
+        return "must be a finite number"
+    return None
+
+
+def leaf(key_path: str) -> F:
+    """The schema leaf of a dotted key path, e.g. ``leaf("benchmark.threads")``."""
+    spec: Any = SCHEMA
+    for k in key_path.split("."):
+        spec = spec[k]
+    return spec
+
+
+def check_flag(f: F, value: Any, flag: str) -> Any:
+    """A command-line number (or the Python API argument standing for it) against the range ``f``:
+    UsageError ``--flag VALUE: must be ...`` (exit 2)."""
+    if isinstance(value, bool) or not isinstance(value, int if f.kind == "int" else (int, float)):
+        raise UsageError(f"{flag} {value!r}: expected {'an integer' if f.kind == 'int' else 'a number'}")
+    problem = _range_problem(f, value)
+    if problem:
+        raise UsageError(f"{flag} {value}: {problem}")
+    return value
+
+
+def check_value(key_path: str, value: Any, flag: str) -> Any:
+    """A flag that overrides a config key gets the key's range, e.g.
+    ``check_value("benchmark.threads", 1000, "--threads")`` -> ``--threads 1000: must be <= 256``."""
+    return check_flag(leaf(key_path), value, flag)
 
 
 def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
@@ -181,19 +240,19 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
     elif k == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _err(source, key, f"expected a number, got {_typename(value)} {value!r}")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise _err(source, key, "must be a finite number")
     elif k == "fraction":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")
-        try:
-            fr = fractions.Fraction(str(value).strip())
-        except (ValueError, ZeroDivisionError):
-            raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
-        if f.min is not None and (fr <= f.min if f.min_exclusive else fr < f.min):
-            raise _err(source, key, f"must be {'>' if f.min_exclusive else '>='} {f.min}, got {value!r}")
-        return str(value).strip() if isinstance(value, str) else value
+        number = value = value.strip() if isinstance(value, str) else value
+        if isinstance(value, str):
+            try:  # float() unless 'a/b': Fraction('1e-999999999') would expand the exponent into a billion digits
+                number = fractions.Fraction(value) if "/" in value else float(value)
+            except (ValueError, ZeroDivisionError):
+                raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
+        problem = _range_problem(f, number)
+        if problem:
+            raise _err(source, key, f"{problem}, got {value!r}")
+        return value
     elif k == "list[str]":
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise _err(source, key, f"expected a list of strings, got {_typename(value)} {value!r}")
@@ -204,18 +263,18 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
         (ck, cv), = value.items()
         if isinstance(cv, bool) or not isinstance(cv, (int, float)):
             raise _err(source, f"{key}.{ck}", f"expected a number, got {_typename(cv)} {cv!r}")
-        if not 0 <= cv < 1:
-            raise _err(source, f"{key}.{ck}", f"tolerance must be in [0, 1), got {cv!r}")
+        if _range_problem(f, cv):
+            raise _err(source, f"{key}.{ck}", f"tolerance must be in {range_text(f)}, got {cv!r}")
         return {ck: float(cv)}
     if f.choices is not None and value not in f.choices:
-        hint = _suggest(str(value), f.choices)
+        hint = suggest(str(value), f.choices)
         extra = f" (did you mean {hint!r}?)" if hint else ""
         raise _err(source, key, f"must be one of {', '.join(map(str, f.choices))}; got {value!r}{extra}")
     if k in ("int", "float"):
-        if f.min is not None and (value <= f.min if f.min_exclusive else value < f.min):
-            raise _err(source, key, f"must be {'>' if f.min_exclusive else '>='} {f.min:g}, got {value!r}")
-        if f.max is not None and value > f.max:
-            raise _err(source, key, f"must be <= {f.max:g}, got {value!r}")
+        problem = _range_problem(f, value)
+        if problem:
+            raise _err(source, key, f"{problem}, got {value!r}")
+        return float(value) if k == "float" else value
     return value
 
 
@@ -225,7 +284,7 @@ def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:
     for key in data:
         if not isinstance(key, str) or key not in schema:
             path = f"{prefix}.{key}" if prefix else str(key)
-            hint = _suggest(str(key), list(schema))
+            hint = suggest(str(key), list(schema))
             extra = f" (did you mean {(prefix + '.' if prefix else '') + hint!r}?)" if hint else ""
             raise _err(source, "", f"unknown key {path!r}{extra}")
     out = {}
@@ -314,32 +373,86 @@ def defaults() -> Config:
     return from_dict({}, "<defaults>")
 
 
+class _Loader(yaml.SafeLoader):
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as e:  # a value its tag cannot hold (2001-02-30, a 5000-digit integer): one line with its place
+            raise yaml.constructor.ConstructorError(None, None, first_line(e), node.start_mark) from None
+
+
+def _check_graph(root: yaml.Node, source: str) -> None:
+    """Refuse, before anything is built, a document that is more than :data:`MAX_YAML_NODES` nodes once
+    its aliases are expanded (nine levels of nine aliases: 400 bytes, 9**9 nodes), an alias
+    inside its own anchor, and a mapping with a key twice (the last one would silently win; merge keys
+    ``<<`` may repeat keys, that is what they are for). Aliases share node objects, so each node is
+    visited once and its expanded size is memoized."""
+    sizes: dict[int, int | None] = {}  # id(node) -> expanded node count; None while being counted
+
+    def size(node: yaml.Node, path: str) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise _err(source, path, f"YAML alias refers to its own anchor (line {node.start_mark.line + 1})")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = [(f"{path}[{i}]", item) for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}  # (tag, text) of each scalar key -> its line
+            for k, v in node.value:
+                scalar = isinstance(k, yaml.ScalarNode)
+                name = k.value if scalar else "?"
+                child = f"{path}.{name}" if path else name
+                if scalar and k.tag != "tag:yaml.org,2002:merge":
+                    if (k.tag, k.value) in seen:
+                        raise _err(source, child, f"duplicate key (lines {seen[k.tag, k.value]} and {k.start_mark.line + 1})")
+                    seen[k.tag, k.value] = k.start_mark.line + 1
+                children += [(child, k), (child, v)]
+        total = 1
+        for child, n in children:
+            total += size(n, child)
+            if total > MAX_YAML_NODES:
+                raise _err(source, "", f"more than {MAX_YAML_NODES} YAML nodes once aliases are expanded; not a config")
+        sizes[id(node)] = total
+        return total
+
+    size(root, "")
+
+
+def _parse_yaml(data: bytes, source: str) -> Any:
+    """The YAML document in ``data`` (None when empty), composed first and built only after
+    :func:`_check_graph`; every problem is a one-line ConfigError."""
+    try:
+        loader = _Loader(data.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_graph(node, source)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nesting too deep") from None
+
+
 def load(path: str | os.PathLike | None) -> Config:
     """Load and validate a YAML config; ``None`` gives the defaults (identical to mnist.yaml)."""
     if path is None:
         return defaults()
     p = Path(path)
-    try:
-        if p.is_dir():
-            raise _err(str(p), "", "is a directory, expected a YAML file")
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise _err(str(p), "", f"larger than {MAX_CONFIG_BYTES} bytes; not a config")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a UTF-8 text file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: YAML nesting too deep") from None
+    from .fsio import read_regular_file
+
+    data = read_regular_file(p, "config file", MAX_CONFIG_BYTES, ConfigError)
+    raw = _parse_yaml(data, str(p))
     cfg = from_dict(raw, str(p), sha256_bytes(data))
     _resolve_paths(cfg, p.parent)
     return cfg
@@ -357,7 +470,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
 
 
 def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, doc) rows for the README's config reference."""
+    """(key path, default, doc) rows for the README's config reference; numbers state their range."""
     rows = []
     for key, spec in schema.items():
         path = f"{prefix}.{key}" if prefix else key
@@ -365,5 +478,6 @@ def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, 
             rows += describe_schema(spec, path)
         else:
             choices = f" ({' / '.join(map(str, spec.choices))})" if spec.choices else ""
-            rows.append((path, json.dumps(spec.default), spec.doc + choices))
+            span = f" (range {range_text(spec)})" if spec.min is not None else ""
+            rows.append((path, json.dumps(spec.default), spec.doc + choices + span))
     return rows

@@ -2,14 +2,17 @@
 
 The four canonical LeCun files are read gzip-compressed or raw. Every read checks the IDX magic
 number, the dimensions and the byte count; labels must be 0..9 and images/labels must agree in
-count. With ``verify=True`` the md5 of each canonical file is checked too.
+count. With ``verify=True`` the md5 of each canonical file is checked too. A file is read only if it
+is a regular file of at most :data:`MAX_IDX_BYTES`, and a gzip file is inflated only as far as its
+IDX header declares (itself at most :data:`MAX_IDX_BYTES`), so a gzip bomb costs no more than a real file.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import math
 import os
+import stat
 import struct
 import urllib.parse
 import urllib.request
@@ -21,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DataError, InputError
-from .fsio import atomic_write_bytes
+from .fsio import atomic_write_bytes, read_regular_file, sha256_bytes
 
 # name -> (md5 of the .gz, md5 of the uncompressed file); from LeCun's page / ../shared SOURCES.md
 CANONICAL_MD5 = {
@@ -49,60 +52,96 @@ ZOO_MODELS = {
     ),
 }
 MAX_DOWNLOAD_BYTES = 64 << 20  # every file we fetch is < 10 MB
+# The largest canonical file, train images, holds 47,040,016 bytes (60000x28x28 + header): 64 MiB leaves room
+# for it and caps what a file, or what its IDX header declares (inflated from gzip), can make us hold.
+MAX_IDX_BYTES = 64 << 20
 ENV_DATA_DIR = "MNIST_DIR"
 
 _IDX_DTYPES = {0x08: np.uint8}  # MNIST uses only unsigned bytes
 
 
 # ----------------------------------------------------------------------------------------- IDX
+def _parse_idx(take: Callable[[int], bytes], name: str) -> np.ndarray:
+    """An IDX array from ``take(n)`` (the next at most ``n`` bytes of the uncompressed file): the data size the
+    header declares is checked against MAX_IDX_BYTES before any data is read (or inflated)."""
+    magic = take(4)
+    if len(magic) < 4:
+        raise DataError(f"{name}: not an IDX file (only {len(magic)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", magic)
+    if zero != 0 or dtype_code not in _IDX_DTYPES or not 1 <= ndim <= 4:
+        raise DataError(f"{name}: wrong IDX magic number 0x{bytes(magic).hex()} (expected 0x0000080N, unsigned bytes)")
+    head = take(4 * ndim)
+    if len(head) < 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header")
+    dims = struct.unpack(">" + "I" * ndim, head)
+    count = math.prod(dims)  # Python ints: uint32 dimensions overflow int64
+    if count > MAX_IDX_BYTES:
+        raise DataError(f"{name}: header declares {dims} = {count} bytes of data, over the {MAX_IDX_BYTES} byte limit "
+                        "(the largest MNIST file holds 47,040,000)")
+    body = take(count + 1)
+    if len(body) != count:
+        what, has = ("truncated", len(body)) if len(body) < count else ("has trailing bytes", "more")
+        raise DataError(f"{name}: {what}: header says {dims} = {count} bytes of data, file has {has}")
+    return np.frombuffer(body, dtype=_IDX_DTYPES[dtype_code]).reshape(dims)
+
+
 def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     """Parse an IDX file's (uncompressed) bytes; raise DataError naming ``name`` on any defect."""
-    if len(raw) < 4:
-        raise DataError(f"{name}: not an IDX file (only {len(raw)} bytes)")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code not in _IDX_DTYPES or not 1 <= ndim <= 4:
-        raise DataError(f"{name}: wrong IDX magic number 0x{raw[:4].hex()} (expected 0x0000080N, unsigned bytes)")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{name}: truncated IDX header")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    count = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != count:
-        what = "truncated" if len(raw) - header < count else "has trailing bytes"
-        raise DataError(f"{name}: {what}: header says {dims} = {count} bytes of data, file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype=_IDX_DTYPES[dtype_code], offset=header).reshape(dims)
+    view, pos = memoryview(raw), 0
+
+    def take(n: int) -> memoryview:
+        nonlocal pos
+        pos += n
+        return view[pos - n:pos]
+
+    return _parse_idx(take, name)
 
 
-def _decompress(raw: bytes, name: str) -> bytes:
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+def _read_gzip_idx(raw: bytes, name: str) -> np.ndarray:
+    """Parse a gzip-compressed IDX file, inflating only what its header declares (plus one byte, to see
+    trailing data): a gzip bomb is refused after at most MAX_IDX_BYTES of output."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one gzip member
+    rest = raw
+
+    def take(n: int) -> bytes:
+        nonlocal rest
+        parts, got = [], 0
+        while got < n and not d.eof:
+            part = d.decompress(rest, n - got)
+            rest = d.unconsumed_tail
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
+        arr = _parse_idx(take, name)
+    except zlib.error as e:
         raise DataError(f"{name}: corrupt gzip file ({e})") from None
+    if not d.eof:
+        raise DataError(f"{name}: corrupt gzip file (the compressed stream ends early)")
+    if d.unused_data:
+        raise DataError(f"{name}: has {len(d.unused_data)} bytes after the gzip stream")
+    return arr
 
 
 def read_idx(path: str | os.PathLike, expected_md5: tuple[str, ...] | None = None) -> np.ndarray:
-    """Read an IDX file, gzip-compressed or raw. ``expected_md5``: accepted md5s of the file."""
+    """Read an IDX file, gzip-compressed (known by its first two bytes) or raw. ``expected_md5``: accepted md5s of the file."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{p}: is a directory, expected an IDX file") from None
-    except OSError as e:
-        raise DataError(f"{p}: cannot read ({e.strerror})") from None
+    raw = read_regular_file(p, "MNIST file", MAX_IDX_BYTES, DataError)
     if expected_md5:
         got = hashlib.md5(raw).hexdigest()
         if got not in expected_md5:
             raise DataError(f"{p}: md5 {got} does not match the canonical MNIST file ({expected_md5[0]})")
-    return read_idx_bytes(_decompress(raw, str(p)), str(p))
+    return _read_gzip_idx(raw, str(p)) if raw[:2] == b"\x1f\x8b" else read_idx_bytes(raw, str(p))
 
 
 def find_file(root: Path, stem: str) -> Path | None:
+    """``stem.gz`` or ``stem`` in ``root``, whatever kind of file it is: the reader refuses (and names) a FIFO or
+    a folder in its place, where skipping it would report it missing (and download over it)."""
     for cand in (root / f"{stem}.gz", root / stem):
-        if cand.is_file():
+        if os.path.lexists(cand):
             return cand
     return None
 
@@ -117,7 +156,7 @@ class Split:
 def load_split(root: str | os.PathLike, split: str, verify: bool = True) -> Split:
     """Load ``split`` ('train' or 'test') from ``root`` with full validation."""
     root = Path(root)
-    if not root.is_dir():
+    if not os.path.isdir(root):
         raise DataError(f"{root}: MNIST folder not found")
     img_stem, lbl_stem = SPLIT_FILES[split]
     paths = []
@@ -212,8 +251,13 @@ def ensure_data_dir(flag: str | None, config_root: str | None, download: bool = 
                     mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print) -> Path:
     """Resolve the MNIST folder and make sure the four files are there (downloading if allowed)."""
     root, source = resolve_data_dir(flag, config_root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root} (from {source}): not a folder")
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            raise DataError(f"{root} (from {source}): not a folder")
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a name over 255 bytes, a file as a parent folder, a symlink loop
+        raise DataError(f"{root} (from {source}): cannot open the MNIST folder ({e.strerror})") from None
     missing = missing_files(root) if root.is_dir() else list(CANONICAL_MD5)
     if missing:
         if not download:
@@ -230,12 +274,10 @@ def ensure_data_dir(flag: str | None, config_root: str | None, download: bool = 
 
 def fetch_model(name: str, dest_dir: Path, opener: Opener = urllib.request.urlopen, log=print) -> Path:
     """Download a zoo model (sha256-verified) into ``dest_dir`` unless a verified copy is there."""
-    from .fsio import file_digest
-
     url, sha = ZOO_MODELS[name]
     dest = dest_dir / name
-    if dest.is_file():
-        if file_digest(dest) == sha:
+    if os.path.exists(dest):
+        if sha256_bytes(read_regular_file(dest, f"zoo model {name}", MAX_DOWNLOAD_BYTES)) == sha:
             return dest
         raise InputError(f"{dest}: exists but its sha256 does not match the zoo's {name}; remove it or choose another folder")
     dest_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2  # bad command line or config
 EXIT_ACCURACY = 3  # accuracy goal not met / gate failed
 EXIT_INVALID_INPUT = 4  # invalid model or data
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_SYSTEM = 5  # the system refused an operation on a path the run needs (disk full, name too long, I/O error)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGHUP ends with 129 and SIGTERM with 143 (128 + the signal number)
 
 
 class QuantError(Exception):
@@ -65,3 +66,14 @@ def first_line(e: BaseException) -> str:
     for wrapping third-party errors into one-line toolkit errors."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP during a run (the CLI turns them into this). A BaseException, like Ctrl-C's
+    KeyboardInterrupt, so no ``except Exception`` (neural-compressor has several) swallows it, while
+    every ``finally`` (INC's workspace, temporary outputs) still runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

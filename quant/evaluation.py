@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelError, first_line
+from .errors import InputError, ModelError, first_line
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -49,6 +49,19 @@ def predict(sess: ort.InferenceSession, x: np.ndarray, input_name: str, batch_si
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(outputs, axis=1) == labels))
+
+
+CHANCE_LIMIT = 0.20  # 10 classes: chance is 10 %; an fp32 baseline below 20 % means its inputs are wrong, not the model
+
+
+def require_above_chance(acc: float, path: str, preprocessing: dict, md5_checked: bool) -> None:
+    """Stop (exit 4) when the fp32 baseline scores near chance on the configured data: shifted labels,
+    wrong files or a wrong preprocessing would make every comparison against it meaningless (an int8
+    model at 0.1 % would pass a gate against an fp32 model at 0.1 %)."""
+    if acc < CHANCE_LIMIT:
+        hint = "the MNIST files (md5 checks are off: dataset.verify_md5)" if not md5_checked else "the MNIST folder"
+        raise InputError(f"{path}: fp32 top-1 {acc:.2%} on the test set is near chance level (10 %); the labels or images, or the "
+                         f"preprocessing {preprocessing}, do not match this model: check {hint} and the config's preprocessing")
 
 
 def effective_batch(fixed_batch: int | None, requested: int) -> int:

@@ -1,44 +1,126 @@
-"""Atomic file output and hashing.
+"""Bounded input reading, atomic file output and hashing.
 
-Outputs are written to a temporary file in the destination folder and moved into place with
-``os.replace`` (atomic on POSIX), so a reader never sees a partial file and two concurrent
-writers leave one complete file. Temporary files are removed on any exception, Ctrl-C included.
+Every file a user hands the tool is read with :func:`read_regular_file`: anything that is not a
+regular file (a FIFO would block, ``/dev/zero`` never ends) or is larger than the reader's limit
+(sparse files included) is refused with one line naming it, before a byte is read.
+
+Every output path is checked before any work (:func:`check_writable_target`, :func:`check_distinct`).
+A run's outputs are staged complete beside their destinations and committed together
+(:class:`Outputs`): a reader never sees a partial file, two concurrent writers leave one complete
+set, and a failure, a full disk or a signal before the commit leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
+import shutil
+import signal
+import stat
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import InputError, QuantError, UsageError
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_OPEN_PROBLEMS = {errno.ENOENT: "not found", errno.EACCES: "is not readable (permission denied)",
+                  errno.EPERM: "is not readable (permission denied)",
+                  errno.ENAMETOOLONG: "cannot be opened: a name in its path is longer than the system allows",
+                  errno.ELOOP: "cannot be opened: too many levels of symbolic links",
+                  errno.ENOTDIR: "cannot be opened: part of its path is not a folder"}
+
+
+def _checked_size(st: os.stat_result, path, what: str, limit: int, error: type[QuantError]) -> int:
+    """``st``'s size, or ``error`` naming its kind when it is not a regular file (or is over ``limit``)."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "a special file")
+        raise error(f"{path}: {what} is {kind}, expected a regular file")
+    if st.st_size > limit:
+        raise error(f"{path}: {what} is {st.st_size} bytes, over the {limit} byte limit")
+    return st.st_size
+
+
+def _problem(path, what: str, e: OSError | ValueError) -> str:
+    """One line for an OSError (or a NUL byte in the path) met while opening or reading ``path``."""
+    why = _OPEN_PROBLEMS.get(getattr(e, "errno", None)) or f"cannot be read ({getattr(e, 'strerror', None) or e})"
+    return f"{path}: {what} {why}"
+
+
+def regular_file_size(path: str | os.PathLike, what: str, limit: int, error: type[QuantError] = InputError) -> int:
+    """The size of ``path``, checked without opening it to be a regular file of at most ``limit`` bytes (so no
+    device or FIFO is ever opened). Any problem raises ``error`` with one line naming the path and ``what``."""
+    try:
+        return _checked_size(os.stat(path), path, what, limit, error)
+    except (OSError, ValueError) as e:
+        raise error(_problem(path, what, e)) from None
+
+
+def read_regular_file(path: str | os.PathLike, what: str, limit: int, error: type[QuantError] = InputError) -> bytes:
+    """The whole content of a user's input file, bounded: refused before any byte is read unless it is a regular
+    file of at most ``limit`` bytes (the check is repeated on the opened descriptor, so a file swapped in between
+    is caught), and refused if more than ``limit`` bytes arrive (a growing file). ``error`` (a QuantError
+    subclass: its exit code) carries one line naming the path; ``what`` names the file's role."""
+    regular_file_size(path, what, limit, error)
+    chunks, got = [], 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))  # a FIFO cannot block the open
+        try:
+            _checked_size(os.fstat(fd), path, what, limit, error)
+            while got <= limit:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as e:
+        raise error(_problem(path, what, e)) from None
+    if got > limit:
+        raise error(f"{path}: {what} grew past the {limit} byte limit while being read")
+    return b"".join(chunks)
+
+
+STAGING_NAME_EXTRA = 24  # Outputs stages ``x`` as ``.x.<8 random>.tmp`` and keeps a replaced one as ``.x.<pid>.replaced``
+
+
+def check_name_length(path: Path, what: str) -> None:
+    """An output's name must leave room for its staging name, or the run would fail only at the end."""
+    try:
+        folder = path.parent if path.parent.is_dir() else Path(".")
+    except OSError:  # the folder's own name is too long: check_writable_target names that
+        folder = Path(".")
+    limit = os.pathconf(folder, "PC_NAME_MAX") - STAGING_NAME_EXTRA
+    if len(os.fsencode(path.name)) > limit:
+        raise UsageError(f"{what} {path}: the name is {len(os.fsencode(path.name))} bytes; at most {limit} are allowed here")
 
 
 def check_writable_target(path: str | os.PathLike, what: str) -> Path:
     """Fail early (exit 2) if ``path`` cannot be written: missing folder, not writable, a folder."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise UsageError(f"{what} {p}: is a directory, expected a file path")
-    if not parent.is_dir():
-        raise UsageError(f"{what} {p}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {p}: output folder {parent} is not writable")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise UsageError(f"{what} {p}: file exists and is not writable")
+    try:
+        check_name_length(p, what)
+        if p.is_dir():
+            raise UsageError(f"{what} {p}: is a directory, expected a file path")
+        if not parent.is_dir():
+            raise UsageError(f"{what} {p}: output folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{what} {p}: output folder {parent} is not writable")
+        if p.exists() and not stat.S_ISREG(os.stat(p).st_mode):  # /dev/null, a FIFO: never replaced by a file
+            raise UsageError(f"{what} {p}: exists and is not a regular file")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise UsageError(f"{what} {p}: file exists and is not writable")
+    except (OSError, ValueError) as e:  # a folder name too long, a NUL byte, ...
+        raise UsageError(f"{what} {p}: cannot be written ({getattr(e, 'strerror', None) or e})") from None
     return p
 
 
@@ -81,23 +163,119 @@ def check_distinct(reads: list[tuple[str, str | os.PathLike | None]], writes: li
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
-    try:
+    """Write one file atomically (a run of one output: see :class:`Outputs`)."""
+    with Outputs() as out:
+        out.bytes(path, data)
+        out.commit()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_STOP_SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+
+
+class Outputs:
+    """A run's outputs, committed together or not at all.
+
+    Each output is first written complete to a hidden temporary beside its destination (so a full disk
+    or a signal fails the run while nothing of the user's has changed); :meth:`commit` then moves every
+    one into place with SIGINT/SIGTERM/SIGHUP held back, keeping what it replaces aside until all moves
+    succeeded and restoring it otherwise. Leaving the ``with`` block without commit removes every
+    temporary. Used as ``with Outputs() as out: out.bytes(p, b); d = out.folder(q); ...; out.commit()``.
+    """
+
+    def __init__(self):
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, destination)
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    def bytes(self, path: str | os.PathLike, data: bytes) -> None:
+        p = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        self._staged.append((Path(tmp), p))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
+
+    def text(self, path: str | os.PathLike, text: str) -> None:
+        self.bytes(path, text.encode("utf-8"))
+
+    def folder(self, path: str | os.PathLike) -> Path:
+        """An empty temporary folder to fill; it replaces ``path`` whole on commit."""
+        p = Path(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+        os.chmod(tmp, 0o755)
+        self._staged.append((tmp, p))
+        return tmp
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            _remove(tmp)
+        self._staged = []
+
+    def commit(self) -> None:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if _STOP_SIGNALS else None
+        locks = _lock_folders({dest.parent for _, dest in self._staged})  # concurrent runs commit one after the other
+        moved: list[tuple[Path, Path | None]] = []  # (destination, what it replaced: kept aside until the end)
         try:
-            os.unlink(tmp)
+            for tmp, dest in self._staged:
+                aside = None
+                if os.path.lexists(dest):
+                    aside = dest.with_name(f".{dest.name}.{os.getpid()}.replaced")
+                    os.replace(dest, aside)
+                try:
+                    os.replace(tmp, dest)
+                except BaseException:
+                    if aside is not None:
+                        os.replace(aside, dest)
+                    raise
+                moved.append((dest, aside))
+        except BaseException:
+            for dest, aside in reversed(moved):  # put back what was there before this run
+                _remove(dest)
+                if aside is not None:
+                    os.replace(aside, dest)
+            raise
+        else:
+            for _, aside in moved:
+                if aside is not None:
+                    _remove(aside)
+            self._staged = []
+        finally:
+            for fd in locks:
+                os.close(fd)
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _lock_folders(folders) -> list[int]:
+    """Exclusive flock on each destination folder, in a fixed order (no deadlock between two runs)."""
+    fds: list[int] = []
+    try:
+        for d in sorted({os.path.realpath(f) for f in folders}):
+            fds.append(os.open(d, os.O_RDONLY))
+            fcntl.flock(fds[-1], fcntl.LOCK_EX)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def _remove(p: Path) -> None:
+    """Delete a file or folder this run created (absent is fine)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        try:
+            os.unlink(p)
         except FileNotFoundError:
             pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

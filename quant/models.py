@@ -1,7 +1,9 @@
 """ONNX model loading, safety checks and inspection (signature, precision of each op, sizes).
 
-Models are parsed from bytes with external data *not* followed automatically: a reference that
-points outside the model's folder is refused before anything is read.
+Models are read bounded (:func:`quant.fsio.read_regular_file`) and parsed from bytes. External data
+is resolved against the model's own folder, never the working folder: a reference outside that folder,
+to anything but a regular file, or past the size limit is refused before anything is read, and the data
+is inlined so that what onnxruntime runs is self-contained.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .errors import ModelError, first_line
-from .fsio import sha256_bytes
+from .fsio import read_regular_file, regular_file_size, sha256_bytes
 
-MAX_MODEL_BYTES = 256 << 20  # MNIST classifiers are kilobytes; refuse absurd files early
+MAX_MODEL_BYTES = 256 << 20  # MNIST classifiers are kilobytes; refuse absurd files (with their external data) early
 QUANT_OPS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
              "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
              "ConvInteger", "MatMulInteger", "QGemm", "QAttention", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
@@ -29,9 +31,19 @@ INT8_TYPES = {TensorProto.INT8, TensorProto.UINT8}
 
 @dataclass
 class LoadedModel:
+    """A checked model. ``raw`` is what every onnxruntime session is built from: the .onnx file's bytes or, when
+    the file keeps tensors in external data files, the model serialized with that data inlined (given bytes,
+    onnxruntime would look for the data files in the working folder). ``bytes``/``sha256`` describe ``raw``, so
+    for a self-contained file they are the file's own (as ``sha256sum`` prints it); ``file_bytes``/``file_sha256``
+    are always the .onnx file's, and ``external_data`` maps each data file (relative to the model's folder) to
+    its size."""
+
     path: str
     proto: onnx.ModelProto
-    raw: bytes  # the file's bytes (for sha256 / size)
+    raw: bytes
+    file_bytes: int
+    file_sha256: str
+    external_data: dict[str, int]
 
     @property
     def bytes(self) -> int:
@@ -45,6 +57,14 @@ class LoadedModel:
     def opset(self) -> int:
         return opset_of(self.proto)
 
+    def describe(self) -> dict:
+        """The model's identity for reports; says which bytes ``sha256`` covers when the file has external data."""
+        d = {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "opset": self.opset}
+        if self.external_data:
+            d["external_data"] = {"files": self.external_data, "onnx_file_bytes": self.file_bytes, "onnx_file_sha256": self.file_sha256,
+                                  "note": "bytes and sha256 are of the model with its external data inlined (what ran)"}
+        return d
+
 
 def opset_of(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
@@ -53,65 +73,99 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 0
 
 
-def _check_external_data(model: onnx.ModelProto, base: Path, path: Path) -> bool:
-    """Refuse external-data references that leave the model's folder. True if any exist."""
-    found = False
-    base_real = base.resolve()
+def _external_refs(model: onnx.ModelProto, p: Path, base: Path) -> list[tuple[TensorProto, Path, int, int | None]]:
+    """(tensor, data file, offset, length or None) of every external-data tensor, each file inside the model's
+    folder ``base`` (symlinks resolved): anything else is refused before it is read."""
+    refs = []
     for t in _all_tensors(model):
         if t.data_location != TensorProto.EXTERNAL:
             continue
-        found = True
-        loc = {e.key: e.value for e in t.external_data}.get("location", "")
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
         target = (base / loc).resolve()
-        if os.path.isabs(loc) or base_real not in target.parents:
-            raise ModelError(f"{path}: tensor {t.name!r} references external data {loc!r} outside the model's folder; refusing to read it")
-        if not target.is_file():
-            raise ModelError(f"{path}: tensor {t.name!r} references missing external data file {loc!r}")
-    return found
+        if os.path.isabs(loc) or base not in target.parents:
+            raise ModelError(f"{p}: tensor {t.name!r} references external data {loc!r} outside the model's folder; refusing to read it")
+        try:
+            offset, length = int(info.get("offset", 0)), (int(info["length"]) if "length" in info else None)
+            if offset < 0 or (length is not None and length < 0):
+                raise ValueError
+        except ValueError:  # not a number, negative, or thousands of digits
+            raise ModelError(f"{p}: tensor {t.name!r} has an invalid external data offset or length ({info})") from None
+        refs.append((t, target, offset, length))
+    return refs
+
+
+def _inline_external_data(model: onnx.ModelProto, p: Path, role: str, file_bytes: int) -> dict[str, int]:
+    """Read the model's external data (bounded, counted with the .onnx file against MAX_MODEL_BYTES before any
+    byte is read) into its tensors, so no tensor references a file any more. Returns {data file: size}."""
+    base = p.parent.resolve()
+    refs = _external_refs(model, p, base)
+    what = f"external data of {role} {p}"
+    sizes = {target: regular_file_size(target, what, MAX_MODEL_BYTES, ModelError) for _, target, _, _ in refs}
+    spans = []
+    for t, target, offset, length in refs:
+        end = sizes[target] if length is None else offset + length
+        if end > sizes[target] or offset > end:
+            raise ModelError(f"{p}: tensor {t.name!r} needs bytes {offset}..{end} of {target.name}, which has {sizes[target]}")
+        spans.append(end - offset)
+    total = file_bytes + max(sum(sizes.values()), sum(spans))  # the bytes read, or the bytes inlined if more
+    if total > MAX_MODEL_BYTES:
+        raise ModelError(f"{p}: {role} with its external data is {total} bytes, over the {MAX_MODEL_BYTES} byte limit")
+    blobs = {target: read_regular_file(target, what, size, ModelError) for target, size in sizes.items()}
+    for (t, target, offset, _), n in zip(refs, spans):
+        t.raw_data = blobs[target][offset:offset + n]
+        t.data_location = TensorProto.DEFAULT
+        del t.external_data[:]
+    return {str(target.relative_to(base)): size for target, size in sizes.items()}
 
 
 def _all_tensors(model: onnx.ModelProto):
-    yield from model.graph.initializer
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
+    """Every tensor of the model: initializers (sparse ones too) and node attributes, in subgraphs and functions."""
+
+    def of_graph(g):
+        yield from g.initializer
+        for s in g.sparse_initializer:
+            yield from (s.values, s.indices)
+        for n in g.node:
+            yield from of_node(n)
+
+    def of_node(n):
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for s in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
+                yield from (s.values, s.indices)
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from of_graph(g)
+
+    yield from of_graph(model.graph)
+    for f in model.functions:
+        for n in f.node:
+            yield from of_node(n)
 
 
 def load(path: str | os.PathLike, role: str = "model") -> LoadedModel:
-    """Read, parse and check an ONNX file; every defect raises ModelError (exit 4) naming the file."""
+    """Read (bounded), parse and check an ONNX file and its external data; every defect raises ModelError
+    (exit 4) naming the file."""
     p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p}: {role} file not found")
-    if p.is_dir():
-        raise ModelError(f"{p}: {role} is a directory, expected an .onnx file")
-    try:
-        size = p.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise ModelError(f"{p}: {role} is {size} bytes, over the {MAX_MODEL_BYTES} byte limit for an MNIST classifier")
-        raw = p.read_bytes()
-    except PermissionError:
-        raise ModelError(f"{p}: {role} file is not readable (permission denied)") from None
-    except OSError as e:
-        raise ModelError(f"{p}: cannot read {role} ({e.strerror})") from None
-    if not raw:
+    file_raw = read_regular_file(p, f"{role} file", MAX_MODEL_BYTES, ModelError)
+    if not file_raw:
         raise ModelError(f"{p}: {role} file is empty")
     try:
-        proto = onnx.load_model_from_string(raw)
+        proto = onnx.load_model_from_string(file_raw)
     except Exception as e:  # protobuf DecodeError and friends
         raise ModelError(f"{p}: not a valid ONNX file ({type(e).__name__})") from None
     if not proto.graph.node:
         raise ModelError(f"{p}: not a valid ONNX model (empty graph)")
-    if _check_external_data(proto, p.parent, p):
-        from onnx.external_data_helper import load_external_data_for_model
-
-        load_external_data_for_model(proto, str(p.parent))
+    external = _inline_external_data(proto, p, role, len(file_raw))
     try:
         onnx.checker.check_model(proto)
     except Exception as e:
         first = first_line(e)
         raise ModelError(f"{p}: ONNX checker failed: {first}") from None
-    return LoadedModel(str(p), proto, raw)
+    raw = serialize(proto) if external else file_raw
+    return LoadedModel(str(p), proto, raw, len(file_raw), sha256_bytes(file_raw), external)
 
 
 # ---------------------------------------------------------------------------------- signature
@@ -191,9 +245,21 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 
 def require_fp32(m: LoadedModel) -> None:
+    """What tuning needs before any work (exit 4 with a hint): an fp32 model of standard ONNX ops with
+    finite weights. INC would otherwise fail deep inside its loop (a traceback or a silently bad model)."""
     if is_quantized(m.proto):
         ops = sorted({n.op_type for n in m.proto.graph.node if n.op_type in QUANT_OPS | QDQ_OPS})
         raise ModelError(f"{m.path}: is already quantized ({', '.join(ops) or 'int8 weights'}); tuning needs the fp32 model")
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in m.proto.graph.node if n.domain not in ("", "ai.onnx")})
+    if custom:
+        raise ModelError(f"{m.path}: uses ops outside the standard ONNX domain ({', '.join(custom[:3])}); neural-compressor "
+                         "quantizes standard ONNX ops only: export the model with standard ops")
+    for t in _all_tensors(m.proto):
+        if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            bad = int(np.count_nonzero(~np.isfinite(numpy_helper.to_array(t).astype(np.float64))))
+            if bad:
+                raise ModelError(f"{m.path}: tensor {t.name!r} holds {bad} NaN or infinite value(s); a model with non-finite "
+                                 "weights cannot be calibrated: re-export it from a healthy checkpoint")
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from . import calib, evaluation, finalize, inputs, models, plan as plan_mod, prepare, report, testdata
 from .errors import AccuracyError, UsageError
-from .fsio import atomic_write_bytes, check_distinct, check_writable_target, sha256_bytes
+from .fsio import Outputs, check_distinct, check_writable_target, sha256_bytes
 
 
 @dataclass
@@ -79,6 +79,10 @@ def _prepare(fp32, sig, cfg, dynamic: bool, check: Callable, log) -> tuple[prepa
     plan = plan_mod.make(prep.model) if q.kernel_aware else plan_mod.Plan()
     for name, why in plan.keep_fp32.items():
         log(f"[plan] {name} stays fp32: {why}")
+    plan.user_fp32, notes = plan_mod.user_keep(fp32.proto, prep.model, prep.absorbed, q.nodes_to_keep_fp32, q.op_types_to_keep_fp32,
+                                               cfg.source)
+    for note in notes:
+        log(f"[plan] {note}")
     return prep, plan
 
 
@@ -98,7 +102,7 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
 
     c = copy.deepcopy(cfg)
     by_type = {name for name, op in prep.origin.items() if op in cfg.quantization.op_types_to_keep_fp32}  # e.g. a MatMul now a Gemm
-    c.quantization.nodes_to_keep_fp32 = sorted(set(cfg.quantization.nodes_to_keep_fp32) | keep | by_type)
+    c.quantization.nodes_to_keep_fp32 = sorted(keep | by_type)
     model, steps = prep.model, []
     if cfg.quantization.kernel_aware:
         model, note = prepare.apply_plan(prep.model, set(c.quantization.nodes_to_keep_fp32), fp32_path)
@@ -129,6 +133,11 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     cs = calib.build(cfg, splits["train"])
     log(f"[data] calibration: {cs.definition['count']} train images (seed {cs.definition['seed']}, {cs.definition['source']}), sha256 {cs.sha256[:12]}")
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
+    # --- the fp32 baseline (the user's file, unchanged), before any work that depends on it
+    fp32_evaluator = evaluation.Evaluator(x_test, labels, sig.input_name, evaluation.effective_batch(sig.fixed_batch, cfg.evaluation.batch_size))
+    fp32_out = fp32_evaluator.outputs(fp32.raw, fp32.path)
+    fp32_acc = evaluation.accuracy(fp32_out, labels)
+    evaluation.require_above_chance(fp32_acc, fp32.path, cfg.preprocessing_dict(), cfg.dataset.verify_md5)
     # --- graph preparation and precision plan
 
     def check(model):  # a rewritten graph must give the user's fp32 outputs on real images
@@ -140,7 +149,6 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     prepared_sig = models.signature(prep.model, fp32.path, sig.input_name)
     batch = evaluation.effective_batch(prepared_sig.fixed_batch, cfg.evaluation.batch_size)
     evaluator = evaluation.Evaluator(x_test, labels, sig.input_name, batch)
-    fp32_evaluator = evaluation.Evaluator(x_test, labels, sig.input_name, evaluation.effective_batch(sig.fixed_batch, cfg.evaluation.batch_size))
     loader = calib.CalibDataLoader(cs.x, cs.labels, batch_size=evaluation.effective_batch(prepared_sig.fixed_batch, 1))
     # --- quantization
     log(f"[tune] {fp32.path}: opset {fp32.opset}, input {sig.input_name} {list(sig.input_shape)}; "
@@ -150,7 +158,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         choice = _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig, x_test, check, verbose, log)
         q = choice.candidate.result
     else:
-        q = _quantize_one(prep, set(plan.keep_fp32), cfg, loader, evaluator, fp32.path, check, verbose, log)
+        q = _quantize_one(prep, set(plan.keep_fp32) | plan.user_fp32, cfg, loader, evaluator, fp32.path, check, verbose, log)
     for step in q.steps:
         log(f"[prepare] {step}")
     for note in q.finishing:
@@ -158,25 +166,27 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     prep = prepare.Prepared(prep.model, prep.steps + q.steps)
     result, finished, finish_notes = q.result, q.model, q.finishing
     int8_bytes = models.serialize(finished)
-    # --- independent re-evaluation of both models on the full test set (fp32 = the user's file, unchanged)
-    fp32_out = fp32_evaluator.outputs(fp32.raw, fp32.path)
+    # --- independent re-evaluation of the int8 model on the full test set, against the fp32 baseline above
     int8_out = evaluator.outputs(int8_bytes, output_model)
-    fp32_acc, int8_acc = evaluation.accuracy(fp32_out, labels), evaluation.accuracy(int8_out, labels)
+    int8_acc = evaluation.accuracy(int8_out, labels)
     kind, tol = cfg.criterion
     min_acc = fp32_acc * (1 - tol) if kind == "relative" else fp32_acc - tol
     passed = tuning.meets(cfg.criterion, fp32_acc, int8_acc)
     if not passed:  # INC accepted it but the independent re-evaluation does not: never ship it
         raise AccuracyError(f"int8 top-1 {int8_acc:.2%} vs fp32 {fp32_acc:.2%} misses the {kind} {tol:g} criterion "
                             f"(needs >= {min_acc:.2%}); no model written")
-    # --- outputs
-    atomic_write_bytes(output_model, int8_bytes)
-    log(f"[tune] wrote {output_model} ({len(int8_bytes):,} bytes)")
-    td = _write_test_data(cfg, finished, int8_bytes, sig, x_test, out, log)
-    doc = _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
-                      (fp32_acc, int8_acc, min_acc, passed), (evaluation.tied_top1(fp32_out), evaluation.tied_top1(int8_out)),
-                      finish_notes, choice, t_start, command)
-    md = report.render_tune(doc)
-    report.write(out.json, doc, out.md, md)
+    # --- outputs: model, test data and reports are staged beside their destinations and committed together
+    with Outputs() as staged:
+        staged.bytes(output_model, int8_bytes)
+        td = _write_test_data(cfg, finished, int8_bytes, sig, x_test, out, staged)
+        doc = _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
+                          (fp32_acc, int8_acc, min_acc, passed), (evaluation.tied_top1(fp32_out), evaluation.tied_top1(int8_out)),
+                          finish_notes, choice, t_start, command)
+        md = report.render_tune(doc)
+        report.write(out.json, doc, out.md, md, staged)
+        staged.commit()
+    log(f"[tune] wrote {output_model} ({len(int8_bytes):,} bytes)"
+        + (f" and {td['sets']} test_data_set folders in {out.test_data}" if td else ""))
     doc["markdown"] = md
     return doc
 
@@ -192,7 +202,7 @@ def _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig,
         fp32_run = models.serialize(prepare.make_batch_dynamic(fp32.proto, sig, fp32.path)[0])
 
     def build(keep):
-        q = _quantize_one(prep, set(keep), cfg, loader, evaluator, fp32.path, check, verbose, lambda m: None)
+        q = _quantize_one(prep, set(keep) | plan.user_fp32, cfg, loader, evaluator, fp32.path, check, verbose, lambda m: None)
         b = models.serialize(q.model)
         return latency.Candidate(tuple(keep), b, evaluator(b), q)
 
@@ -200,14 +210,13 @@ def _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig,
                           threads=cfg.benchmark.threads)
 
 
-def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Outputs, log) -> dict | None:
+def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Outputs, staged: Outputs) -> dict | None:
     if not cfg.output.test_data_sets:
         return None
     int8_sig = models.signature(finished, out.model, sig.input_name)
     picks = testdata.pick_indices(len(x_test), cfg.output.test_data_sets, cfg.quantization.calibration.seed)
-    sets = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], out.test_data, out.model)
-    log(f"[tune] wrote {len(sets)} test_data_set folders to {out.test_data}")
-    return {"folder": str(out.test_data), "sets": len(sets), "test_images": [int(i) for i in picks]}
+    n = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], staged.folder(out.test_data), out.model)
+    return {"folder": str(out.test_data), "sets": n, "test_images": [int(i) for i in picks]}
 
 
 def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
@@ -223,8 +232,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "passed": passed,
         "accuracy_drop": fp32_acc - int8_acc,
         "criterion": {"kind": kind, "tolerance": tol, "min_accuracy": min_acc},
-        "fp32": {"path": fp32.path, "bytes": fp32.bytes, "sha256": fp32.sha256, "opset": fp32.opset, "accuracy": fp32_acc,
-                 "tied_top1_images": ties[0]},
+        "fp32": {**fp32.describe(), "accuracy": fp32_acc, "tied_top1_images": ties[0]},
         "int8": {"path": str(out.model), "bytes": len(int8_bytes), "sha256": sha256_bytes(int8_bytes),
                  "opset": models.opset_of(finished), "accuracy": int8_acc, "tied_top1_images": ties[1],
                  "ops": models.precision_summary(evaluation.onnxruntime_graph(int8_bytes, str(out.model))),

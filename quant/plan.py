@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper
 
+from .config import suggest
+from .errors import ConfigError
+
 CONV_SYM_INPUT_ALIGN = 4
 CONV_SYM_MIN_OUTPUT_CHANNELS = 16
 CONV_SYM_DEPTHWISE_GROUP_ALIGN = 16
@@ -31,10 +34,11 @@ CONV_SYM_DEPTHWISE_GROUP_ALIGN = 16
 class Plan:
     keep_fp32: dict[str, str] = field(default_factory=dict)  # node name -> reason
     int8: list[str] = field(default_factory=list)  # compute nodes left to INC
+    user_fp32: set[str] = field(default_factory=set)  # nodes the config's nodes_to_keep_fp32 names (see user_keep)
 
     def summary(self) -> dict:
         return {"rule_source": "onnxruntime MLAS ConvSym kernel constraints (quant/plan.py)",
-                "keep_fp32": dict(self.keep_fp32), "int8_candidates": list(self.int8)}
+                "keep_fp32": dict(self.keep_fp32), "int8_candidates": list(self.int8), "user_fp32": sorted(self.user_fp32)}
 
 
 def conv_reason(weight_shape: list[int], group: int) -> str | None:
@@ -70,3 +74,33 @@ def make(model: onnx.ModelProto) -> Plan:
                 continue
         plan.int8.append(name)
     return plan
+
+
+def user_keep(original: onnx.ModelProto, prepared: onnx.ModelProto, absorbed: dict[str, str | None], nodes: list[str],
+              op_types: list[str], source: str) -> tuple[set[str], list[str]]:
+    """The prepared model's nodes that ``quantization.nodes_to_keep_fp32`` names, following nodes a rewrite
+    merged into another (a bias Add into its Conv: the Conv stays fp32), with a note for each such step.
+    A name in neither model, or an op type ONNX does not define, is a typo: ConfigError with a did-you-mean."""
+    present = {n.name for n in prepared.graph.node}
+    known = {n.name for n in original.graph.node if n.name} | present | set(absorbed)
+    keep, notes = set(), []
+    for name in nodes:
+        if name not in known:
+            hint = suggest(name, sorted(known))
+            raise ConfigError(f"{source}: quantization.nodes_to_keep_fp32: the model has no node named {name!r}"
+                              + (f" (did you mean {hint!r}?)" if hint else f"; its nodes: {', '.join(sorted(known)[:8])}"))
+        target = name
+        while target is not None and target not in present:
+            target = absorbed.get(target)
+        if target is None:
+            notes.append(f"{name} was folded into a constant by a rewrite: nothing left to keep fp32")
+            continue
+        if target != name:
+            notes.append(f"{name} was merged into {target} by a rewrite: {target} stays fp32")
+        keep.add(target)
+    for op in op_types:
+        if not onnx.defs.has(op):
+            hint = suggest(op, sorted({s.name for s in onnx.defs.get_all_schemas()}))
+            raise ConfigError(f"{source}: quantization.op_types_to_keep_fp32: {op!r} is not an ONNX op type"
+                              + (f" (did you mean {hint!r}?)" if hint else ""))
+    return keep, notes

@@ -32,6 +32,9 @@ class Prepared:
     # node name -> op type before the rewrites (a fused MatMul keeps its name as a Gemm), so settings
     # given by op type (quantization.op_types_to_keep_fp32: [MatMul]) still reach the fused node
     origin: dict[str, str] = field(default_factory=dict)
+    # node name -> the node a rewrite merged it into (None: folded into an initializer), so names given in
+    # quantization.nodes_to_keep_fp32 (a bias Add now part of its Conv) still reach the node that computes them
+    absorbed: dict[str, str | None] = field(default_factory=dict)
 
 
 def required_opset(fmt: str, per_channel: bool) -> int:
@@ -163,13 +166,22 @@ def prepare(model: onnx.ModelProto, sig: Signature, fmt: str, per_channel: bool,
             out.steps.append(note)
     if rewrite:
         for step in rewrites.ALL:
-            m, note = _guarded(step, m, path)
+            before, (m, note) = m, _guarded(step, m, path)
             if note:
                 out.steps.append(note)
+                out.absorbed.update(_absorbed(before, m))
             if step is rewrites.name_nodes:
                 out.origin = {n.name: n.op_type for n in m.graph.node}
     out.model = m
     return out
+
+
+def _absorbed(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, str | None]:
+    """Named nodes a rewrite removed -> the node that now produces their output (None when none does)."""
+    kept = {n.name for n in after.graph.node}
+    producer = {o: n.name for n in after.graph.node for o in n.output}
+    return {n.name: next((producer[o] for o in n.output if o in producer), None)
+            for n in before.graph.node if n.name and n.name not in kept}
 
 
 def apply_plan(model: onnx.ModelProto, keep_fp32: set[str], path: str = "model") -> tuple[onnx.ModelProto, str | None]:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from .fsio import atomic_write_text
+from .fsio import Outputs
 
 SCHEMA_VERSION = 1
 INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
@@ -44,19 +44,28 @@ def environment(inc_version: str | None = None) -> dict:
     return env
 
 
-def default_report_paths(model_path: str | os.PathLike, report: str | None, kind: str = "report") -> tuple[Path, Path]:
-    """(json, markdown) report paths: ``--report`` (its suffix replaced), else ``<model>.<kind>.json/.md``."""
+def default_report_paths(model_path: str | os.PathLike, report: str | None, kind: str = "report",
+                         folder: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(json, markdown) report paths: ``--report`` (its suffix replaced), else ``<model stem>.<kind>.json/.md``
+    in ``folder`` (benchmark and validate: the working folder, never the folder of someone else's model),
+    or beside the model when ``folder`` is None (tune: beside the model it wrote)."""
     if report:
         base = Path(report)
         return base.with_suffix(".json"), base.with_suffix(".md")
     m = Path(model_path)
     stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
-    return m.with_name(f"{stem}.{kind}.json"), m.with_name(f"{stem}.{kind}.md")
+    where = m.parent if folder is None else Path(folder)
+    return where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
 
 
-def write(json_path: Path, doc: dict, md_path: Path, markdown: str) -> None:
-    atomic_write_text(json_path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    atomic_write_text(md_path, markdown)
+def write(json_path: Path, doc: dict, md_path: Path, markdown: str, staged: Outputs | None = None) -> None:
+    """The JSON and Markdown reports, committed together (with the run's other ``staged`` outputs if given)."""
+    with Outputs() as own:
+        out = staged or own
+        out.text(json_path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+        out.text(md_path, markdown)
+        if staged is None:
+            own.commit()
 
 
 def pct(x: float | None) -> str:

@@ -7,11 +7,8 @@ Each file is one serialized ``onnx.TensorProto``. ``write_sets`` writes N such f
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from onnx import numpy_helper
 
 from .errors import DataError, UsageError, first_line
 from .evaluation import make_session
+from .fsio import check_name_length, read_regular_file
 
 DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
 DEFAULT_ATOL = 1e-7
@@ -48,6 +46,9 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
     """``dest`` may be replaced whole only if it is absent or holds nothing but ``test_data_set_N``
     folders (an earlier run's output): anything else there would be deleted with it (exit 2)."""
     dest = Path(dest)
+    check_name_length(dest, what)
+    if not dest.parent.is_dir():
+        raise UsageError(f"{what} {dest}: parent folder {dest.parent} does not exist")
     if not dest.exists():
         return
     if not dest.is_dir():
@@ -59,61 +60,33 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
                          "so choose a new or empty folder")
 
 
-def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, dest: str | os.PathLike,
-               name: str = "model") -> list[Path]:
-    """Write one ``test_data_set_i`` per image in ``x`` (each a batch of 1) under ``dest``.
-
-    The folder is assembled in a temporary sibling and swapped in whole, so a failure or Ctrl-C
-    never leaves a half-written set; an existing ``dest`` is replaced.
-    """
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        raise UsageError(f"test data folder {dest}: parent folder {dest.parent} does not exist")
+def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, folder: str | os.PathLike,
+               name: str = "model") -> int:
+    """Write one ``test_data_set_i`` per image in ``x`` (each a batch of 1) into the empty ``folder``
+    (a run's staged output: ``fsio.Outputs.folder`` swaps it in whole on commit). Returns the count."""
+    folder = Path(folder)
     sess = make_session(model, name=name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        for i in range(len(x)):
-            xi = x[i:i + 1]
-            y = sess.run([output_name], {input_name: xi})[0]
-            d = tmp / f"test_data_set_{i}"
-            d.mkdir()
-            (d / "input_0.pb").write_bytes(_tensor_bytes(xi, input_name))
-            (d / "output_0.pb").write_bytes(_tensor_bytes(y, output_name))
-        os.chmod(tmp, 0o755)
-        _swap_in(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(dest.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
-
-
-def _swap_in(tmp: Path, dest: Path, attempts: int = 20) -> None:
-    """Replace ``dest`` by the complete folder ``tmp``. A directory cannot be renamed over a non-empty
-    one, so the old folder is moved aside first; a concurrent writer doing the same makes a step
-    fail (missing / not empty), and the loop simply tries again. Readers see old or new, never a mix."""
-    for attempt in range(attempts):
-        old = dest.with_name(f".{dest.name}.old.{os.getpid()}.{attempt}")
-        try:
-            if dest.exists():
-                os.replace(dest, old)
-            os.replace(tmp, dest)
-        except (FileNotFoundError, OSError) as e:
-            if isinstance(e, FileNotFoundError) or e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                continue
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-        return
-    raise OSError(f"{dest}: could not replace it (other writers kept replacing it)")
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        y = sess.run([output_name], {input_name: xi})[0]
+        d = folder / f"test_data_set_{i}"
+        d.mkdir()
+        (d / "input_0.pb").write_bytes(_tensor_bytes(xi, input_name))
+        (d / "output_0.pb").write_bytes(_tensor_bytes(y, output_name))
+    return len(x)
 
 
 def find_sets(paths: list[str | os.PathLike]) -> list[Path]:
     """Each path is a ``test_data_set_N`` folder or a folder holding such folders."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if not p.exists():
+        try:
+            kind = "folder" if p.is_dir() else "missing" if not p.exists() else "other"
+        except (OSError, ValueError) as e:  # a name too long, a NUL byte
+            raise DataError(f"{p}: test data folder cannot be opened ({getattr(e, 'strerror', None) or e})") from None
+        if kind == "missing":
             raise DataError(f"{p}: test data folder not found")
-        if not p.is_dir():
+        if kind == "other":
             raise DataError(f"{p}: is not a folder (expected test_data_set_N or a folder of them)")
         if (p / "input_0.pb").exists():
             found.append(p)
@@ -126,16 +99,17 @@ def find_sets(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def read_tensor(path: Path) -> tuple[str, np.ndarray]:
+    """One ``input_0.pb``/``output_0.pb``: read bounded (fsio.read_regular_file), self-contained (external data
+    would be resolved against the working folder)."""
+    raw = read_regular_file(path, "test data file", MAX_TENSOR_BYTES, DataError)
+    t = onnx.TensorProto()
     try:
-        if path.stat().st_size > MAX_TENSOR_BYTES:
-            raise DataError(f"{path}: larger than {MAX_TENSOR_BYTES} bytes; not an MNIST test tensor")
-        t = onnx.TensorProto()
-        t.ParseFromString(path.read_bytes())
+        t.ParseFromString(raw)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise DataError(f"{path}: refers to external data; a test data tensor must hold its values")
         arr = numpy_helper.to_array(t)
     except DataError:
         raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing") from None
     except Exception as e:
         raise DataError(f"{path}: not a serialized ONNX TensorProto ({type(e).__name__})") from None
     return t.name, arr

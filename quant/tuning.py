@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from .errors import AccuracyError, QuantError, first_line
+from .errors import AccuracyError, Interrupted, QuantError, first_line
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
 
@@ -190,32 +190,38 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
     saved = (options.workspace, options.resume_from, options.random_seed)
     options.workspace, options.resume_from, options.random_seed = workspace, None, cfg.tuning.random_seed
-    # INC's tuning loop catches KeyboardInterrupt and returns None as if the goal were missed;
-    # remember a Ctrl-C ourselves so it ends the run (exit 130) instead of exit 3.
-    interrupted = []
+    # INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
+    # Interrupted) and reports "no model met the goal". So a stop signal is remembered here, turned into the
+    # KeyboardInterrupt that ends INC's loop soonest, and raised again once fit() is back: exit 130/143/129,
+    # not 3. INC's own timeout also arrives as a SIGINT (time_limit -> _thread.interrupt_main) and stays a timeout.
+    stopped: list[int] = []
     in_main = threading.current_thread() is threading.main_thread()
-    prev_handler = signal.getsignal(signal.SIGINT) if in_main else None
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.getsignal(s) for s in stops} if in_main else {}
+    started = time.monotonic()
 
-    def on_sigint(signum, frame):
-        interrupted.append(signum)
+    def on_stop(signum, frame):
+        inc_timeout = signum == signal.SIGINT and cfg.tuning.timeout and time.monotonic() - started >= cfg.tuning.timeout
+        if not inc_timeout:
+            stopped.append(signum)
         raise KeyboardInterrupt
 
-    if in_main:
-        signal.signal(signal.SIGINT, on_sigint)
+    for s in previous:
+        signal.signal(s, on_stop)
     try:
         q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
-    except (KeyboardInterrupt, QuantError):
+    except (KeyboardInterrupt, Interrupted, QuantError):
         raise
     except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
         msg = first_line(e)
         raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, prev_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         options.workspace, options.resume_from, options.random_seed = saved
         shutil.rmtree(workspace, ignore_errors=True)
-    if interrupted:
-        raise KeyboardInterrupt
+    if stopped:
+        raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
     if q is None:
         base = trials[0].accuracy if trials else float("nan")
         best = max((t.accuracy for t in trials[1:]), default=float("nan"))

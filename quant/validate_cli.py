@@ -5,26 +5,36 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .config import F, check_flag, check_value, leaf, range_text
+
+# --rtol / --atol (no config keys): an output passes when |got - ref| <= atol + rtol * |ref|. Above rtol 1
+# an output may change sign; MNIST logits stay well within +-100 (mnist-12's within +-35), so a larger
+# atol would accept any output.
+RTOL = F("float", None, min=0.0, max=1.0)
+ATOL = F("float", None, min=0.0, max=100.0)
+
 
 def _tolerances(p) -> None:
     from .testdata import DEFAULT_ATOL, DEFAULT_RTOL
 
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (range {range_text(RTOL)}; default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (range {range_text(ATOL)}; default {DEFAULT_ATOL:g})")
 
 
 def add_parsers(sub, common) -> None:
+    from .validation import PORTABILITY_SAMPLES, SAMPLES
+
     v = sub.add_parser("validate", help="check an int8 model against its fp32 baseline: structure, input range, accuracy, "
                        "per-layer error, test data", allow_abbrev=False)
     common(v)
     v.add_argument("--baseline_model", required=True, help="the fp32 model the int8 model was made from")
     v.add_argument("--test_data", nargs="+", default=None, metavar="DIR",
                    help="test_data_set_N folders (or folders of them) to check; default: <model>_test_data/ if present")
-    v.add_argument("--samples", type=int, default=200,
-                   help="test images for the per-layer error, 1-10000 (default 200)")
-    v.add_argument("--portability_samples", type=int, default=1000,
-                   help="test images for the CPU-portability check against the exact integer reference, 1-10000 "
-                        "(default 1000, ~10 ms each)")
+    v.add_argument("--samples", type=int, default=SAMPLES.default,
+                   help=f"test images for the per-layer error (range {range_text(SAMPLES)}; default {SAMPLES.default})")
+    v.add_argument("--portability_samples", type=int, default=PORTABILITY_SAMPLES.default,
+                   help="test images for the CPU-portability check against the exact integer reference "
+                        f"(range {range_text(PORTABILITY_SAMPLES)}; default {PORTABILITY_SAMPLES.default}, ~10 ms each)")
     v.add_argument("--json", action="store_true",
                    help="quiet: print only a JSON summary (verdict per check, exit code, report paths) on stdout; "
                         "no progress lines, no Markdown; exit codes unchanged")
@@ -43,19 +53,16 @@ def add_parsers(sub, common) -> None:
     w.add_argument("--input_model", required=True)
     w.add_argument("--config", default=None)
     w.add_argument("--data_dir", default=None)
-    w.add_argument("--output_dir", default=None, help="default: <model>_test_data beside the model")
-    w.add_argument("--count", type=int, default=None, help="number of sets (default: config output.test_data_sets)")
+    w.add_argument("--output_dir", default=None, help="default: <model>_test_data in the working folder (never beside someone else's model unless asked)")
+    w.add_argument("--count", type=int, default=None,  # the key's range, but 0 (no sets) leaves nothing to write
+                   help=f"number of sets (range 1..{leaf('output.test_data_sets').max}; default: config output.test_data_sets)")
     w.add_argument("--verbose", action="store_true")
     w.set_defaults(func=cmd_write_test_data)
 
 
 def _check_tol(args) -> None:
-    from .errors import UsageError
-
-    for name in ("rtol", "atol"):
-        v = getattr(args, name)
-        if not v >= 0:
-            raise UsageError(f"--{name} {v}: must be >= 0")
+    check_flag(RTOL, args.rtol, "--rtol")
+    check_flag(ATOL, args.atol, "--atol")
 
 
 def summary(doc: dict, exit_code: int) -> dict:
@@ -116,14 +123,16 @@ def cmd_write_test_data(args) -> int:
     from . import models, testdata
     from .cliutil import log as _log
     from .errors import UsageError
-    from .fsio import check_distinct
+    from .fsio import Outputs, check_distinct
     from .inputs import config_file, load_config, load_splits, test_inputs
 
+    if args.count is not None:
+        check_value("output.test_data_sets", args.count, "--count")
     cfg = load_config(args.config)
     count = cfg.output.test_data_sets if args.count is None else args.count
     if count < 1:
         raise UsageError(f"--count {count}: must be >= 1")
-    dest = Path(args.output_dir) if args.output_dir else testdata.default_dir(args.input_model)
+    dest = Path(args.output_dir) if args.output_dir else Path(testdata.default_dir(args.input_model).name)
     check_distinct(reads=[("--input_model", args.input_model), ("--config", config_file(cfg))], writes=[],
                    replaced=[("--output_dir", dest)])
     testdata.check_replaceable(dest, "--output_dir")
@@ -131,7 +140,9 @@ def cmd_write_test_data(args) -> int:
     sig = models.signature(m.proto, m.path, cfg.model.input_name, cfg.preprocessing.layout)
     test = load_splits(cfg, args.data_dir, splits=("test",), log=_log)["test"]
     x = test_inputs(cfg, test)[testdata.pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
-    sets = testdata.write_sets(m.raw, sig.input_name, sig.output_name, x, dest, m.path)
-    _log(f"[test-data] wrote {len(sets)} test_data_set folders")
+    with Outputs() as out:
+        n = testdata.write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest), m.path)
+        out.commit()
+    _log(f"[test-data] wrote {n} test_data_set folders")
     print(dest)
     return 0

@@ -31,7 +31,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import evaluation, models, report, testdata
-from .errors import AccuracyError, UsageError
+from .config import F, check_flag
+from .errors import AccuracyError
 from .fsio import check_distinct, check_writable_target
 
 RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
@@ -39,6 +40,9 @@ RANGE_MAX_CLIPPED = 1e-3  # ... and at most 0.1 % of input values may fall outsi
 LOW_SQNR_DB = 20.0        # layers below this are flagged "low"
 NAME_TWIN_SLACK_DB = 3.0  # a same-named fp32 twin is used unless another tensor agrees > 3 dB better (a fused Relu)
 PORTABLE_REL_DIFF = 0.01  # outputs within 1 % of the reference's largest |output|: same result on every CPU
+# --samples / --portability_samples (no config keys): at most the 10,000 images of the MNIST test split
+SAMPLES = F("int", 200, min=1, max=10_000, doc="test images for the per-layer error")
+PORTABILITY_SAMPLES = F("int", 1000, min=1, max=10_000, doc="test images for the CPU-portability check (~10 ms each)")
 # suffixes quantizers append to the fp32 tensor name (onnxruntime and INC QOperator, onnxruntime QDQ)
 QUANT_SUFFIXES = ("_quantized", "_QuantizeLinear_Output", "_output_quantized")
 # output (scale, zero point) input positions of QOperator ops; pass-through ops keep their input's
@@ -450,8 +454,8 @@ def _ops(d: dict) -> str:
 
 # ------------------------------------------------------------------------------------ workflow
 def validate_model(input_model: str, baseline_model: str, config=None, data_dir: str | None = None,
-                   report_path: str | None = None, test_data: list[str] | None = None, samples: int = 200,
-                   portability_samples: int = 1000,
+                   report_path: str | None = None, test_data: list[str] | None = None, samples: int = SAMPLES.default,
+                   portability_samples: int = PORTABILITY_SAMPLES.default,
                    rtol: float = testdata.DEFAULT_RTOL, atol: float = testdata.DEFAULT_ATOL,
                    log: Callable[[str], None] = print, command: str | None = None) -> dict:
     """Validate ``input_model`` (int8) against ``baseline_model`` (fp32); returns the report dict.
@@ -462,11 +466,10 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     from .inputs import config_file, load_config, load_splits, test_inputs
 
     t0 = time.perf_counter()
-    for flag, v in (("--samples", samples), ("--portability_samples", portability_samples)):
-        if not 1 <= v <= 10_000:
-            raise UsageError(f"{flag} {v}: must be between 1 and 10000 (the MNIST test split)")
+    check_flag(SAMPLES, samples, "--samples")
+    check_flag(PORTABILITY_SAMPLES, portability_samples, "--portability_samples")
     cfg = load_config(config)
-    json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate")
+    json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate", folder=".")
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
     check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", config_file(cfg)),
@@ -490,6 +493,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq)
     acc_q = evaluation.accuracy(out_q, labels)
     acc_b = evaluation.accuracy(evaluation.predict(evaluation.make_session(base.raw, name=base.path), x, sig_b.input_name, bb), labels)
+    evaluation.require_above_chance(acc_b, base.path, cfg.preprocessing_dict(), cfg.dataset.verify_md5)
 
     def accuracy_at(xx: np.ndarray) -> float:
         return evaluation.accuracy(evaluation.predict(sess_q, xx, sig_q.input_name, bq), labels)
@@ -532,8 +536,8 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     log(checks[-1].verdict)
     failed = [c for c in checks if c.status == "fail"]
     doc = {"schema_version": report.SCHEMA_VERSION, "kind": "validate", "passed": not failed,
-           "input_model": {"path": int8.path, "bytes": int8.bytes, "sha256": int8.sha256, "opset": int8.opset},
-           "baseline_model": {"path": base.path, "bytes": base.bytes, "sha256": base.sha256, "opset": base.opset},
+           "input_model": int8.describe(),
+           "baseline_model": base.describe(),
            "preprocessing": cfg.preprocessing_dict(), "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
            "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "config": {"path": cfg.source, "sha256": cfg.sha256},
            "environment": report.environment(), "wall_seconds": time.perf_counter() - t0,

@@ -51,13 +51,34 @@ def _t(name, arr):
     return numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name)
 
 
-def mnist12_like(batch: int | str = 1, seed: int = 0, opset: int = 12) -> onnx.ModelProto:
-    """The MNIST-12 topology (Conv-Add-Relu-MaxPool x2, Reshape, MatMul, Add) with random weights."""
+def _ridge_head(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f1 = np.hstack([features, np.ones((len(features), 1))]).astype(np.float64)
+    target = np.eye(10)[labels] * 2 - 1
+    w = np.linalg.solve(f1.T @ f1 + 1e-4 * len(f1) * np.eye(f1.shape[1]), f1.T @ target)
+    return w[:-1].astype(np.float32), w[-1].astype(np.float32)
+
+
+def mnist12_like(batch: int | str = 1, seed: int = 0, opset: int = 12, fitted: bool = True) -> onnx.ModelProto:
+    """The MNIST-12 topology (Conv-Add-Relu-MaxPool x2, Reshape, MatMul, Add): random convolutions and,
+    with ``fitted``, a head fitted by ridge least squares to ``pattern_images`` (scale 1/255) so it classifies
+    the synthetic digits well above chance (the toolkit refuses baselines at chance level); else random."""
     rng = np.random.default_rng(seed)
+    w1, b1 = rng.normal(0, 0.3, (8, 1, 5, 5)), rng.normal(0, 0.1, (1, 8, 1, 1))
+    w2, b2 = rng.normal(0, 0.1, (16, 8, 5, 5)), rng.normal(0, 0.1, (1, 16, 1, 1))
+    w3, b3 = rng.normal(0, 0.1, (256, 10)), rng.normal(0, 0.1, (1, 10))
+    if fitted:
+        import onnxruntime as ort
+
+        labels = np.arange(500) % 10
+        x = pattern_images(labels, np.random.default_rng(seed + 1)).astype(np.float32).reshape(-1, 1, 28, 28) / 255
+        features = mnist12_like("N", seed, opset, fitted=False)
+        features.graph.output[0].name = "flat"
+        features.graph.output[0].type.tensor_type.ClearField("shape")
+        sess = ort.InferenceSession(features.SerializeToString(), providers=["CPUExecutionProvider"])
+        feats = sess.run(["flat"], {"Input3": x})[0]
+        w3, b3 = _ridge_head(feats, labels)
     inits = [
-        _t("W1", rng.normal(0, 0.3, (8, 1, 5, 5))), _t("B1", rng.normal(0, 0.1, (1, 8, 1, 1))),
-        _t("W2", rng.normal(0, 0.1, (16, 8, 5, 5))), _t("B2", rng.normal(0, 0.1, (1, 16, 1, 1))),
-        _t("W3", rng.normal(0, 0.1, (256, 10))), _t("B3", rng.normal(0, 0.1, (1, 10))),
+        _t("W1", w1), _t("B1", b1), _t("W2", w2), _t("B2", b2), _t("W3", w3), _t("B3", b3.reshape(1, 10)),
         numpy_helper.from_array(np.array([1 if batch == 1 else -1, 256], dtype=np.int64), "shape"),
     ]
     nodes = [
@@ -164,10 +185,7 @@ def fitted_classifier(kind: str, x_train: np.ndarray, y_train: np.ndarray, seed:
     fm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     fm.ir_version = 8
     f = ort.InferenceSession(fm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x_train})[0]
-    f1 = np.hstack([f, np.ones((len(f), 1), np.float32)]).astype(np.float64)
-    target = np.eye(10)[y_train] * 2 - 1
-    w = np.linalg.solve(f1.T @ f1 + 1e-4 * len(f1) * np.eye(f1.shape[1]), f1.T @ target)  # ridge
-    head_w, head_b = w[:-1].astype(np.float32), w[-1].astype(np.float32)
+    head_w, head_b = _ridge_head(f, y_train)
     out = "logits"
     if kind == "lenet_nchw_gemm":
         nodes.append(helper.make_node("Gemm", [feat, "Wh", "Bh"], ["logits"], name="fc_out"))

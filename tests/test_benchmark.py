@@ -146,3 +146,30 @@ def test_several_batch_sizes_and_dynamic_batch_rewrite(tmp_path, synth_dir):
     for bad, words in (("--batch_size=1,x", "expected an integer or comma-separated integers"), ("--batch_size=1,0", "--batch_size 0: must be >= 1")):
         e = run_cli("benchmark", f"--input_model={fixed}", f"--config={cfg}", f"--data_dir={synth_dir}", bad, f"--report={tmp_path / 'd.json'}")
         assert e.returncode == 2 and words in e.stderr and not (tmp_path / "d.json").exists()
+
+
+@pytest.mark.parametrize("flags,overrides,words", [
+    (["--threads=1000"], {}, "--threads 1000: must be <= 256"),
+    (["--iterations=1000000000000"], {}, "--iterations 1000000000000: must be <= 1000000"),
+    (["--warmup=1000000000000"], {}, "--warmup 1000000000000: must be <= 10000"),
+    (["--batch_size=100000000", "--dynamic_batch"], {}, "--batch_size 100000000: must be <= 10000"),
+    (["--batch_size=1,100000000", "--dynamic_batch"], {}, "--batch_size 100000000: must be <= 10000"),
+    (["--max_accuracy_drop=nan", "--mode=accuracy"], {}, "--max_accuracy_drop nan: must be a finite number"),
+    (["--max_accuracy_drop=inf", "--mode=accuracy"], {}, "--max_accuracy_drop inf: must be < 1"),
+    (["--threads=1e3"], {}, "argument --threads: invalid int value: '1e3'"),
+    ([], {"benchmark": {"iterations": 10**12}}, "synth.yaml: benchmark.iterations: must be <= 1000000, got 1000000000000"),
+    ([], {"benchmark": {"threads": 1000}}, "synth.yaml: benchmark.threads: must be <= 256, got 1000"),
+    (["--batch_size=64,64", "--dynamic_batch"], {}, "--batch_size 64,64: give each batch size once"),
+    (["--iterations=1000000", "--batch_size=1,64", "--dynamic_batch"], {}, "65,006,500 images per model, over the 20,000,000 limit"),
+])
+def test_unbounded_numbers_are_refused_before_any_work(tmp_path, synth_dir, flags, overrides, words):
+    """Each of these used to hang, exhaust memory or overload the machine (issue 13): now exit 2, one
+    line naming the flag or the config key, nothing written."""
+    m = save(mnist12_like(batch=1), tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path, overrides)}",
+                f"--data_dir={synth_dir}", f"--report={out / 'b.json'}", *flags, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+    assert not list(out.iterdir())

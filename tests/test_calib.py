@@ -1,4 +1,6 @@
 import json
+import re
+import os
 
 import numpy as np
 import pytest
@@ -56,6 +58,43 @@ def test_committed_manifest_has_no_pixels():
     for s in doc["sets"]:
         assert set(s) == {"name", "split", "count", "seed", "preprocessing", "shape", "sha256", "indices"}
         assert s["split"] == "train" and len(s["indices"]) == s["count"]
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda e: e.update(indices=e["indices"][:-1] + [60000]), "index 60000 is outside the train split (0..59999)"),
+    (lambda e: e.update(indices=e["indices"][:-1] + [-1]), "index -1 is outside the train split"),
+    (lambda e: e.update(indices=e["indices"][:-1] + [e["indices"][0]]), "repeats an index"),
+    (lambda e: e.update(indices=e["indices"][:-1]), "has 99 indices but count 100"),
+    (lambda e: e.pop("sha256"), "missing 'sha256'"),
+    (lambda e: e.update(sha256=12), "sha256 must be 64 hex digits, got 12"),
+    (lambda e: e.update(count="100"), 'count must be an integer >= 1, got "100"'),
+    (lambda e: e.update(indices=[0.5] * 100), "indices must be a list of integers"),
+])
+def test_malformed_manifest_entries_are_named_config_errors(tmp_path, change, words):
+    """A manifest edited by hand: every field build() relies on is checked when read (exit 2), never an IndexError."""
+    doc = json.loads(calib.BUILTIN_MANIFEST.read_text())
+    change(doc["sets"][0])
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=re.escape(f"m.json: set 'train-100-seed9527': {words}")):
+        calib.read_manifest(p)
+
+
+def test_hostile_manifests_are_config_errors(tmp_path):
+    """Read bounded like every input (fsio.read_regular_file); malformed content is one ConfigError, never exit 1."""
+    os.mkfifo(tmp_path / "fifo.json")
+    with open(tmp_path / "huge.json", "wb") as f:
+        f.truncate(calib.MAX_MANIFEST_BYTES + 1)  # sparse: never read
+    (tmp_path / "deep.json").write_text("[" * 100_000)  # json.loads raises RecursionError
+    (tmp_path / "not_sets.json").write_text('{"sets": [1, 2]}')
+    for name, words in (("fifo.json", "calibration manifest (quantization.calibration.manifest) is a FIFO"),
+                        ("huge.json", f"is {calib.MAX_MANIFEST_BYTES + 1} bytes, over the {calib.MAX_MANIFEST_BYTES} byte limit"),
+                        ("missing.json", "calibration manifest (quantization.calibration.manifest) not found"),
+                        ("deep.json", "is not a readable JSON manifest (maximum recursion depth exceeded"),
+                        ("not_sets.json", "has no 'sets' list of set definitions")):
+        with pytest.raises(ConfigError) as e:
+            calib.read_manifest(tmp_path / name)
+        assert name in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.realdata

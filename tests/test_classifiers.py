@@ -47,7 +47,7 @@ def test_classifier_tune_validate_benchmark(kind, classifiers, mnist_dir, tmp_pa
     inp = onnx.load(int8).graph.input[0]
     assert inp.type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch honoured
     assert doc["evaluation"]["batch_size"] == 500
-    v = run_cli("validate", f"--input_model={int8}", f"--baseline_model={fp32}", f"--config={cfg}", f"--data_dir={mnist_dir}")
+    v = run_cli("validate", f"--input_model={int8}", f"--baseline_model={fp32}", f"--config={cfg}", f"--data_dir={mnist_dir}", cwd=tmp_path)
     assert v.returncode == 0, v.stderr + v.stdout
     vdoc = json.loads((tmp_path / f"{kind}-int8.validate.json").read_text())
     checks = {c["name"]: c for c in vdoc["checks"]}
@@ -91,5 +91,5 @@ def test_older_zoo_opsets_are_upgraded_and_meet_the_criterion(name, opset, model
     ours = json.loads(tuned_mnist12[0].with_name("mnist-12-int8.report.json").read_text())
     assert doc["int8"]["accuracy"] == ours["int8"]["accuracy"]  # the same network, the same int8 result
     v = run_cli("validate", f"--input_model={out}", f"--baseline_model={models_dir / name}", "--config=mnist.yaml",
-                f"--data_dir={mnist_dir}")
+                f"--data_dir={mnist_dir}", f"--report={tmp_path / 'v.json'}")
     assert v.returncode == 0, v.stderr

@@ -94,3 +94,23 @@ def test_fetch_with_local_data_verifies_without_network(mnist_dir, tmp_path, mod
     r = run_cli("fetch", f"--data_dir={mnist_dir}", f"--models_dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     assert "md5 verified" in r.stderr and r.stdout.strip().endswith("mnist-12.onnx")
+
+
+@pytest.mark.parametrize("cmd,flag,words", [
+    ("validate", "--samples=0", "--samples 0: must be >= 1"),
+    ("validate", "--portability_samples=10001", "--portability_samples 10001: must be <= 10000"),
+    ("validate", "--rtol=nan", "--rtol nan: must be a finite number"),
+    ("validate", "--samples=many", "argument --samples: invalid int value: 'many'"),
+    ("check-test-data", "--atol=inf", "--atol inf: must be <= 100"),
+    ("write-test-data", "--count=1001", "--count 1001: must be <= 1000"),
+])
+def test_numeric_flags_out_of_range_exit_2(tmp_path, synth_dir, cmd, flag, words):
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {"validate": [f"--baseline_model={m}", f"--report={out / 'v.json'}"], "check-test-data": [f"--test_data={tmp_path}"],
+            "write-test-data": [f"--output_dir={out / 'td'}"]}[cmd]
+    cfg = [] if cmd == "check-test-data" else [f"--config={synth_config(tmp_path)}", f"--data_dir={synth_dir}"]
+    r = run_cli(cmd, f"--input_model={m}", *cfg, *args, flag, timeout=60)
+    _assert_clean_error(r, 2, words)
+    assert len(r.stderr.strip().splitlines()) == 1 and not list(out.iterdir())

@@ -1,6 +1,11 @@
 import gzip
 import hashlib
 import io
+import os
+import struct
+import time
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +152,100 @@ def test_preprocess_layouts_and_values(layout, shape):
     assert x.reshape(2, 28, 28)[0, 3, 5] == 1.0
     y = data.preprocess(imgs, 1 / 255, 0.1307, 0.3081, layout)
     assert np.isclose(y.reshape(2, 784)[1, 0], -0.1307 / 0.3081)
+
+
+
+# ------------------------------------------------------------------ hostile files (issue 13)
+def idx_header(*dims: int) -> bytes:
+    return struct.pack(">HBB", 0, 0x08, len(dims)) + struct.pack(">" + "I" * len(dims), *dims)
+
+
+def write_raw(path: Path, raw: bytes, gz: bool) -> Path:
+    path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
+    return path
+
+
+def gzip_bomb(path: Path, header: bytes, mib: int) -> Path:
+    """A valid gzip of ``header`` + ``mib`` MiB of zeros, about 1 kB per MiB, built in a blink: after a full
+    flush deflate's output for a MiB of zeros no longer depends on what came before, so it is repeated."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    head = c.compress(header) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+    end = c.flush()[:-8]  # the final block; the trailer is recomputed for the whole content
+    crc = zlib.crc32(header)
+    for _ in range(mib):
+        crc = zlib.crc32(bytes(1 << 20), crc)
+    path.write_bytes(head + block * mib + end + struct.pack("<II", crc, (len(header) + (mib << 20)) & 0xFFFFFFFF))
+    return path
+
+
+def test_gzip_bomb_builder_makes_a_valid_gzip(tmp_path):
+    assert gzip.decompress(gzip_bomb(tmp_path / "b.gz", b"head", 3).read_bytes()) == b"head" + bytes(3 << 20)
+
+
+def test_gzip_bomb_stops_at_what_the_header_declares(tmp_path):
+    """1 MB of gzip inflating to 1 GiB behind a canonical train-images header: inflation stops one byte past
+    the 47,040,000 declared bytes, fast and within bounded memory, with no md5 check to rely on."""
+    bomb = gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", idx_header(60000, 28, 28), 1024)
+    tracemalloc.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=r"idx3-ubyte.gz: has trailing bytes: header says \(60000, 28, 28\) = 47040000 bytes"):
+            data.read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - t0 < 10 and peak < 150 << 20, peak  # inflating it whole would take 1 GiB
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_declared_size_over_the_limit_is_refused_before_the_data(tmp_path, gz):
+    """Four dimensions of 0xFFFFFFFF: their product overflows int64 (np.prod wraps around); Python ints do not."""
+    p = write_raw(tmp_path / "x", idx_header(*[0xFFFFFFFF] * 4) + bytes(100), gz)
+    with pytest.raises(DataError, match=r"header declares \(4294967295, 4294967295, 4294967295, 4294967295\) = "
+                                        r"340282366604025813516997721482669850625 bytes of data, over the 67108864 byte limit"):
+        data.read_idx(p)
+
+
+def test_sparse_2_gib_idx_file_is_refused_unread(tmp_path):
+    p = tmp_path / "train-images-idx3-ubyte"
+    with open(p, "wb") as f:
+        f.write(idx_header(60000, 28, 28))
+        f.truncate(2 << 30)  # sparse: no disk used
+    with pytest.raises(DataError, match="idx3-ubyte: MNIST file is 2147483648 bytes, over the 67108864 byte limit"):
+        data.read_idx(p)
+
+
+@pytest.mark.parametrize("tail,words", [(b"junk", "has 4 bytes after the gzip stream"), (None, "has 30 bytes after the gzip stream"),
+                                        (-4, "corrupt gzip file \\(the compressed stream ends early\\)")])
+def test_gzip_framing_defects(tmp_path, tail, words):
+    good = gzip.compress(idx_bytes(np.zeros(5, np.uint8)), mtime=0)
+    raw = good[:tail] if isinstance(tail, int) else good + (tail or good)  # None: a second gzip member
+    with pytest.raises(DataError, match=f"x.gz: {words}"):
+        data.read_idx(write_raw(tmp_path / "x.gz", raw, gz=False))
+
+
+def test_a_fifo_in_place_of_an_mnist_file_is_named_not_missing(tmp_path):
+    root = write_mnist(tmp_path / "m", n_train=10, n_test=10)
+    (root / "t10k-images-idx3-ubyte.gz").unlink()
+    os.mkfifo(root / "t10k-images-idx3-ubyte.gz")
+    assert data.missing_files(root) == []  # so it is never downloaded over
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: MNIST file is a FIFO"):
+        data.load_split(root, "test", verify=False)
+
+
+def test_a_data_folder_that_cannot_be_opened_is_named(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    for d, why in ((tmp_path / ("x" * 300), "File name too long"), (tmp_path / "file" / "mnist", "Not a directory")):
+        with pytest.raises(DataError, match=f"from --data_dir\\): cannot open the MNIST folder \\({why}\\)"):
+            data.ensure_data_dir(str(d), None, mirrors=(), log=lambda m: None)
+
+
+
+def test_an_existing_zoo_model_copy_is_read_bounded(tmp_path):
+    os.mkfifo(tmp_path / "mnist-12.onnx")  # checked, not silently downloaded over or read forever
+    with pytest.raises(InputError, match="mnist-12.onnx: zoo model mnist-12.onnx is a FIFO"):
+        data.fetch_model("mnist-12.onnx", tmp_path, opener=FakeOpener({}), log=lambda m: None)
 
 
 @pytest.mark.realdata

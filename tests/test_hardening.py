@@ -106,8 +106,14 @@ CTRL_C_STAGES = {  # stage: (command prefix, stderr line that says the stage is 
 }
 
 
-@pytest.mark.parametrize("stage", list(CTRL_C_STAGES))
-def test_ctrl_c_exits_130_removes_temp_files_and_writes_nothing(stage, tmp_path, synth_dir):
+STOPS = [("calibration", signal.SIGINT), ("tuning loop", signal.SIGINT), ("benchmarking", signal.SIGINT),
+         ("tuning loop", signal.SIGTERM), ("calibration", signal.SIGHUP), ("benchmarking", signal.SIGTERM)]
+
+
+@pytest.mark.parametrize("stage,sig", STOPS, ids=[f"{s}-{g.name}" for s, g in STOPS])
+def test_a_signal_ends_the_run_with_its_code_removes_temp_files_and_writes_nothing(stage, sig, tmp_path, synth_dir):
+    """Ctrl-C (SIGINT to the process group, as a terminal does), a service manager's stop (SIGTERM) and a
+    closed terminal (SIGHUP): exit 128 + signal, one line, INC's workspace and every temporary removed."""
     m = save(mnist12_like(), tmp_path / "m.onnx")
     cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
     out, tmp, cwd = tmp_path / "out", tmp_path / "tmp", tmp_path / "cwd"
@@ -123,13 +129,14 @@ def test_ctrl_c_exits_130_removes_temp_files_and_writes_nothing(stage, tmp_path,
     for line in p.stderr:  # wait until the stage is running, then press Ctrl-C (SIGINT to the process group, as a terminal does)
         lines.append(line)
         if ready in line:
-            os.killpg(p.pid, signal.SIGINT)
+            os.killpg(p.pid, sig)
             break
     rest = p.communicate(timeout=120)[1]
     log = "".join(lines) + rest
     assert lines and ready in lines[-1], log
-    assert p.returncode == 130, log
-    assert rest.strip().endswith("interrupted; no output written") and "Traceback" not in rest, log
+    assert p.returncode == 128 + sig, log
+    said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
+    assert rest.strip().endswith(said) and "Traceback" not in rest, log
     assert list(out.iterdir()) == [] and list(tmp.iterdir()) == [] and list(cwd.iterdir()) == [], log
     assert list((tmp_path / "home").iterdir()) == [], log
 
@@ -145,9 +152,10 @@ def test_a_run_leaves_nothing_in_temp_or_home(tmp_path, synth_dir):
     for args in (["tune", f"--output_model={q}"], ["validate", f"--baseline_model={m}", "--samples=20"]):
         model = m if args[0] == "tune" else q
         r = subprocess.run([sys.executable, "-m", "quant", *args, f"--input_model={model}", f"--config={cfg}", f"--data_dir={synth_dir}"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
     assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "home").iterdir()) == []
+    assert (tmp_path / "int8.validate.json").is_file()  # validate's default report: the working folder
 
 
 def test_concurrent_runs_to_one_output_leave_one_complete_file(tmp_path, synth_dir):
@@ -376,13 +384,20 @@ def _path_case(case: str, cmd: str, tmp_path):
         return tmp_path / "x.json", tmp_path / "x.json", None, "--output_model " + str(tmp_path / "x.json") + " and --report (JSON)"
     if case == "output = config":
         return tmp_path / "m.yaml", None, None, "is the --config"
+    if case == "output name too long":  # fits the file system (255) but not with its staging name
+        return tmp_path / ("x" * 245 + ".onnx"), None, None, "the name is 250 bytes; at most"
+    if case == "output folder name too long":
+        return tmp_path / ("d" * 300) / "int8.onnx", None, None, "cannot be written (File name too long)"
+    if case == "report name too long":
+        return None, tmp_path / ("r" * 300 + ".json"), None, "the name is 305 bytes; at most"
     raise AssertionError(case)
 
 
 PATH_CASES = [(c, k) for c in COMMANDS for k in ("report folder missing", "report is a folder", "report folder not writable",
-                                                 "report would overwrite the model")]
+                                                 "report would overwrite the model", "report name too long")]
 PATH_CASES += [("run_tuning.sh", k) for k in ("output = input", "output folder missing", "output is a folder", "output folder not writable",
-                                              "report = output model", "output = config")]
+                                              "report = output model", "output = config", "output name too long",
+                                              "output folder name too long")]
 
 
 @pytest.mark.parametrize("cmd,case", PATH_CASES)
@@ -437,8 +452,8 @@ def test_test_data_folders_of_others_are_never_replaced(tmp_path, synth_dir):
 # --------------------------------------------------- unreadable inputs (permission bits apply: see conftest.run_cli)
 UNREADABLE = {
     "model": (4, "file is not readable (permission denied)"),
-    "MNIST file": (4, "t10k-images-idx3-ubyte.gz: cannot read (Permission denied)"),
-    "config": (2, "cannot read config (Permission denied)"),
+    "MNIST file": (4, "t10k-images-idx3-ubyte.gz: MNIST file is not readable (permission denied)"),
+    "config": (2, "config file is not readable (permission denied)"),
 }
 
 
@@ -452,3 +467,236 @@ def test_unreadable_inputs_for_every_command(cmd, what, tmp_path, synth_dir):
     code, words = UNREADABLE[what]
     _one_line_error(r, code, words, (cmd, what))
     assert list(out.iterdir()) == []
+
+
+# --------------------------------------------------- model and data sanity before any work
+def _sanity_model(case: str):
+    from onnx import helper, numpy_helper
+
+    m = mnist12_like()
+    if case in ("NaN weight", "infinite weight"):
+        w = numpy_helper.to_array(m.graph.initializer[2]).copy()
+        w.flat[7] = np.nan if case == "NaN weight" else -np.inf
+        m.graph.initializer[2].CopyFrom(numpy_helper.from_array(w, m.graph.initializer[2].name))
+        return m, ["'W2' holds 1 NaN or infinite value(s)", "re-export"]
+    if case == "custom-domain op":
+        relu = next(n for n in m.graph.node if n.op_type == "Relu")
+        relu.domain = "com.example"
+        m.opset_import.append(helper.make_opsetid("com.example", 1))
+        return m, ["com.example.Relu", "standard ONNX"]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["NaN weight", "infinite weight", "custom-domain op"])
+def test_models_tuning_cannot_use_are_refused_with_a_hint(case, tmp_path, synth_dir):
+    m, words = _sanity_model(case)
+    r, out = _command("run_tuning.sh", save(m, tmp_path / "m.onnx"), tmp_path, synth_dir, synth_config(tmp_path))
+    _one_line_error(r, 4, words, case)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_a_baseline_at_chance_level_stops_the_run_with_a_hint(cmd, tmp_path, synth_dir):
+    """Labels shifted by one (md5 checks off): fp32 and int8 would both score ~0 % and pass a relative gate."""
+    lbl = synth_dir / "t10k-labels-idx1-ubyte.gz"
+    labels = data.read_idx(lbl)
+    lbl.write_bytes(gzip.compress(idx_bytes(((labels.astype(int) + 1) % 10).astype(np.uint8))))
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    r, out = _command(cmd, m, tmp_path, synth_dir, synth_config(tmp_path))
+    _one_line_error(r, 4, ["good.onnx" if cmd != "run_tuning.sh" else "m.onnx", "near chance level", "md5 checks are off"], cmd)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("nodes_to_keep_fp32", ["conv_1"], "no node named 'conv_1' (did you mean 'Conv1'?)"),
+    ("op_types_to_keep_fp32", ["Matmul"], "'Matmul' is not an ONNX op type (did you mean 'MatMul'?)"),
+])
+def test_typos_in_the_keep_fp32_lists_are_refused_with_a_did_you_mean(key, value, words, tmp_path, synth_dir):
+    cfg = synth_config(tmp_path, {"quantization": {"calibration": {"manifest": None, "sampling_size": 50}, key: value}})
+    r, out = _command("run_tuning.sh", save(mnist12_like(), tmp_path / "m.onnx"), tmp_path, synth_dir, cfg)
+    _one_line_error(r, 2, [f"quantization.{key}", words], key)
+    assert list(out.iterdir()) == []
+
+
+def test_a_disk_full_at_the_last_output_leaves_nothing_behind(tmp_path, synth_dir, monkeypatch, capsys):
+    """Model, test data and reports are committed together: ENOSPC while the last one (the Markdown
+    report) is staged leaves no model, no test data and no temporary file, and exits 5 in one line."""
+    import errno
+
+    from quant import cli, fsio
+
+    real = fsio.Outputs.text
+
+    def full_at_markdown(self, path, text):
+        if str(path).endswith(".md"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(self, path, text)
+
+    monkeypatch.setattr(fsio.Outputs, "text", full_at_markdown)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    rc = cli.main(["tune", f"--input_model={save(mnist12_like(), tmp_path / 'm.onnx')}", f"--output_model={out / 'int8.onnx'}",
+                   f"--config={cfg}", f"--data_dir={synth_dir}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 5 and err[-1] == f"error: {out / 'int8.report.md'}: No space left on device", err
+    assert list(out.iterdir()) == []
+
+
+def test_outputs_commit_restores_what_they_replace_when_a_move_fails(tmp_path, monkeypatch):
+    from quant import fsio
+
+    (tmp_path / "a.onnx").write_bytes(b"old model")
+    (tmp_path / "td").mkdir()
+    (tmp_path / "td" / "test_data_set_0").mkdir()
+    real = os.replace
+
+    def fail_on_report(src, dst):
+        if str(dst).endswith("r.json"):
+            raise OSError(5, "Input/output error", str(dst))
+        return real(src, dst)
+
+    with fsio.Outputs() as out:
+        out.bytes(tmp_path / "a.onnx", b"new model")
+        (out.folder(tmp_path / "td") / "test_data_set_9").mkdir()
+        out.text(tmp_path / "r.json", "{}")
+        monkeypatch.setattr(os, "replace", fail_on_report)
+        with pytest.raises(OSError):
+            out.commit()
+        monkeypatch.setattr(os, "replace", real)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.onnx", "td", "test_data_set_0"]
+    assert (tmp_path / "a.onnx").read_bytes() == b"old model"
+
+
+def test_a_closed_stdout_ends_quietly():
+    """``python -m quant config | head -1``: no BrokenPipeError traceback, the shell's code for SIGPIPE."""
+    p = subprocess.Popen([sys.executable, "-m", "quant", "config"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == "", err
+
+
+# --------------------------------------------------- fuzz: random commands, flags, values and file kinds
+FUZZ_COMMANDS = {  # fetch is left out: it downloads
+    "tune": ["--input_model", "--config", "--data_dir", "--report", "--output_model", "--objective", "--dynamic_batch"],
+    "benchmark": ["--input_model", "--baseline_model", "--config", "--mode", "--batch_size", "--iterations", "--warmup", "--threads",
+                  "--max_accuracy_drop", "--data_dir", "--report", "--no_plots", "--dynamic_batch"],
+    "validate": ["--input_model", "--config", "--data_dir", "--report", "--baseline_model", "--test_data", "--samples",
+                 "--portability_samples", "--json", "--rtol", "--atol"],
+    "check-test-data": ["--input_model", "--test_data", "--config", "--rtol", "--atol"],
+    "write-test-data": ["--input_model", "--config", "--data_dir", "--output_dir", "--count"],
+    "calib": ["--config", "--data_dir", "--out_dir"],
+}
+SWITCHES = {"--dynamic_batch", "--no_plots", "--json"}
+REQUIRED = {"tune": ["--input_model", "--output_model"], "benchmark": ["--input_model"], "validate": ["--input_model", "--baseline_model"],
+            "check-test-data": ["--input_model", "--test_data"], "write-test-data": ["--input_model"], "calib": []}
+NUMBERS = ["1", "2", "0", "-1", "64", "1,64", "0.5", "1e3", "nan", "inf", "1000000000000", "x", ""]
+GOOD_NUMBER = {"--batch_size": "1,64", "--iterations": "5", "--warmup": "0", "--threads": "1", "--max_accuracy_drop": "0.5",
+               "--samples": "20", "--portability_samples": "20", "--rtol": "0.001", "--atol": "0.0001", "--count": "2"}
+
+
+def _fuzz_files(root):
+    """Every kind of file a user might hand over, made once per example: good, broken, special and colliding paths."""
+    from helpers import write_mnist
+
+    from quant import models, testdata
+
+    inputs = root / "inputs"
+    inputs.mkdir()
+    good = save(mnist12_like(batch="N"), inputs / "m.onnx")
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    (inputs / "m_test_data").mkdir()
+    testdata.write_sets(models.serialize(mnist12_like(batch="N")), "Input3", "Plus214_Output_0", x, inputs / "m_test_data")
+    (inputs / "random.onnx").write_bytes(np.random.default_rng(1).bytes(3000))
+    with open(inputs / "sparse.onnx", "wb") as f:
+        f.truncate(3 << 30)
+    os.mkfifo(inputs / "fifo")
+    (inputs / "folder").mkdir()
+    data_dir = write_mnist(inputs / "mnist", n_train=120, n_test=60)
+    base = {"dataset": {"verify_md5": False, "download": False},
+            "quantization": {"calibration": {"manifest": None, "sampling_size": 20}}, "tuning": {"max_trials": 1}}
+    configs = [synth_config(inputs, base).rename(inputs / "c0.yaml")]
+    for i, extra in enumerate([{"benchmark": {"iterations": 10**12}}, {"preprocessing": {"scale": "1e400"}},
+                               {"tuning": {"random_seed": 2**32}}, {"output": {"test_data_sets": 0}}], 1):
+        configs.append(synth_config(inputs, {**base, **extra}).rename(inputs / f"c{i}.yaml"))
+    (inputs / "bomb.yaml").write_text('a: &a ["x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip("abcdefgh", "bcdefghi")))
+    (inputs / "dup.yaml").write_text("tuning: {max_trials: 1}\ntuning: {max_trials: 2}\n")
+    files = [str(good), str(inputs / "random.onnx"), str(inputs / "sparse.onnx"), str(inputs / "fifo"), str(inputs / "folder"),
+             str(inputs / "missing.onnx"), "/dev/zero", str(inputs / ("n" * 300)), ""]
+    return inputs, {"model": files, "config": [str(c) for c in configs] + [str(inputs / "bomb.yaml"), str(inputs / "dup.yaml"),
+                                                                           str(inputs / "fifo"), "/dev/zero", str(good)],
+                    "data": [str(data_dir), str(inputs / "folder"), str(inputs / "missing"), str(good), str(inputs / "fifo")],
+                    "test_data": [str(inputs / "m_test_data"), str(inputs / "folder"), str(inputs / "fifo"), str(inputs / ("t" * 300))]}
+
+
+def _value(flag, kinds, work, draw):
+    """Half the time the good value for the flag, else any from its pool (good ones included)."""
+    def pick(pool):
+        return draw(st.one_of(st.just(pool[0]), st.sampled_from(pool)))
+
+    outputs = [str(work / "o.onnx"), str(work / "r.json"), str(work), str(work / "no" / "x.onnx"), kinds["model"][0], kinds["config"][0],
+               "/dev/null", kinds["model"][3], str(work / ("o" * 250)), ""]
+    if flag in ("--input_model", "--baseline_model"):
+        return pick(kinds["model"])
+    if flag in ("--config", "--test_data"):
+        return pick(kinds[flag[2:]])
+    if flag == "--data_dir":
+        return pick(kinds["data"])
+    if flag in ("--output_model", "--report"):
+        return pick(outputs)
+    if flag in ("--output_dir", "--out_dir"):
+        return pick([str(work / "td") if flag == "--output_dir" else str(work)] + outputs)
+    if flag == "--objective":
+        return pick(["accuracy", "performance", "speed"])
+    if flag == "--mode":
+        return pick(["all", "accuracy", "performance", "fast"])
+    return pick([GOOD_NUMBER.get(flag, "1")] + NUMBERS)
+
+
+def _snapshot(folder):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if not p.is_fifo()}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_the_command_line_never_exits_1_and_never_leaves_files(tmp_path_factory, data):
+    """Random commands with random flags (a typo included), values (numbers out of range, non-finite) and
+    file kinds (FIFO, /dev/zero, sparse 3 GiB, folder, missing, 300-byte name, colliding paths): only the
+    documented exit codes, inputs untouched, no temporary file anywhere, and no output at all unless the
+    run succeeded (0) or reported a failed check (3)."""
+    import tempfile as tempfile_mod
+
+    from quant import cli
+
+    root = tmp_path_factory.mktemp("fuzz")
+    inputs, kinds = _fuzz_files(root)
+    cmd = data.draw(st.sampled_from(sorted(FUZZ_COMMANDS)))
+    work, tmp = root / "work", root / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    flags = data.draw(st.lists(st.sampled_from(FUZZ_COMMANDS[cmd] + ["--data-dir"]), unique=True, max_size=4))
+    # never the built-in config (it downloads MNIST) and mostly the synthetic data (the model is at chance on real MNIST)
+    flags = sorted(set(flags) | set(REQUIRED[cmd]) | ({"--config", "--data_dir"} & set(FUZZ_COMMANDS[cmd])))
+    argv = [cmd]
+    for f in flags:
+        argv.append(f if f in SWITCHES else f"{f}={_value(f, kinds, work, data.draw)}")
+    before = _snapshot(inputs)
+    saved, tempfile_mod.tempdir, cwd = tempfile_mod.tempdir, str(tmp), os.getcwd()
+    os.chdir(work)  # default outputs (reports, calib_data/) go to the working folder
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse: bad or missing flag
+        rc = e.code
+    finally:
+        tempfile_mod.tempdir = saved
+        os.chdir(cwd)
+    assert rc in (0, 2, 3, 4, 5), (argv, rc)
+    after = _snapshot(inputs)
+    assert {k: after.get(k) for k in before} == before, argv  # no input modified or deleted
+    assert rc in (0, 3) or after == before, (argv, rc)  # outputs asked for there (--report=inputs/m.json) only on success
+    assert list(tmp.iterdir()) == [], (argv, list(tmp.iterdir()))
+    left = [p for p in root.rglob(".*")]
+    assert left == [], (argv, left)
+    if rc not in (0, 3):
+        assert list(work.iterdir()) == [], (argv, rc, list(work.iterdir()))

@@ -1,6 +1,17 @@
-import pytest
-from onnx import TensorProto, helper
+import copy
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
 
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import run_cli, synth_config
 from helpers import mnist12_like, pattern_linear, save, with_external_data_outside
 from quant import models
 from quant.errors import ModelError
@@ -109,6 +120,152 @@ def test_size_breakdown_counts_weights():
     n_float = (8 * 25 + 8 + 16 * 8 * 25 + 16 + 2560 + 10)
     assert b["weight_bytes_by_dtype"] == {"float": 4 * n_float, "int64": 16}
     assert b["graph_overhead_bytes"] == len(raw) - 4 * n_float - 16 > 0
+
+
+
+# ------------------------------------------------------------------ external data (issue 13)
+def save_external(model: onnx.ModelProto, folder: Path) -> Path:
+    """``model`` saved as folder/m.onnx with every tensor in folder/weights.bin (``model`` itself unchanged)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(copy.deepcopy(model), folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    return folder / "m.onnx"
+
+
+def run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+X = np.random.default_rng(0).random((3, 784), dtype=np.float32)
+
+
+def test_external_data_is_read_beside_the_model_never_in_the_working_folder(tmp_path, monkeypatch):
+    m = pattern_linear()
+    want = run(m.SerializeToString(), X)
+    path = save_external(m, tmp_path / "a")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert np.array_equal(run(models.load(path).raw, X), want)
+    # a different weights.bin of the same size here: onnxruntime, given the .onnx file's bytes, would read this one
+    (cwd / "weights.bin").write_bytes(np.ones((tmp_path / "a" / "weights.bin").stat().st_size // 4, np.float32).tobytes())
+    assert np.array_equal(run(models.load(path).raw, X), want)
+    monkeypatch.chdir(tmp_path)  # a relative model path resolves against its own folder too
+    assert np.array_equal(run(models.load(Path("a") / "m.onnx").raw, X), want)
+
+
+def test_loaded_model_says_what_its_bytes_and_sha256_cover(tmp_path):
+    m = pattern_linear()
+    plain_path = save(m, tmp_path / "plain.onnx")
+    plain = models.load(plain_path)
+    file_sha = hashlib.sha256(plain_path.read_bytes()).hexdigest()
+    assert plain.raw == plain_path.read_bytes() and plain.sha256 == plain.file_sha256 == file_sha
+    assert plain.describe() == {"path": str(plain_path), "bytes": plain_path.stat().st_size, "sha256": file_sha, "opset": 13}
+    path = save_external(m, tmp_path / "a")
+    ext = models.load(path)
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in onnx.load_model_from_string(ext.raw).graph.initializer)
+    d = ext.describe()
+    assert (d["bytes"], d["sha256"]) == (len(ext.raw), hashlib.sha256(ext.raw).hexdigest())
+    assert d["external_data"]["files"] == {"weights.bin": (tmp_path / "a" / "weights.bin").stat().st_size}
+    assert (d["external_data"]["onnx_file_bytes"], d["external_data"]["onnx_file_sha256"]) == (
+        path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert "inlined" in d["external_data"]["note"]
+
+
+def _edit_external(path: Path, **info) -> None:
+    """Set external-data keys (offset, length, location) on every tensor of the saved model."""
+    m = onnx.load(path, load_external_data=False)
+    for t in m.graph.initializer:
+        kv = {e.key: e.value for e in t.external_data} | {k: str(v) for k, v in info.items()}
+        del t.external_data[:]
+        for k, v in kv.items():
+            t.external_data.add(key=k, value=v)
+    path.write_bytes(m.SerializeToString())
+
+
+@pytest.mark.parametrize("case", ["data file over the limit", "data file + .onnx over the limit", "length past the end of the file",
+                                  "offset past the end of the file", "inlined bytes over the limit", "negative offset"])
+def test_external_data_sizes_are_checked_before_reading(case, tmp_path, monkeypatch):
+    path = save_external(pattern_linear(), tmp_path / "a")
+    weights = tmp_path / "a" / "weights.bin"
+    size = weights.stat().st_size
+    if case.startswith("data file"):
+        with open(weights, "r+b") as f:
+            f.truncate((256 << 20) + (1 if case == "data file over the limit" else -1))  # sparse: no disk used, never read
+    elif case.startswith("length"):
+        _edit_external(path, offset=0, length=1 << 62)
+    elif case.startswith("offset"):
+        _edit_external(path, offset=size + 1)
+    elif case.startswith("inlined"):  # both tensors claim the whole file: each would be a copy of it
+        m = onnx.load(path, load_external_data=False)
+        for t in m.graph.initializer:
+            t.ClearField("external_data")
+            t.external_data.add(key="location", value="weights.bin")
+        path.write_bytes(m.SerializeToString())
+        monkeypatch.setattr(models, "MAX_MODEL_BYTES", path.stat().st_size + 2 * size - 1)
+    else:
+        _edit_external(path, offset=-4)
+    words = {"data file over the limit": f"weights.bin: external data of model {path} is 268435457 bytes, over the 268435456 byte limit",
+             "data file + .onnx over the limit": f"{path}: model with its external data is {path.stat().st_size + (256 << 20) - 1} bytes, over",
+             "length past the end of the file": f"{path}: tensor 'W' needs bytes 0..{1 << 62} of weights.bin, which has {size}",
+             "offset past the end of the file": f"needs bytes {size + 1}..",
+             "inlined bytes over the limit": f"{path}: model with its external data is {path.stat().st_size + 2 * size} bytes, over",
+             "negative offset": "tensor 'W' has an invalid external data offset or length"}[case]
+    t0 = time.monotonic()
+    with pytest.raises(ModelError) as e:
+        models.load(path)
+    assert words in str(e.value) and time.monotonic() - t0 < 5
+
+
+def test_external_data_that_is_not_a_regular_file_or_leaves_the_folder_is_refused(tmp_path):
+    path = save_external(pattern_linear(), tmp_path / "a")
+    weights = tmp_path / "a" / "weights.bin"
+    weights.unlink()
+    os.mkfifo(weights)
+    with pytest.raises(ModelError, match=f"^{weights}: external data of model {path} is a FIFO"):
+        models.load(path)
+    weights.unlink()
+    weights.symlink_to("/dev/zero")  # a link inside the folder to a file outside it
+    with pytest.raises(ModelError, match="references external data 'weights.bin' outside the model's folder"):
+        models.load(path)
+    weights.unlink()
+    with pytest.raises(ModelError, match=f"^{weights}: external data of model {path} not found"):
+        models.load(path)
+
+
+def test_external_data_in_a_subgraph_is_checked_too(tmp_path):
+    """Tensors inside If/Loop bodies are walked as well (onnxruntime would resolve them against the working folder)."""
+    inner = with_external_data_outside(pattern_linear())
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    node = helper.make_node("If", ["cond"], ["logits"], then_branch=inner.graph, else_branch=pattern_linear().graph)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 784])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [cond])
+    (tmp_path / "sub").mkdir()
+    p = save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "sub" / "m.onnx")
+    with pytest.raises(ModelError, match="references external data '../../etc/passwd' outside the model's folder"):
+        models.load(p)
+
+
+def test_cli_runs_an_external_data_model_from_another_folder(tmp_path, synth_dir):
+    """check-test-data and benchmark from a working folder holding a wrong weights.bin of the same size."""
+    m = pattern_linear()
+    path = save_external(m, tmp_path / "a")
+    td = tmp_path / "td" / "test_data_set_0"
+    td.mkdir(parents=True)
+    (td / "input_0.pb").write_bytes(numpy_helper.from_array(X[:1], "input").SerializeToString())
+    (td / "output_0.pb").write_bytes(numpy_helper.from_array(run(m.SerializeToString(), X[:1]), "logits").SerializeToString())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "weights.bin").write_bytes(np.ones((tmp_path / "a" / "weights.bin").stat().st_size // 4, np.float32).tobytes())
+    r = run_cli("check-test-data", f"--input_model={path}", "--test_data", str(tmp_path / "td"), cwd=cwd, timeout=120)
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stderr
+    report = tmp_path / "b.json"
+    r = run_cli("benchmark", "--mode=performance", f"--input_model={path}", f"--config={synth_config(tmp_path, {'preprocessing': {'layout': 'flat'}})}",
+                f"--data_dir={synth_dir}",
+                "--iterations=2", "--warmup=0", "--no_plots", f"--report={report}", cwd=cwd, timeout=300)
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(report.read_text())["model"]
+    assert entry["external_data"]["files"] == {"weights.bin": (tmp_path / "a" / "weights.bin").stat().st_size}
 
 
 @pytest.mark.realdata

@@ -35,3 +35,20 @@ def test_fc_layers_are_always_int8_and_a_conv_without_constant_weights_stays_fp3
                            helper.make_tensor_value_info("w", TensorProto.FLOAT, [16, 4, 3, 3])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     assert plan.make(helper.make_model(g)).keep_fp32 == {"dyn": "weights are not a constant"}
+
+
+def test_user_keep_follows_nodes_a_rewrite_merged_and_refuses_typos():
+    from quant import models, prepare
+    from quant.errors import ConfigError
+
+    fp32 = mnist12_like()
+    sig = models.signature(fp32, "m.onnx")
+    prep = prepare.prepare(fp32, sig, "QDQ", False, True, "m.onnx")
+    assert prep.absorbed["Add1"] == "Conv1" and prep.absorbed["Add3"] == "MatMul"  # bias Adds fused into their layer
+    keep, notes = plan.user_keep(fp32, prep.model, prep.absorbed, ["Add1", "Conv2"], ["Relu"], "c.yaml")
+    assert keep == {"Conv1", "Conv2"} and notes == ["Add1 was merged into Conv1 by a rewrite: Conv1 stays fp32"]
+    with pytest.raises(ConfigError, match=r"c.yaml: quantization.nodes_to_keep_fp32: the model has no node named 'conv_2' "
+                                          r"\(did you mean 'Conv2'\?\)"):
+        plan.user_keep(fp32, prep.model, prep.absorbed, ["conv_2"], [], "c.yaml")
+    with pytest.raises(ConfigError, match=r"'Conv2D' is not an ONNX op type \(did you mean 'Conv'\?\)"):
+        plan.user_keep(fp32, prep.model, prep.absorbed, [], ["Conv2D"], "c.yaml")

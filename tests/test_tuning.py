@@ -224,3 +224,24 @@ def test_default_model_bytes_are_the_published_ones(tuned_mnist12):
 
     assert sha256_bytes(out.read_bytes()) == DEFAULT_MNIST12_INT8_SHA256
     assert DEFAULT_MNIST12_INT8_SHA256 in (REPO / "README.md").read_text()
+
+
+def test_inc_timeout_stays_a_timeout_not_an_interrupt(tmp_path, synth_dir, monkeypatch):
+    """INC ends a tuning.timeout through _thread.interrupt_main (a simulated SIGINT): it must end as the
+    accuracy result INC returns (a model or exit 3), never as the user's Ctrl-C (exit 130)."""
+    import time
+
+    from quant import evaluation
+    from quant.errors import AccuracyError
+
+    real = evaluation.Evaluator.__call__
+
+    def slow(self, model_bytes):
+        time.sleep(0.8)
+        return real(self, model_bytes)
+
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", slow)
+    try:
+        _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"timeout": 1, "max_trials": 50, "accuracy_criterion": {"absolute": 0.0}}})
+    except AccuracyError:
+        pass
