@@ -88,6 +88,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     """
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
+    if isinstance(input_models, (str, os.PathLike)):  # one model given as a path, not a list
+        input_models = [input_models]
     if not input_models:
         raise UsageError("--input_model: at least one model is required")
     if max_accuracy_drop is not None:  # a drop, like the config's criterion: [0, 1)
@@ -113,9 +115,10 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
-    plot_paths = [("plot", p) for p in plot_targets(json_path)] if plots else []
+    plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path)] if plots else []
     check_distinct(reads=[("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model),
-                                                                         ("--config", inputs.config_file(cfg))],
+                                                                         ("--config", inputs.config_file(cfg)),
+                                                                         *inputs.data_files(cfg, data_dir)],
                    writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
 
     # --- load and check every model before measuring anything
@@ -237,9 +240,12 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         report.write(json_path, doc, md_path, md, staged)
         staged.commit()
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
+    if summary and (os.path.isfile(summary) and os.access(summary, os.W_OK)  # CI's summary file; never a FIFO or folder
+                    or not os.path.lexists(summary) and os.path.isdir(os.path.dirname(os.path.abspath(summary)))):
         with open(summary, "a", encoding="utf-8") as f:
             f.write(md + "\n")
+    elif summary:
+        log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: not a writable regular file; summary not appended")
     doc["markdown"] = md
     if g is not None and not g["passed"]:
         raise AccuracyError(g["verdict"], doc)

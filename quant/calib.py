@@ -18,7 +18,7 @@ import numpy as np
 
 from .data import SPLIT_SIZES, Split, preprocess
 from .errors import ConfigError, DataError, first_line
-from .fsio import atomic_write_bytes, atomic_write_text, read_regular_file, sha256_bytes
+from .fsio import Outputs, atomic_write_bytes, atomic_write_text, read_regular_file, sha256_bytes
 
 BUILTIN_MANIFEST = Path(__file__).resolve().parent / "resources" / "calib_manifest.json"
 MANIFEST_VERSION = 1
@@ -138,7 +138,8 @@ def manifest_entry(cs: CalibrationSet, name: str) -> dict:
             "preprocessing": d["preprocessing"], "shape": d["shape"], "sha256": d["sha256"], "indices": d["indices"]}
 
 
-def write_manifest(path: Path, entries: list[dict]) -> None:
+def write_manifest(path: Path, entries: list[dict], staged: Outputs | None = None) -> None:
+    """Write the manifest atomically, or stage it with the run's other outputs (``staged``)."""
     doc = {"version": MANIFEST_VERSION,
            "about": "Committed definitions of calibration sets (MNIST train-split indices + preprocessing + sha256 "
                     "of the resulting float32 array). Pixels are never committed: `python -m quant calib` "
@@ -146,15 +147,25 @@ def write_manifest(path: Path, entries: list[dict]) -> None:
            "sets": entries}
     text = json.dumps(doc, indent=1)
     text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
-    atomic_write_text(path, text + "\n")
+    if staged is None:
+        atomic_write_text(path, text + "\n")
+    else:
+        staged.text(path, text + "\n")
 
 
-def save_array(cs: CalibrationSet, folder: Path) -> Path:
-    """Write the materialized array to ``folder/calib-<sha12>.npy`` (atomically)."""
+def array_path(cs: CalibrationSet, folder: Path) -> Path:
+    return folder / f"calib-{cs.sha256[:12]}.npy"
+
+
+def save_array(cs: CalibrationSet, folder: Path, staged: Outputs | None = None) -> Path:
+    """Write the materialized array to ``folder/calib-<sha12>.npy`` atomically, or stage it (``staged``)."""
     buf = io.BytesIO()
     np.save(buf, cs.x, allow_pickle=False)
-    out = folder / f"calib-{cs.sha256[:12]}.npy"
-    atomic_write_bytes(out, buf.getvalue())
+    out = array_path(cs, folder)
+    if staged is None:
+        atomic_write_bytes(out, buf.getvalue())
+    else:
+        staged.bytes(out, buf.getvalue())
     return out
 
 

@@ -113,26 +113,40 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_calib(args) -> int:
-    from . import calib, config, data
-    from .fsio import check_writable_target
+    from . import calib, config, data, inputs
+    from .fsio import Outputs, check_distinct, check_writable_target
 
     cfg = config.load(args.config)
     folder = Path(args.out_dir) if args.out_dir else Path("calib_data")
     default_missing = not args.out_dir and not folder.exists()  # created, after the work, only when the default is used
     check_writable_target(folder if default_missing else folder / "calib-0123456789ab.npy", "--out_dir")
-    root = data.ensure_data_dir(args.data_dir, cfg.dataset.root, download=cfg.dataset.download, log=_log)
-    cs = calib.build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
-    if default_missing:
-        folder.mkdir()
-    out = calib.save_array(cs, folder)
-    _log(f"[calib] {cs.definition['count']} {cs.definition['split']} images, {cs.definition['source']}; sha256 {cs.sha256} checked")
+    mpath = calib.manifest_path(cfg)
     if args.add_to_manifest:
-        if cfg.quantization.calibration.manifest is None:  # never write into the installed package
+        if mpath.resolve() == calib.BUILTIN_MANIFEST.resolve():  # never write into the installed package
             raise UsageError("--add_to_manifest: set quantization.calibration.manifest to a manifest file of yours "
                              "(the built-in one is part of the package)")
-        mpath = calib.manifest_path(cfg)
-        entries = [e for e in (calib.read_manifest(mpath) if mpath.exists() else []) if e.get("name") != args.add_to_manifest]
-        calib.write_manifest(mpath, entries + [calib.manifest_entry(cs, args.add_to_manifest)])
+        check_writable_target(mpath, "quantization.calibration.manifest")
+    root = data.ensure_data_dir(args.data_dir, cfg.dataset.root, download=cfg.dataset.download, log=_log)
+    cs = calib.build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
+    manifest = ("quantization.calibration.manifest", mpath)
+    check_distinct(reads=[("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, args.data_dir)]
+                   + ([] if args.add_to_manifest else [manifest]),
+                   writes=[("the calibration array", calib.array_path(cs, folder))] + ([manifest] if args.add_to_manifest else []))
+    _log(f"[calib] {cs.definition['count']} {cs.definition['split']} images, {cs.definition['source']}; sha256 {cs.sha256} checked")
+    if default_missing:
+        folder.mkdir()
+    try:
+        with Outputs() as staged:  # the array and the manifest entry, committed together
+            out = calib.save_array(cs, folder, staged)
+            if args.add_to_manifest:
+                entries = [e for e in (calib.read_manifest(mpath) if mpath.exists() else []) if e.get("name") != args.add_to_manifest]
+                calib.write_manifest(mpath, entries + [calib.manifest_entry(cs, args.add_to_manifest)], staged)
+            staged.commit()
+    except BaseException:
+        if default_missing and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    if args.add_to_manifest:
         _log(f"[calib] recorded as {args.add_to_manifest!r} in {mpath}")
     print(out)
     return 0
@@ -163,6 +177,9 @@ def _stop_signals() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name in ("stdout", "stderr"):  # started with a closed stream (``>&-``): write nowhere instead of failing
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
@@ -178,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; no output written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Interrupted as e:
-        print(f"interrupted by {signal.Signals(e.signum).name}; no output written", file=sys.stderr)
+        print(e.message, file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # stdout closed early (``| head``): nothing more to say to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

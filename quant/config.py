@@ -15,6 +15,7 @@ import difflib
 import fractions
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,10 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
             raise _err(source, key, f"expected an integer, got {_typename(value)} {value!r}")
     elif k == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _err(source, key, f"expected a number, got {_typename(value)} {value!r}")
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
+                hint = f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e+6)"
+            raise _err(source, key, f"expected a number, got {_typename(value)} {value!r}{hint}")
     elif k == "fraction":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")

@@ -174,7 +174,9 @@ def load_split(root: str | os.PathLike, split: str, verify: bool = True) -> Spli
         raise DataError(f"{paths[1]}: expected a 1-D label file, got shape {list(labels.shape)}")
     if len(images) != len(labels):
         raise DataError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
-    if len(labels) and labels.max() > 9:
+    if not len(labels):
+        raise DataError(f"{paths[1]}: holds no images (0 labels)")
+    if labels.max() > 9:
         raise DataError(f"{paths[1]}: label {int(labels.max())} outside 0..9")
     return Split(images, labels, (str(paths[0]), str(paths[1])))
 
@@ -227,8 +229,22 @@ def fetch_url(url: str, dest: Path, digest: str, algo: str, opener: Opener = url
 
 
 def download_mnist(root: Path, mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print) -> None:
-    """Download the missing canonical files into ``root``, trying each mirror, md5-verified."""
+    """Download the missing canonical files into ``root``, trying each mirror, md5-verified. Folders it
+    had to create are removed again when a download fails (a failed run leaves nothing)."""
+    created = [p for p in (root, *root.parents) if not p.exists()]
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_missing(root, mirrors, opener, log)
+    except BaseException:
+        for p in created:  # deepest first; only if still empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _download_missing(root: Path, mirrors, opener: Opener, log) -> None:
     for stem in missing_files(root):
         name = f"{stem}.gz"
         errors = []

@@ -5,6 +5,8 @@ message and an exit code; the CLI prints the message and exits with the code (no
 unless ``--verbose``).
 """
 
+import signal
+
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2  # bad command line or config
@@ -69,11 +71,17 @@ def first_line(e: BaseException) -> str:
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGHUP during a run (the CLI turns them into this). A BaseException, like Ctrl-C's
+    """SIGTERM or SIGHUP during a run (the CLI turns them into this), or any stop signal during a commit. A BaseException, like Ctrl-C's
     KeyboardInterrupt, so no ``except Exception`` (neural-compressor has several) swallows it, while
     every ``finally`` (INC's workspace, temporary outputs) still runs."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, written: bool = False):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+        self.written = written  # the signal arrived while the outputs were being committed: they are complete
+
+    @property
+    def message(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"interrupted by {name} after the outputs were written" if self.written else f"interrupted by {name}; no output written"

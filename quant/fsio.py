@@ -20,9 +20,10 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
-from .errors import InputError, QuantError, UsageError
+from .errors import InputError, Interrupted, QuantError, UsageError
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -113,8 +114,8 @@ def check_writable_target(path: str | os.PathLike, what: str) -> Path:
             raise UsageError(f"{what} {p}: is a directory, expected a file path")
         if not parent.is_dir():
             raise UsageError(f"{what} {p}: output folder {parent} does not exist")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"{what} {p}: output folder {parent} is not writable")
+        if not os.access(parent, os.R_OK | os.W_OK | os.X_OK):  # read too: the commit locks the folder
+            raise UsageError(f"{what} {p}: output folder {parent} is not writable (or not readable)")
         if p.exists() and not stat.S_ISREG(os.stat(p).st_mode):  # /dev/null, a FIFO: never replaced by a file
             raise UsageError(f"{what} {p}: exists and is not a regular file")
         if p.exists() and not os.access(p, os.W_OK):
@@ -130,13 +131,13 @@ def _key(p: Path):
     try:
         st = os.stat(p)
         return ("inode", st.st_dev, st.st_ino)
-    except OSError:
-        return ("path", str(Path(os.path.abspath(p)).resolve()))
+    except OSError:  # resolve() follows each symlink before a "..": abspath would collapse "link/.." as text first
+        return ("path", str(Path(p).resolve()))
 
 
 def _inside(p: Path, folder: Path) -> bool:
     """``p`` is ``folder`` or lies somewhere below it (symlinks resolved)."""
-    rp, rf = Path(os.path.abspath(p)).resolve(), Path(os.path.abspath(folder)).resolve()
+    rp, rf = Path(p).resolve(), Path(folder).resolve()
     return rp == rf or rf in rp.parents
 
 
@@ -222,12 +223,18 @@ class Outputs:
         self._staged = []
 
     def commit(self) -> None:
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if _STOP_SIGNALS else None
-        locks = _lock_folders({dest.parent for _, dest in self._staged})  # concurrent runs commit one after the other
+        """Move every staged output into place. A stop signal arriving meanwhile (on any thread) is
+        recorded, not acted on, and raised as :class:`Interrupted` once the commit is complete."""
+        stopped: list[int] = []
+        previous = _record_signals(stopped)
+        locks: list[int] = []
         moved: list[tuple[Path, Path | None]] = []  # (destination, what it replaced: kept aside until the end)
         try:
+            locks = _lock_folders({dest.parent for _, dest in self._staged})  # concurrent runs commit one after the other
             for tmp, dest in self._staged:
                 aside = None
+                if dest.is_dir() and not dest.is_symlink() and not tmp.is_dir():
+                    raise UsageError(f"{dest}: is a folder; refusing to replace it by a file")
                 if os.path.lexists(dest):
                     aside = dest.with_name(f".{dest.name}.{os.getpid()}.replaced")
                     os.replace(dest, aside)
@@ -252,8 +259,18 @@ class Outputs:
         finally:
             for fd in locks:
                 os.close(fd)
-            if held is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if stopped:
+            raise Interrupted(stopped[0], written=True)
+
+
+def _record_signals(stopped: list[int]) -> dict:
+    """While the outputs move into place, SIGINT/SIGTERM/SIGHUP only append to ``stopped`` (a handler can only
+    be set from the main thread; elsewhere the caller's handlers stay). Returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, lambda signum, frame: stopped.append(signum)) for s in _STOP_SIGNALS}
 
 
 def _lock_folders(folders) -> list[int]:

@@ -16,6 +16,12 @@ def config_file(cfg) -> str | None:
     return None if cfg.source.startswith("<") else cfg.source
 
 
+def data_files(cfg, data_dir: str | None) -> list[tuple[str, object]]:
+    """The MNIST files a run would read, gz and raw names (checked against its outputs before any work)."""
+    root, source = data.resolve_data_dir(data_dir, cfg.dataset.root)
+    return [(f"MNIST file (from {source})", root / (stem + ext)) for stem in data.CANONICAL_MD5 for ext in (".gz", "")]
+
+
 def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callable = print) -> dict[str, data.Split]:
     root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
     return {s: data.load_split(root, s, verify=cfg.dataset.verify_md5) for s in splits}

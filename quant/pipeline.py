@@ -42,7 +42,7 @@ def _resolve_config(config, objective: str | None):
     return cfg
 
 
-def _check_outputs(input_model: str, output_model: str, report_path: str | None, cfg) -> _Outputs:
+def _check_outputs(input_model: str, output_model: str, report_path: str | None, cfg, data_dir: str | None) -> _Outputs:
     """Every output path is checked before any work, so a bad path fails in a second, not after tuning:
     writable, and distinct from every input, every other output and the test-data folder it replaces."""
     check_writable_target(output_model, "--output_model")
@@ -51,7 +51,8 @@ def _check_outputs(input_model: str, output_model: str, report_path: str | None,
         check_writable_target(p, "--report")
     td_dir = testdata.default_dir(output_model)
     check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)),
-                          ("quantization.calibration.manifest", cfg.quantization.calibration.manifest)],
+                          ("quantization.calibration.manifest", cfg.quantization.calibration.manifest),
+                          *inputs.data_files(cfg, data_dir)],
                    writes=[("--output_model", output_model), ("--report (JSON)", json_path), ("--report (Markdown)", md_path)],
                    replaced=[("the output model's test data folder", td_dir)] if cfg.output.test_data_sets else [])
     if cfg.output.test_data_sets:
@@ -125,7 +126,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
 
     t_start = time.perf_counter()
     cfg = _resolve_config(config, objective)
-    out = _check_outputs(input_model, output_model, report_path, cfg)
+    out = _check_outputs(input_model, output_model, report_path, cfg, data_dir)
     fp32, sig = _load_fp32(input_model, cfg)
     dynamic = bool(cfg.model.dynamic_batch if dynamic_batch is None else dynamic_batch)
     # --- data: calibration images (train split) and the preprocessed test set

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
+from .errors import UsageError
 from .fsio import Outputs
 
 SCHEMA_VERSION = 1
@@ -51,6 +52,13 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
     or beside the model when ``folder`` is None (tune: beside the model it wrote)."""
     if report:
         base = Path(report)
+        try:
+            special = base.is_dir() or (base.exists() and not base.is_file())
+        except OSError:  # a name too long: check_writable_target says so
+            special = False
+        if base.name in ("", ".", "..") or str(report).endswith(os.sep) or special:
+            # the reports are <report>.json/.md: "/", ".", "~" or /dev/null would put them beside or in system folders
+            raise UsageError(f"--report {report}: expected a file path such as reports/run.json (a folder or device was given)")
         return base.with_suffix(".json"), base.with_suffix(".md")
     m = Path(model_path)
     stem = m.name[:-5] if m.name.endswith(".onnx") else m.name

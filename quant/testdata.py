@@ -24,6 +24,7 @@ DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test
 DEFAULT_ATOL = 1e-7
 MAX_TENSOR_BYTES = 64 << 20
 SET_NAME = re.compile(r"test_data_set_\d+")
+TENSOR_NAME = re.compile(r"(input|output)_\d+\.pb")
 
 
 def default_dir(model_path: str | os.PathLike) -> Path:
@@ -49,15 +50,22 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
     check_name_length(dest, what)
     if not dest.parent.is_dir():
         raise UsageError(f"{what} {dest}: parent folder {dest.parent} does not exist")
+    if not os.access(dest.parent, os.R_OK | os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {dest}: parent folder {dest.parent} is not writable")
     if not dest.exists():
         return
     if not dest.is_dir():
         raise UsageError(f"{what} {dest}: exists and is not a folder")
     other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and SET_NAME.fullmatch(p.name)))
+    other += sorted(f"{p.parent.name}/{p.name}" for d in dest.iterdir() if d.is_dir() and SET_NAME.fullmatch(d.name)
+                    for p in d.iterdir() if not (TENSOR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()))
     if other:
         shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
         raise UsageError(f"{what} {dest}: holds other files ({shown}); the test-data folder is replaced whole, "
                          "so choose a new or empty folder")
+    stuck = [d for d in [dest, *dest.iterdir()] if not os.access(d, os.W_OK | os.X_OK)]
+    if stuck:  # the old folder could not be removed after the new one is in place
+        raise UsageError(f"{what} {dest}: {stuck[0]} is not writable, so the old test data could not be removed")
 
 
 def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, folder: str | os.PathLike,

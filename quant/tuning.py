@@ -204,6 +204,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         inc_timeout = signum == signal.SIGINT and cfg.tuning.timeout and time.monotonic() - started >= cfg.tuning.timeout
         if not inc_timeout:
             stopped.append(signum)
+            logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
         raise KeyboardInterrupt
 
     for s in previous:

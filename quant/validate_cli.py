@@ -124,7 +124,7 @@ def cmd_write_test_data(args) -> int:
     from .cliutil import log as _log
     from .errors import UsageError
     from .fsio import Outputs, check_distinct
-    from .inputs import config_file, load_config, load_splits, test_inputs
+    from .inputs import config_file, data_files, load_config, load_splits, test_inputs
 
     if args.count is not None:
         check_value("output.test_data_sets", args.count, "--count")
@@ -133,7 +133,7 @@ def cmd_write_test_data(args) -> int:
     if count < 1:
         raise UsageError(f"--count {count}: must be >= 1")
     dest = Path(args.output_dir) if args.output_dir else Path(testdata.default_dir(args.input_model).name)
-    check_distinct(reads=[("--input_model", args.input_model), ("--config", config_file(cfg))], writes=[],
+    check_distinct(reads=[("--input_model", args.input_model), ("--config", config_file(cfg)), *data_files(cfg, args.data_dir)], writes=[],
                    replaced=[("--output_dir", dest)])
     testdata.check_replaceable(dest, "--output_dir")
     m = models.load(args.input_model, "input model")

@@ -41,7 +41,8 @@ LOW_SQNR_DB = 20.0        # layers below this are flagged "low"
 NAME_TWIN_SLACK_DB = 3.0  # a same-named fp32 twin is used unless another tensor agrees > 3 dB better (a fused Relu)
 PORTABLE_REL_DIFF = 0.01  # outputs within 1 % of the reference's largest |output|: same result on every CPU
 # --samples / --portability_samples (no config keys): at most the 10,000 images of the MNIST test split
-SAMPLES = F("int", 200, min=1, max=10_000, doc="test images for the per-layer error")
+SAMPLES = F("int", 200, min=1, max=2_000, doc="test images for the per-layer error (every activation of both models is "
+            "kept: 683 MB peak at 2,000 for mnist-12)")
 PORTABILITY_SAMPLES = F("int", 1000, min=1, max=10_000, doc="test images for the CPU-portability check (~10 ms each)")
 # suffixes quantizers append to the fp32 tensor name (onnxruntime and INC QOperator, onnxruntime QDQ)
 QUANT_SUFFIXES = ("_quantized", "_QuantizeLinear_Output", "_output_quantized")
@@ -463,7 +464,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     Raises AccuracyError (exit 3, with the report in ``details``) when any check fails.
     """
     from .benchmark import accuracy_budget, gate
-    from .inputs import config_file, load_config, load_splits, test_inputs
+    from .inputs import config_file, data_files, load_config, load_splits, test_inputs
 
     t0 = time.perf_counter()
     check_flag(SAMPLES, samples, "--samples")
@@ -473,7 +474,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     for p in (json_path, md_path):
         check_writable_target(p, "--report")
     check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", config_file(cfg)),
-                          *[("--test_data", d) for d in test_data or []]],
+                          *[("--test_data", d) for d in test_data or []], *data_files(cfg, data_dir)],
                    writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path)])
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")

@@ -173,3 +173,17 @@ def test_unbounded_numbers_are_refused_before_any_work(tmp_path, synth_dir, flag
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
     assert not list(out.iterdir())
+
+
+def test_a_step_summary_that_is_no_regular_file_is_skipped(tmp_path, synth_dir, monkeypatch):
+    """$GITHUB_STEP_SUMMARY pointing at a FIFO hung the run after its outputs were written; a folder gave exit 5."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    a = save(mnist12_like(), tmp_path / "a.onnx")
+    for target in (tmp_path / "fifo", tmp_path):
+        logs = []
+        monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
+        doc = benchmark.benchmark_models([str(a)], None, config=synth_config(tmp_path), mode="performance", data_dir=str(synth_dir),
+                               iterations=3, warmup=0, report_path=str(tmp_path / "b.json"), plots=False, log=logs.append)
+        assert doc["reports"]["json"] and any("not a writable regular file; summary not appended" in m for m in logs)

@@ -278,3 +278,11 @@ def test_duplicate_keys_are_refused_with_both_lines(tmp_path, text, words):
     with pytest.raises(ConfigError) as e:
         load_text(tmp_path, text)
     assert str(e.value) == f"{tmp_path}/{words}"
+
+
+def test_a_yaml_1_1_exponent_gets_a_hint(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("preprocessing: {mean: 1e6}\n")
+    with pytest.raises(ConfigError, match=r"preprocessing.mean: expected a number, got string '1e6' \(YAML 1.1 reads 1e6 as text: "
+                                          r"write it with a dot and a signed exponent, e.g. 1.0e\+6\)"):
+        config.load(p)

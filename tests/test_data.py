@@ -114,7 +114,11 @@ def test_download_with_bad_checksum_leaves_nothing(tmp_path):
     opener = FakeOpener({f"https://m.example/{s}.gz": b"not mnist" for s in data.CANONICAL_MD5})
     with pytest.raises(DataError, match="could not be downloaded.*md5.*MNIST_DIR"):
         data.ensure_data_dir(str(tmp_path / "dl"), None, mirrors=("https://m.example/",), opener=opener, log=lambda m: None)
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert not (tmp_path / "dl").exists()  # the folder it created for the download is gone again
+    (tmp_path / "mine").mkdir()  # a folder of the user's stays
+    with pytest.raises(DataError):
+        data.ensure_data_dir(str(tmp_path / "mine"), None, mirrors=("https://m.example/",), opener=opener, log=lambda m: None)
+    assert list((tmp_path / "mine").iterdir()) == []
 
 
 def test_http_is_refused(tmp_path):

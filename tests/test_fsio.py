@@ -103,3 +103,45 @@ def test_a_file_that_grows_while_read_is_refused():
     with pytest.raises(InputError, match="/proc/self/status: input grew past the 10 byte limit while being read"):
         fsio.read_regular_file("/proc/self/status", "input", 10)
     assert fsio.read_regular_file("/proc/self/status", "input", 1 << 20).startswith(b"Name:")
+
+
+def test_a_stop_signal_during_the_commit_waits_for_it_and_says_the_outputs_were_written(tmp_path, monkeypatch):
+    """SIGTERM arriving while outputs move into place (from any thread) is recorded, the commit completes,
+    and the run ends with exit 143 saying the outputs were written; nothing hidden is left behind."""
+    import signal
+
+    from quant import fsio
+    from quant.errors import Interrupted
+
+    (tmp_path / "a.onnx").write_bytes(b"old")
+    real = os.replace
+    sent = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def replace_and_signal(src, dst):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(src, dst)
+
+    with fsio.Outputs() as out:
+        out.bytes(tmp_path / "a.onnx", b"new")
+        out.text(tmp_path / "a.json", "{}")
+        monkeypatch.setattr(os, "replace", replace_and_signal)
+        with pytest.raises(Interrupted) as e:
+            out.commit()
+    assert e.value.written and e.value.exit_code == 143 and "after the outputs were written" in e.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.onnx"] and (tmp_path / "a.onnx").read_bytes() == b"new"
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
+def test_commit_never_replaces_a_folder_by_a_file(tmp_path):
+    from quant import fsio
+    from quant.errors import UsageError
+
+    (tmp_path / "x.png" / "sub").mkdir(parents=True)
+    with fsio.Outputs() as out:
+        out.bytes(tmp_path / "x.png", b"png")
+        with pytest.raises(UsageError, match="x.png: is a folder; refusing to replace it by a file"):
+            out.commit()
+    assert (tmp_path / "x.png" / "sub").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

@@ -373,7 +373,7 @@ def _path_case(case: str, cmd: str, tmp_path):
         return None, tmp_path / "no" / "r.json", None, "does not exist"
     if case == "report is a folder":
         (ro / "r.json").mkdir()
-        return None, ro / "r.json", None, "is a directory"
+        return None, ro / "r.json", None, "a folder or device was given"
     if case == "report folder not writable":
         os.chmod(ro, 0o555)
         return None, ro / "r.json", None, "is not writable"
@@ -390,14 +390,26 @@ def _path_case(case: str, cmd: str, tmp_path):
         return tmp_path / ("d" * 300) / "int8.onnx", None, None, "cannot be written (File name too long)"
     if case == "report name too long":
         return None, tmp_path / ("r" * 300 + ".json"), None, "the name is 305 bytes; at most"
+    if case == "report is a device":
+        return None, "/dev/null", None, "--report /dev/null: expected a file path"
+    if case == "report is a folder path":
+        return None, str(tmp_path) + "/", None, "expected a file path"
+    if case == "output is an MNIST file":
+        return tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", None, None, "is the MNIST file"
+    if case == "output and report meet through a symlinked folder":
+        (tmp_path / "x" / "y").mkdir(parents=True)
+        (tmp_path / "sub").symlink_to(tmp_path / "x" / "y")
+        return tmp_path / "x" / "r.md", f"{tmp_path}/sub/../r.json", None, "are the same file"
     raise AssertionError(case)
 
 
 PATH_CASES = [(c, k) for c in COMMANDS for k in ("report folder missing", "report is a folder", "report folder not writable",
-                                                 "report would overwrite the model", "report name too long")]
+                                                 "report would overwrite the model", "report name too long", "report is a device",
+                                                 "report is a folder path")]
 PATH_CASES += [("run_tuning.sh", k) for k in ("output = input", "output folder missing", "output is a folder", "output folder not writable",
                                               "report = output model", "output = config", "output name too long",
-                                              "output folder name too long")]
+                                              "output folder name too long", "output is an MNIST file",
+                                              "output and report meet through a symlinked folder")]
 
 
 @pytest.mark.parametrize("cmd,case", PATH_CASES)
@@ -700,3 +712,49 @@ def test_fuzz_the_command_line_never_exits_1_and_never_leaves_files(tmp_path_fac
     assert left == [], (argv, left)
     if rc not in (0, 3):
         assert list(work.iterdir()) == [], (argv, rc, list(work.iterdir()))
+
+
+def test_files_of_others_inside_a_test_data_set_folder_are_never_deleted(tmp_path, synth_dir):
+    """A test-data folder is replaced whole only when each test_data_set_N holds nothing but input_N.pb/output_N.pb."""
+    from conftest import run_cli
+
+    td = tmp_path / "td" / "test_data_set_0"
+    (td / "photos").mkdir(parents=True)
+    (td / "notes.txt").write_text("mine")
+    r = run_cli("write-test-data", f"--input_model={save(mnist12_like(), tmp_path / 'm.onnx')}", f"--config={synth_config(tmp_path)}",
+                f"--data_dir={synth_dir}", f"--output_dir={tmp_path / 'td'}", "--count=1")
+    _one_line_error(r, 2, ["holds other files", "test_data_set_0/notes.txt", "test_data_set_0/photos"], "write-test-data")
+    assert (td / "notes.txt").read_text() == "mine" and (td / "photos").is_dir()
+
+
+def test_a_folder_where_a_plot_goes_is_refused_not_deleted(tmp_path, synth_dir):
+    from conftest import run_cli
+
+    (tmp_path / "b.latency.png" / "sub").mkdir(parents=True)
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    r = run_cli("benchmark", f"--input_model={m}", f"--config={synth_config(tmp_path)}", f"--data_dir={synth_dir}",
+                f"--report={tmp_path / 'b.json'}", "--iterations=5", "--warmup=0")
+    _one_line_error(r, 2, ["plot", "b.latency.png: is a directory"], "benchmark")
+    assert (tmp_path / "b.latency.png" / "sub").is_dir() and not (tmp_path / "b.json").exists()
+
+
+def test_calib_never_writes_over_its_manifest_and_leaves_nothing_after_a_failure(tmp_path, synth_dir):
+    from conftest import run_cli
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = synth_config(tmp_path)
+    r = run_cli("calib", f"--config={cfg}", f"--data_dir={synth_dir}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    npy = work / r.stdout.strip()
+    manifest = work / "calib_data" / npy.name  # a manifest named like the array calib is about to write
+    npy.rename(manifest)
+    manifest.write_text('{"sets": []}')
+    cfg2 = synth_config(tmp_path, {"quantization": {"calibration": {"manifest": str(manifest), "sampling_size": 50}}})
+    r = run_cli("calib", f"--config={cfg2}", f"--data_dir={synth_dir}", cwd=work)
+    _one_line_error(r, 2, ["the calibration array", "is the quantization.calibration.manifest"], "calib")
+    assert manifest.read_text() == '{"sets": []}'
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    r = run_cli("calib", f"--config={cfg}", f"--data_dir={tmp_path / 'nothing'}", cwd=fresh)
+    assert r.returncode == 4 and list(fresh.iterdir()) == [], r.stderr  # no empty calib_data/ left behind
