@@ -10,6 +10,7 @@ only with --verbose).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ import threading
 import traceback
 from pathlib import Path
 
+from . import __version__
 from .cliutil import command_line as _command_line, log as _log
 from .errors import EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, Interrupted, QuantError, UsageError
 
@@ -38,20 +40,44 @@ class _Parser(argparse.ArgumentParser):
     def add_argument(self, *names, **kwargs):
         if PATH_FLAGS.intersection(names):  # every sub-command's path flags refuse an empty value
             kwargs.setdefault("type", _path)
+        if not kwargs.get("help") and names and names[0] in COMMON_HELP:  # one wording for flags many commands share
+            kwargs["help"] = COMMON_HELP[names[0]]
         return super().add_argument(*names, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse, plus a did-you-mean for a mistyped flag (``--data-dir``): argparse names it only."""
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            sub = self._subparsers._group_actions[0].choices.get(getattr(ns, "command", None)) if self._subparsers else None
+            known = [o for a in (sub or self)._actions for o in a.option_strings]
+            flag = extra[0].split("=", 1)[0]
+            hint = difflib.get_close_matches(flag.replace("-", "_").replace("__", "--", 1), known, n=1, cutoff=0.6)
+            (sub or self).error(f"unrecognized argument {extra[0]!r}" + (f" (did you mean {hint[0]}?)" if hint else ""))
+        return ns
+
+
+COMMON_HELP = {
+    "--input_model": "ONNX model to read",
+    "--config": "YAML config (default: the built-in defaults, identical to mnist.yaml; see python -m quant config)",
+    "--data_dir": "MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)",
+    "--report": "report path; .json and .md are written (default: tune beside the output model; benchmark and validate "
+                "<model>.<kind>.json/.md in the working folder)",
+    "--verbose": "neural-compressor's full logging, and a traceback on errors (the exit code stays the same)",
+    "--mode": "performance: size and latency; accuracy: size, accuracy and the gate; all: everything",
+}
 
 
 def _common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    p.add_argument("--input_model", required=model_required, help="ONNX model to read")
-    p.add_argument("--config", default=None, help="YAML config (default: the built-in defaults, identical to mnist.yaml)")
-    p.add_argument("--data_dir", default=None, help="MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)")
-    p.add_argument("--report", default=None, help="report path; .json and .md are written (default: tune beside the output model; "
-                   "validate <model>.validate.json/.md in the working folder)")
-    p.add_argument("--verbose", action="store_true", help="INC's full logging and tracebacks on errors")
+    p.add_argument("--input_model", required=model_required)
+    p.add_argument("--config", default=None)
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--report", default=None)
+    p.add_argument("--verbose", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m quant", description="Produce and validate int8 ONNX MNIST classifiers.", allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"mnist-quant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("tune", help="tune an fp32 model into int8 with neural-compressor", allow_abbrev=False)
@@ -73,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_config)
 
     c = sub.add_parser("calib", help="materialize the calibration set into calib_data/ and check its sha256", allow_abbrev=False)
-    c.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
-    c.add_argument("--data_dir", default=None, help="MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)")
+    c.add_argument("--config", default=None)
+    c.add_argument("--data_dir", default=None)
     c.add_argument("--out_dir", default=None, help="folder for the .npy (default: calib_data/ in the working folder)")
     c.add_argument("--add_to_manifest", metavar="NAME", default=None,
                    help="record this set under NAME in the manifest the config names (quantization.calibration.manifest)")

@@ -5,6 +5,8 @@ import pytest
 from conftest import run_cli, synth_config, write_config
 from helpers import mnist12_like, pattern_linear, save, write_mnist
 
+from quant import cli
+
 
 def _assert_clean_error(r, code, *words):
     assert r.returncode == code, (r.returncode, r.stderr)
@@ -114,3 +116,22 @@ def test_numeric_flags_out_of_range_exit_2(tmp_path, synth_dir, cmd, flag, words
     r = run_cli(cmd, f"--input_model={m}", *cfg, *args, flag, timeout=60)
     _assert_clean_error(r, 2, words)
     assert len(r.stderr.strip().splitlines()) == 1 and not list(out.iterdir())
+
+
+def test_every_flag_has_help_and_the_version_is_printed():
+    from quant import __version__
+
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    missing = [(name, a.option_strings[0]) for name, p in sub.items() for a in p._actions if a.option_strings and not a.help]
+    assert missing == []
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"mnist-quant {__version__}"
+
+
+@pytest.mark.parametrize("typo,hint", [("--data-dir=x", "--data_dir"), ("--iteration=3", "--iterations"), ("--outputmodel=y", "--output_model")])
+def test_a_mistyped_flag_gets_a_did_you_mean(typo, hint):
+    cmd = "benchmark" if "iteration" in typo else "tune"
+    r = run_cli(cmd, "--input_model=m.onnx", "--output_model=o.onnx" if cmd == "tune" else "--no_plots", typo)
+    assert r.returncode == 2 and f"unrecognized argument '{typo}' (did you mean {hint}?)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
