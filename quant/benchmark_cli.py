@@ -41,9 +41,7 @@ def add_parser(sub) -> None:
 def cmd_benchmark(args) -> int:
     from .benchmark import benchmark_models
     from .cliutil import command_line as _command_line, log as _log
-    from .errors import AccuracyError
-
-    from .errors import UsageError
+    from .errors import AccuracyError, UsageError
 
     inputs = [m for m in args.input_model.split(",") if m]
     sizes = None

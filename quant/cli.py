@@ -14,13 +14,13 @@ import difflib
 import os
 import signal
 import sys
-import threading
 import traceback
 from pathlib import Path
 
 from . import __version__
 from .cliutil import command_line as _command_line, log as _log
-from .errors import EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, Interrupted, QuantError, UsageError
+from .errors import (EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, Interrupted, QuantError, UsageError,
+                     handle_signals, restore_signals)
 
 
 PATH_FLAGS = {"--input_model", "--baseline_model", "--output_model", "--config", "--data_dir", "--report", "--models_dir",
@@ -194,14 +194,6 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
-def _stop_signals() -> dict:
-    """SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C:
-    cleanup runs, one line, exit 128 + signal. Returns the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
-
-
 def main(argv: list[str] | None = None) -> int:
     for name in ("stdout", "stderr"):  # started with a closed stream (``>&-``): write nowhere instead of failing
         if getattr(sys, name) is None:
@@ -209,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    previous = _stop_signals()
+    # SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C's
+    # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal
+    previous = handle_signals(_raise_interrupted, (signal.SIGTERM, signal.SIGHUP))
     try:
         return args.func(args)
     except QuantError as e:
@@ -238,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unexpected error: {type(e).__name__}: {_one_line(str(e))} (rerun with --verbose for the traceback)", file=sys.stderr)
         return EXIT_UNEXPECTED
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        restore_signals(previous)
 
 
 if __name__ == "__main__":

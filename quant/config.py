@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, UsageError, first_line
-from .fsio import sha256_bytes
+from .fsio import read_regular_file, sha256_bytes
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_YAML_NODES = 10_000  # with aliases expanded; mnist.yaml has < 200, a 400-byte alias bomb hundreds of millions
@@ -453,8 +453,6 @@ def load(path: str | os.PathLike | None) -> Config:
     if path is None:
         return defaults()
     p = Path(path)
-    from .fsio import read_regular_file
-
     data = read_regular_file(p, "config file", MAX_CONFIG_BYTES, ConfigError)
     raw = _parse_yaml(data, str(p))
     cfg = from_dict(raw, str(p), sha256_bytes(data))

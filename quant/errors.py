@@ -6,6 +6,7 @@ unless ``--verbose``).
 """
 
 import signal
+import threading
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -68,6 +69,22 @@ def first_line(e: BaseException) -> str:
     for wrapping third-party errors into one-line toolkit errors."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a service manager's stop, a closed terminal
+
+
+def handle_signals(handler, signals=STOP_SIGNALS) -> dict:
+    """Install ``handler`` for ``signals``; returns the previous handlers for :func:`restore_signals`. Python
+    sets handlers from the main thread only: elsewhere nothing changes and ``{}`` is returned."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in signals}
+
+
+def restore_signals(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
 
 
 class Interrupted(BaseException):

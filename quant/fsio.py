@@ -17,13 +17,11 @@ import fcntl
 import hashlib
 import os
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 from pathlib import Path
 
-from .errors import InputError, Interrupted, QuantError, UsageError
+from .errors import InputError, Interrupted, QuantError, UsageError, handle_signals, restore_signals
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -174,17 +172,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-_STOP_SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
-
-
 class Outputs:
     """A run's outputs, committed together or not at all.
 
     Each output is first written complete to a hidden temporary beside its destination (so a full disk
     or a signal fails the run while nothing of the user's has changed); :meth:`commit` then moves every
-    one into place with SIGINT/SIGTERM/SIGHUP held back, keeping what it replaces aside until all moves
-    succeeded and restoring it otherwise. Leaving the ``with`` block without commit removes every
-    temporary. Used as ``with Outputs() as out: out.bytes(p, b); d = out.folder(q); ...; out.commit()``.
+    one into place, keeping what it replaces aside until all moves succeeded and restoring it otherwise
+    (a stop signal meanwhile is recorded and raised after the moves). Leaving the ``with`` block without
+    commit removes every temporary. Used as ``with Outputs() as out: out.bytes(p, b); d = out.folder(q); ...; out.commit()``.
     """
 
     def __init__(self):
@@ -226,7 +221,7 @@ class Outputs:
         """Move every staged output into place. A stop signal arriving meanwhile (on any thread) is
         recorded, not acted on, and raised as :class:`Interrupted` once the commit is complete."""
         stopped: list[int] = []
-        previous = _record_signals(stopped)
+        previous = handle_signals(lambda signum, frame: stopped.append(signum))  # recorded, acted on after the moves
         locks: list[int] = []
         moved: list[tuple[Path, Path | None]] = []  # (destination, what it replaced: kept aside until the end)
         try:
@@ -259,18 +254,9 @@ class Outputs:
         finally:
             for fd in locks:
                 os.close(fd)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_signals(previous)
         if stopped:
             raise Interrupted(stopped[0], written=True)
-
-
-def _record_signals(stopped: list[int]) -> dict:
-    """While the outputs move into place, SIGINT/SIGTERM/SIGHUP only append to ``stopped`` (a handler can only
-    be set from the main thread; elsewhere the caller's handlers stay). Returns the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, lambda signum, frame: stopped.append(signum)) for s in _STOP_SIGNALS}
 
 
 def _lock_folders(folders) -> list[int]:

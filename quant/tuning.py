@@ -26,7 +26,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from .errors import AccuracyError, Interrupted, QuantError, first_line
+from .errors import AccuracyError, Interrupted, QuantError, first_line, handle_signals, restore_signals
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
 
@@ -195,9 +194,6 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     # KeyboardInterrupt that ends INC's loop soonest, and raised again once fit() is back: exit 130/143/129,
     # not 3. INC's own timeout also arrives as a SIGINT (time_limit -> _thread.interrupt_main) and stays a timeout.
     stopped: list[int] = []
-    in_main = threading.current_thread() is threading.main_thread()
-    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.getsignal(s) for s in stops} if in_main else {}
     started = time.monotonic()
 
     def on_stop(signum, frame):
@@ -207,8 +203,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
             logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
         raise KeyboardInterrupt
 
-    for s in previous:
-        signal.signal(s, on_stop)
+    previous = handle_signals(on_stop)
     try:
         q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
     except (KeyboardInterrupt, Interrupted, QuantError):
@@ -217,8 +212,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         msg = first_line(e)
         raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals(previous)
         options.workspace, options.resume_from, options.random_seed = saved
         shutil.rmtree(workspace, ignore_errors=True)
     if stopped:
