@@ -5,7 +5,7 @@ Parsed with PyYAML's SafeLoader only, and built only after its composed node gra
 with one line naming the file and the key path: unknown keys (with a did-you-mean), wrong types,
 values out of range. Every number has one range (``F.min``/``F.max``); the command-line flags that
 override a key are checked against the same range (:func:`check_value`). The INC-1.x keys of the
-zoo's 2022 recipe are mapped onto this schema before validation.
+zoo's 2022 recipe are mapped onto this schema before validation (:mod:`quant.recipe`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from . import recipe
 from .errors import ConfigError, UsageError, first_line
 from .fsio import read_regular_file, sha256_bytes
 
@@ -54,7 +55,7 @@ SCHEMA: dict[str, Any] = {
                            "outputs checked identical (--dynamic_batch / --no-dynamic_batch)"),
     },
     "dataset": {
-        "root": F("str", None, nullable=True, doc="MNIST folder; else --data_dir / $MNIST_DIR / cache"),
+        "root": F("str", None, nullable=True, doc="MNIST folder (--data_dir overrides it; else $MNIST_DIR, then the user cache)"),
         "download": F("bool", True, doc="download missing files (md5-verified) into the chosen folder"),
         "verify_md5": F("bool", True, doc="check the md5 of the four canonical files"),
     },
@@ -120,9 +121,6 @@ SCHEMA: dict[str, Any] = {
 PATH_KEYS = (("dataset", "root"), ("quantization", "calibration", "manifest"), ("output", "report"))
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "resources" / "mnist.yaml"
 
-_LEGACY_FRAMEWORK = {"onnxrt_qlinearops": "QOperator", "onnxrt_qdq": "QDQ", "onnxrt_qdqops": "QDQ"}
-
-
 class Section:
     """A validated config section: attribute access, read-only by convention."""
 
@@ -139,6 +137,7 @@ class Section:
 class Config(Section):
     source: str
     sha256: str
+    notes: list[str]  # what the INC-1.x key mapping decided (recipe.map_keys), for logs and reports
 
     @property
     def criterion(self) -> tuple[str, float]:
@@ -301,75 +300,17 @@ def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:
     return out
 
 
-def _map_legacy(raw: dict, source: str) -> dict:
-    """Rewrite the INC-1.x keys of the zoo recipe into this schema (in place on a copy)."""
-    d = copy.deepcopy(raw)
-
-    def sect(name: str) -> dict:
-        v = d.get(name)
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            raise _err(source, name, f"expected a mapping, got {_typename(v)}")
-        return v
-
-    model, quant, tuning, evaluation = sect("model"), sect("quantization"), sect("tuning"), sect("evaluation")
-    if "framework" in model:
-        fw = model.pop("framework")
-        if fw == "onnxrt_integerops":
-            raise _err(source, "model.framework", "onnxrt_integerops (dynamic quantization) is not supported; use onnxrt_qlinearops or onnxrt_qdq")
-        if not isinstance(fw, str) or fw not in _LEGACY_FRAMEWORK:
-            raise _err(source, "model.framework", f"must be one of {', '.join(_LEGACY_FRAMEWORK)}; got {fw!r}")
-        if "format" in quant and quant["format"] != _LEGACY_FRAMEWORK[fw]:
-            raise _err(source, "model.framework", f"{fw} contradicts quantization.format {quant['format']!r}")
-        quant["format"] = _LEGACY_FRAMEWORK[fw]
-        d["quantization"] = quant
-    if quant.get("approach") == "post_training_static_quant":
-        quant["approach"] = "static"
-    elif quant.get("approach") == "post_training_dynamic_quant":
-        raise _err(source, "quantization.approach", "dynamic quantization is not supported; use post_training_static_quant / static")
-    cal = quant.get("calibration")
-    if isinstance(cal, dict) and isinstance(cal.get("sampling_size"), list):
-        if len(cal["sampling_size"]) != 1:
-            raise _err(source, "quantization.calibration.sampling_size", "give one size, e.g. 100")
-        cal["sampling_size"] = cal["sampling_size"][0]
-    if "exit_policy" in tuning:
-        ep = tuning.pop("exit_policy")
-        if not isinstance(ep, dict):
-            raise _err(source, "tuning.exit_policy", f"expected a mapping, got {_typename(ep)}")
-        for k, v in ep.items():
-            if k not in ("timeout", "max_trials"):
-                raise _err(source, "", f"unknown key 'tuning.exit_policy.{k}' (supported: timeout, max_trials)")
-            if k in tuning and tuning[k] != v:
-                raise _err(source, f"tuning.exit_policy.{k}", f"contradicts tuning.{k}")
-            tuning[k] = v
-    if isinstance(tuning.get("strategy"), dict):
-        st = tuning["strategy"]
-        if set(st) != {"name"}:
-            raise _err(source, "tuning.strategy", "only {name: ...} is supported in the INC-1.x form")
-        tuning["strategy"] = st["name"]
-    if "accuracy" in evaluation:
-        acc = evaluation.pop("accuracy")
-        metric = acc.get("metric") if isinstance(acc, dict) else None
-        if not (isinstance(acc, dict) and set(acc) <= {"metric"} and metric in ({"topk": 1}, {"Accuracy": {}})):
-            raise _err(source, "evaluation.accuracy", "only the top-1 metric ({metric: {topk: 1}}) is supported")
-    for name, s in (("model", model), ("quantization", quant), ("tuning", tuning), ("evaluation", evaluation)):
-        if s or name in d:
-            d[name] = s
-    if d.get("evaluation") == {} and "evaluation" not in raw:
-        d.pop("evaluation")
-    return d
-
-
 def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None) -> Config:
     if raw is None:
         raise _err(source, "", "config is empty")
     if not isinstance(raw, dict):
         raise _err(source, "", f"config must be a mapping of sections, got a {_typename(raw)}")
-    values = _validate(SCHEMA, _map_legacy(raw, source), "", source)
+    mapped, notes = recipe.map_keys(raw, source)
+    values = _validate(SCHEMA, mapped, "", source)
     cfg = Config(values)
     cfg.source = source
     cfg.sha256 = sha256 or sha256_bytes(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    cfg.notes = notes
     return cfg
 
 

@@ -166,7 +166,8 @@ def prepare(model: onnx.ModelProto, sig: Signature, fmt: str, per_channel: bool,
             out.steps.append(note)
     if rewrite:
         for step in rewrites.ALL:
-            before, (m, note) = m, _guarded(step, m, path)
+            kwargs = {"gemm": fmt == "QDQ"} if step is rewrites.fuse_bias else {}
+            before, (m, note) = m, _guarded(step, m, path, **kwargs)
             if note:
                 out.steps.append(note)
                 out.absorbed.update(_absorbed(before, m))

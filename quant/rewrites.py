@@ -132,8 +132,11 @@ def _per_channel_bias(arr: np.ndarray, channels: int) -> np.ndarray | None:
     return None
 
 
-def fuse_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """``Conv -> Add(const)`` into Conv's bias; ``MatMul(2-D x, const W) -> Add(const b)`` into ``Gemm``."""
+def fuse_bias(model: onnx.ModelProto, gemm: bool = True) -> tuple[onnx.ModelProto, str | None]:
+    """``Conv -> Add(const)`` into Conv's bias; ``MatMul(2-D x, const W) -> Add(const b)`` into ``Gemm``
+    (only with ``gemm``: INC's QOperator format turns a Gemm into QGemm, an onnxruntime contrib op it
+    writes without the com.microsoft domain, which no runtime loads; QLinearMatMul + QLinearAdd are
+    standard ONNX)."""
     m = copy.deepcopy(model)
     inits = _inits(m)
     uses = consumers(m)
@@ -144,7 +147,7 @@ def fuse_bias(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
             by_input.setdefault(i, []).append(n)
     removed, notes = set(), []
     for n in list(m.graph.node):
-        if n.op_type not in ("Conv", "MatMul") or len(n.output) != 1 or uses[n.output[0]] != 1:
+        if n.op_type not in ("Conv", "MatMul") or (n.op_type == "MatMul" and not gemm) or len(n.output) != 1 or uses[n.output[0]] != 1:
             continue
         add = by_input.get(n.output[0], [None])[0]
         if add is None or add.op_type != "Add" or id(add) in removed:
