@@ -7,7 +7,9 @@ Python API (lazy imports; neural_compressor is only imported when tuning runs)::
 
 import os as _os
 
-__version__ = "0.1.0"
+# the one version number: pyproject.toml reads it (tool.setuptools.dynamic); tune writes it into every int8
+# model (producer_version), so a new version changes the model bytes
+__version__ = "0.3.0"
 
 # onnxruntime's official Linux wheels (>= 1.29) collect usage telemetry unless ORT_DISABLE_TELEMETRY
 # (or CI) is set: an event database under ~/.cache/Microsoft/DeveloperTools/.onnxruntime and a

@@ -10,6 +10,7 @@ achieved rate shows the distance to the hardware floor.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -19,10 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import evaluation, inputs, models, report, timing
+from . import evaluation, inputs, models, plots as plots_mod, report, timing
 from .config import check_value
 from .errors import AccuracyError, UsageError
 from .fsio import Outputs, check_distinct, check_writable_target
+
+LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
@@ -78,10 +81,14 @@ def _model_entry(lm: models.LoadedModel) -> dict:
 def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, mode: str = "performance",
                      data_dir: str | None = None, batch_size: int | None = None, iterations: int | None = None,
                      warmup: int | None = None, threads: int | None = None, max_accuracy_drop: float | None = None,
-                     report_path: str | None = None, log: Callable[[str], None] = print, command: str | None = None,
+                     report_path: str | None = None, log: Callable[[str], None] | None = None, command: str | None = None,
                      plots: bool = True, dynamic_batch: bool = False, extra_batch_sizes: tuple[int, ...] = (),
-                     profile: bool = False) -> dict:
-    """Benchmark ``input_models`` (and ``baseline_model``) in one run; returns the report dict.
+                     profile: bool = False, reports: bool | None = None, progress: bool = False) -> dict:
+    """Benchmark ``input_models`` (and ``baseline_model``) in one run; returns the report dict (its
+    Markdown under ``"markdown"``). Report files and plots are written only when asked: ``reports=True``
+    (the command line), a ``report_path`` or the config's ``output.report``. Progress goes to ``log``,
+    by default the ``quant`` logger; ``progress``: a progress bar (or quarter-way lines) on stderr while
+    timing (the command line's).
 
     Raises AccuracyError (exit 3) in accuracy mode when the first model's drop against the baseline
     exceeds the budget (``max_accuracy_drop`` or the config's accuracy criterion).
@@ -112,10 +119,14 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         raise UsageError(f"--iterations {iterations} and --warmup {warmup} at --batch_size {','.join(map(str, sizes))}: "
                          f"{(warmup + iterations) * sum(sizes):,} images per model, over the {MAX_TIMED_IMAGES:,} limit")
     first = input_models[0]
-    json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
-    for p in (json_path, md_path):
-        check_writable_target(p, "--report")
-    plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path)] if plots else []
+    log = log or LOG.info
+    json_path = md_path = None
+    plot_paths: list = []
+    if bool(report_path or cfg.output.report) if reports is None else reports:
+        json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
+        for p in (json_path, md_path):
+            check_writable_target(p, "--report")
+        plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path, mode)] if plots else []
     check_distinct(reads=[("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model),
                                                                          ("--config", inputs.config_file(cfg)),
                                                                          *inputs.data_files(cfg, data_dir)],
@@ -125,8 +136,10 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
     loaded, sigs = {}, {}
     for key, path in names:
-        lm = models.load(path, "baseline model" if key == "baseline" else "input model")
-        loaded[key] = lm
+        loaded[key] = models.load(path, "baseline model" if key == "baseline" else "input model")
+    # without --config, the preprocessing the models document (metadata, zoo README); warnings either way
+    prov = inputs.preprocessing_for(cfg, config is None, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
+    for key, lm in loaded.items():
         sigs[key] = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
     splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
@@ -162,6 +175,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
 
     # --- latency / throughput
     timing_doc = None
+    samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
     if mode in ("performance", "all"):
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
             targets = []
@@ -173,7 +187,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
                 targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
             log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
-            times = timing.time_interleaved(targets, iterations, warmup, progress=True)
+            times = timing.time_interleaved(targets, iterations, warmup, progress=progress)
+            samples[str(bs)] = times
             for k, t in zip(loaded, targets):
                 st = timing.latency_stats(times[k])
                 m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
@@ -182,7 +197,6 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 entries[k].setdefault("by_batch", {})[str(bs)] = m
                 if pos == 0:
                     entries[k].update(m)
-                    entries[k]["latencies_ns"] = times[k]
         if profile:
             for k, lm in loaded.items():
                 for bs in [batch_size, *extra_batch_sizes]:
@@ -201,7 +215,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
 
     # --- ratios and gate
     doc: dict = {"schema_version": report.SCHEMA_VERSION, "kind": "benchmark", "mode": mode,
-                 "preprocessing": cfg.preprocessing_dict(), "config": {"path": cfg.source, "sha256": cfg.sha256}}
+                 "preprocessing": cfg.preprocessing_dict(), "preprocessing_source": prov["source"], "warnings": prov["warnings"],
+                 "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]}}
     base = entries.get("baseline")
     for k, e in entries.items():
         if k == "baseline" or base is None:
@@ -215,7 +230,6 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 m["latency_ratio"] = m["latency_ms"]["p50"] / base["by_batch"][bs]["latency_ms"]["p50"]
                 m["throughput_ratio"] = m["throughput_per_s"] / base["by_batch"][bs]["throughput_per_s"]
         e["size_ratio"] = base["bytes"] / e["bytes"]
-    raw_times = {k: e.pop("latencies_ns") for k, e in entries.items() if "latencies_ns" in e}
     doc["model"] = entries["model"]
     doc["baseline"] = base
     doc["models"] = [entries[k] for k in entries if k != "baseline"]
@@ -232,14 +246,16 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         g = gate(base["accuracy"], entries["model"]["accuracy"], budget)
         g["budget_source"] = "--max_accuracy_drop" if max_accuracy_drop is not None else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})"
         doc["gate"] = g
-    doc["reports"] = {"json": str(json_path), "markdown": str(md_path)}
-    with Outputs() as staged:  # reports and plots committed together
-        if plots:
-            doc["plots"] = write_plots(json_path, entries, raw_times, log, staged)
-        md = render(doc)
-        report.write(json_path, doc, md_path, md, staged)
-        staged.commit()
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    doc["reports"] = {"json": str(json_path), "markdown": str(md_path)} if json_path else None
+    md = render(doc)
+    if json_path:
+        with Outputs() as staged:  # reports and plots committed together
+            if plots:
+                doc["plots"] = write_plots(json_path, doc, {bs: [t[k] for k in entries] for bs, t in samples.items()}, mode, log, staged)
+                md = render(doc)
+            report.write(json_path, doc, md_path, md, staged)
+            staged.commit()
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if json_path else None
     if summary and (os.path.isfile(summary) and os.access(summary, os.W_OK)  # CI's summary file; never a FIFO or folder
                     or not os.path.lexists(summary) and os.path.isdir(os.path.dirname(os.path.abspath(summary)))):
         with open(summary, "a", encoding="utf-8") as f:
@@ -295,7 +311,7 @@ def render(doc: dict) -> str:
     if any(e.get("rewritten") for e in cols):
         rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
     env = doc["environment"]
-    lines = [f"# Benchmark ({doc['mode']})", "", report.md_table(head, rows), ""]
+    lines = [f"# Benchmark ({doc['mode']})", "", *report.warning_lines(doc), report.md_table(head, rows), ""]
     for e in cols:
         for bs, prof in e.get("profile", {}).items():
             total = sum(r["median_us"] for r in prof)
@@ -310,6 +326,7 @@ def render(doc: dict) -> str:
         lines += [f"- timing: {t['iterations']} iterations after {t['warmup']} warm-up, {t['threads']} thread(s), {t['order']}; {t['method']}"]
     flags = ", ".join(k for k, v in env["cpu"]["int8_flags"].items() if v) or "none"
     lines += [f"- preprocessing: {doc['preprocessing']}",
+              *report.provenance_lines(doc),
               f"- machine: {env['cpu']['model']}, {env['cpu']['cores']} cores, int8 CPU flags: {flags}",
               f"- versions: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}",
               f"- command: `{doc['command']}`"]
@@ -318,62 +335,29 @@ def render(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PLOTS = ("latency", "confusion")
+PLOTS = {"performance": ("summary", "latency"), "accuracy": ("summary", "confusion"), "all": ("summary", "latency", "confusion")}
 
 
-def plot_targets(json_path: Path) -> list[Path]:
+def plot_names(mode: str) -> tuple[str, ...]:
+    """The figures (:mod:`quant.plots`) a benchmark in ``mode`` draws."""
+    return PLOTS[mode]
+
+
+def plot_targets(json_path: Path, mode: str = "all") -> list[Path]:
     """Where :func:`write_plots` writes: ``<report stem>.<plot>.png`` beside the JSON report."""
-    stem = json_path.name[:-5] if json_path.name.endswith(".json") else json_path.name
-    return [json_path.with_name(f"{stem}.{name}.png") for name in PLOTS]
+    return [plots_mod.path_for(json_path, name) for name in plot_names(mode)]
 
 
-def write_plots(json_path: Path, entries: dict, times: dict, log: Callable, staged: Outputs) -> dict | str:
-    """Latency histogram and confusion matrix PNGs beside the report (matplotlib is optional)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("[benchmark] matplotlib is not installed: plots skipped (pip install 'mnist-quant[plots]')")
-        return "skipped (matplotlib not installed)"
-    import io
-
+def write_plots(json_path: Path, doc: dict, samples: dict[str, list[np.ndarray]], mode: str, log: Callable,
+                staged: Outputs) -> dict | str:
+    """The benchmark figures (:mod:`quant.plots`) staged beside the report; matplotlib is optional.
+    ``samples``: batch size -> per-run ns per model, in :func:`quant.plots.columns` order (baseline first)."""
+    if not plots_mod.available():
+        log(f"[benchmark] matplotlib is not installed: plots skipped ({plots_mod.INSTALL_HINT})")
+        return plots_mod.SKIPPED
     out = {}
-    targets = dict(zip(PLOTS, plot_targets(json_path)))
-
-    def save(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-        plt.close(fig)
-        p = targets[name]
-        staged.bytes(p, buf.getvalue())
+    for name, png in plots_mod.benchmark_figures(doc, samples, plot_names(mode)).items():
+        p = plots_mod.path_for(json_path, name)
+        staged.bytes(p, png)
         out[name] = str(p)
-
-    if times:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        allv = np.concatenate([v / 1e3 for v in times.values()])
-        hi = np.percentile(allv, 99.5)
-        for k, v in times.items():
-            ax.hist(np.clip(v / 1e3, None, hi), bins=80, alpha=0.55, label=f"{entries[k]['path']} (p50 {np.median(v) / 1e3:.1f} us)")
-        ax.set_xlabel("latency per timed unit (us), clipped at p99.5")
-        ax.set_ylabel("count")
-        ax.legend(fontsize=8)
-        save(fig, "latency")
-    cms = [(k, e) for k, e in entries.items() if "accuracy_stats" in e]
-    if cms:
-        fig, axes = plt.subplots(1, len(cms), figsize=(4.2 * len(cms), 4), squeeze=False)
-        for ax, (k, e) in zip(axes[0], cms):
-            cm = np.array(e["accuracy_stats"]["confusion_matrix"])
-            ax.imshow(np.log1p(cm), cmap="Blues")
-            for i in range(10):
-                for j in range(10):
-                    if cm[i, j]:
-                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6)
-            ax.set_title(f"{e['path']}\ntop-1 {100 * e['accuracy']:.2f} %", fontsize=9)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
-            ax.set_xticks(range(10))
-            ax.set_yticks(range(10))
-        save(fig, "confusion")
     return out

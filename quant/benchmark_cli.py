@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                    f"({_range('tuning.accuracy_criterion')}; default: the config's tuning.accuracy_criterion)")
     b.add_argument("--data_dir", default=None)
     b.add_argument("--report", default=None)
-    b.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
+    b.add_argument("--no_plots", action="store_true")
     b.add_argument("--profile", action="store_true", help="add onnxruntime's per-op kernel times for every model and batch size")
     b.add_argument("--dynamic_batch", action="store_true",
                    help="rewrite fixed-batch models (the zoo's batch of 1) to a symbolic batch in memory, so all run at --batch_size")
@@ -56,7 +56,7 @@ def cmd_benchmark(args) -> int:
                                max_accuracy_drop=args.max_accuracy_drop, report_path=args.report, log=_log,
                                command=_command_line(), plots=not args.no_plots,
                                dynamic_batch=args.dynamic_batch, extra_batch_sizes=tuple(sizes[1:]) if sizes else (),
-                               profile=args.profile)
+                               profile=args.profile, reports=True, progress=True)
     except AccuracyError as e:
         if "markdown" in e.details:
             print(e.details["markdown"])

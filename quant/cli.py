@@ -24,7 +24,7 @@ from .errors import (EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE,
 
 
 PATH_FLAGS = {"--input_model", "--baseline_model", "--output_model", "--config", "--data_dir", "--report", "--models_dir",
-              "--out_dir", "--output_dir", "--test_data"}
+              "--out_dir", "--output_dir", "--test_data", "--output"}
 
 
 def _path(value: str) -> str:
@@ -64,6 +64,8 @@ COMMON_HELP = {
                 "<model>.<kind>.json/.md in the working folder)",
     "--verbose": "neural-compressor's full logging, and a traceback on errors (the exit code stays the same)",
     "--mode": "performance: size and latency; accuracy: size, accuracy and the gate; all: everything",
+    "--no_plots": "skip the PNG figures beside the report (default: written when matplotlib is installed, "
+                  "pip install 'mnist-quant[plots]')",
 }
 
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override tuning.objective (performance = latency-aware search)")
     t.add_argument("--dynamic_batch", action=argparse.BooleanOptionalAction, default=None,
                    help="give the int8 model a symbolic batch dimension (default: config model.dynamic_batch, true)")
+    t.add_argument("--no_plots", action="store_true")
     t.set_defaults(func=cmd_tune)
 
     f = sub.add_parser("fetch", help="download MNIST and the zoo's mnist-12.onnx with checksum verification", allow_abbrev=False)
@@ -107,19 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verbose", action="store_true")
     c.set_defaults(func=cmd_calib)
 
-    from . import benchmark_cli, validate_cli
+    from . import benchmark_cli, package_cli, validate_cli
 
     benchmark_cli.add_parser(sub)
     validate_cli.add_parsers(sub, _common)
+    package_cli.add_parser(sub)
     return parser
 
 
 def cmd_tune(args) -> int:
     from .pipeline import tune_model
 
-    doc = tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
+    doc = tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, reports=True,
                      report_path=args.report, verbose=args.verbose, log=_log, command=_command_line(),
-                     dynamic_batch=args.dynamic_batch, objective=args.objective)
+                     dynamic_batch=args.dynamic_batch, objective=args.objective, plots=not args.no_plots)
     print(doc["markdown"])
     _log(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
     return 0

@@ -231,6 +231,8 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
     if k == "str":
         if not isinstance(value, str):
             raise _err(source, key, f"expected a string, got {_typename(value)} {value!r}")
+        if "\0" in value:  # a path with a NUL byte reached os calls as an exit-1 ValueError
+            raise _err(source, key, "contains a NUL character")
     elif k == "bool":
         if not isinstance(value, bool):
             raise _err(source, key, f"expected true or false, got {_typename(value)} {value!r}")
@@ -300,12 +302,12 @@ def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:
     return out
 
 
-def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None) -> Config:
+def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None, base: str | None = None) -> Config:
     if raw is None:
         raise _err(source, "", "config is empty")
     if not isinstance(raw, dict):
         raise _err(source, "", f"config must be a mapping of sections, got a {_typename(raw)}")
-    mapped, notes = recipe.map_keys(raw, source)
+    mapped, notes = recipe.map_keys(raw, source, base)
     values = _validate(SCHEMA, mapped, "", source)
     cfg = Config(values)
     cfg.source = source
@@ -396,7 +398,7 @@ def load(path: str | os.PathLike | None) -> Config:
     p = Path(path)
     data = read_regular_file(p, "config file", MAX_CONFIG_BYTES, ConfigError)
     raw = _parse_yaml(data, str(p))
-    cfg = from_dict(raw, str(p), sha256_bytes(data))
+    cfg = from_dict(raw, str(p), sha256_bytes(data), str(p.parent))
     _resolve_paths(cfg, p.parent)
     return cfg
 

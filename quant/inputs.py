@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import config as config_mod, data
+from . import config as config_mod, data, models, provenance
+from .errors import QuantError
 
 
 def load_config(cfg):
@@ -30,3 +31,45 @@ def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callab
 def test_inputs(cfg, test: data.Split):
     p = cfg.preprocessing
     return data.preprocess(test.images, cfg.scale, p.mean, p.std, p.layout)
+
+
+def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable = print) -> dict:
+    """Settle the preprocessing a run uses and say where it came from.
+
+    ``loaded`` are the run's models (``models.LoadedModel``), the one under test first. The config is
+    used as given, with a warning for every model that documents something else
+    (:mod:`quant.provenance`). Only with ``adopt_documented`` (benchmark, validate and package without
+    ``--config``) the preprocessing the model under test documents replaces the defaults in ``cfg``
+    (a baseline's documentation is never adopted for it; documented layouts that do not fit the
+    model's input are ignored with a warning). Returns ``{"source", "warnings", "config_notes"}`` for
+    reports; ``cfg.notes`` (what the INC-1.x key mapping decided) are logged here too.
+    """
+    for note in getattr(cfg, "notes", []):
+        log(f"[config] {note}")
+    docs = [(m, provenance.documented(m.proto, m.path, m.file_sha256)) for m in loaded]
+    warnings = [f"{d.source}: {d.problem}" for _, d in docs if d is not None and d.problem]
+    source = original = "the built-in defaults" if cfg.source.startswith("<") else f"config {cfg.source}"
+    if adopt_documented and docs:
+        m, first = docs[0]
+        if first is None or first.preprocessing is None:
+            log(f"[data] {m.path} documents no preprocessing; using {source}")
+        else:
+            try:
+                models.signature(m.proto, m.path, cfg.model.input_name, first.preprocessing["layout"])
+            except QuantError as e:
+                warnings.append(f"{first.source}: layout {first.preprocessing['layout']} does not fit the model's input ({e}); ignored")
+            else:
+                p = cfg.preprocessing
+                p.scale, p.mean, p.std, p.layout = (first.preprocessing[k] for k in ("scale", "mean", "std", "layout"))
+                source = first.source
+    used = cfg.preprocessing_dict()
+    for _, d in docs:
+        if d is not None:
+            w = provenance.disagreement(d, used, source)
+            if w:
+                warnings.append(w)
+    for w in warnings:
+        log(f"[warning] {w}")
+    if source != original:  # adopted from the model: say so (a config's own preprocessing is in every report)
+        log(f"[data] preprocessing: {provenance.text(used)} (from {source})")
+    return {"source": source, "warnings": warnings, "config_notes": list(getattr(cfg, "notes", []))}

@@ -16,21 +16,26 @@ import os
 import shlex
 import sys
 import time
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import calib, evaluation, finalize, inputs, models, plan as plan_mod, prepare, report, testdata
+from . import calib, evaluation, finalize, inputs, models, plan as plan_mod, plots as _plots, prepare, provenance, report, testdata
 from .errors import AccuracyError, UsageError
 from .fsio import Outputs, check_distinct, check_writable_target, sha256_bytes
+
+
+LOG = logging.getLogger("quant")
 
 
 @dataclass
 class _Outputs:
     model: str
-    json: Path
-    md: Path
+    json: Path | None  # None: no reports asked for (the Python API's default)
+    md: Path | None
     test_data: Path
+    plot: Path | None = None  # the trials figure, unless plots are off
 
 
 def _resolve_config(config, objective: str | None):
@@ -42,22 +47,27 @@ def _resolve_config(config, objective: str | None):
     return cfg
 
 
-def _check_outputs(input_model: str, output_model: str, report_path: str | None, cfg, data_dir: str | None) -> _Outputs:
+def _check_outputs(input_model: str, output_model: str, report_path: str | None, cfg, data_dir: str | None,
+                   plots: bool = False, reports: bool = True) -> _Outputs:
     """Every output path is checked before any work, so a bad path fails in a second, not after tuning:
     writable, and distinct from every input, every other output and the test-data folder it replaces."""
     check_writable_target(output_model, "--output_model")
-    json_path, md_path = report.default_report_paths(output_model, report_path or cfg.output.report)
-    for p in (json_path, md_path):
-        check_writable_target(p, "--report")
+    json_path = md_path = plot = None
+    if reports:
+        json_path, md_path = report.default_report_paths(output_model, report_path or cfg.output.report)
+        for p in (json_path, md_path):
+            check_writable_target(p, "--report")
+        plot = check_writable_target(_plots.path_for(json_path, "trials"), "plot") if plots else None
     td_dir = testdata.default_dir(output_model)
     check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)),
                           ("quantization.calibration.manifest", cfg.quantization.calibration.manifest),
                           *inputs.data_files(cfg, data_dir)],
-                   writes=[("--output_model", output_model), ("--report (JSON)", json_path), ("--report (Markdown)", md_path)],
+                   writes=[("--output_model", output_model), ("--report (JSON)", json_path), ("--report (Markdown)", md_path),
+                           *([("plot", plot)] if plot else [])],
                    replaced=[("the output model's test data folder", td_dir)] if cfg.output.test_data_sets else [])
     if cfg.output.test_data_sets:
         testdata.check_replaceable(td_dir, f"--output_model {output_model}: its test data folder")
-    return _Outputs(output_model, json_path, md_path, td_dir)
+    return _Outputs(output_model, json_path, md_path, td_dir, plot)
 
 
 def _load_fp32(input_model: str, cfg):
@@ -116,9 +126,15 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
 
 
 def tune_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, report_path: str | None = None,
-               verbose: bool = False, log: Callable[[str], None] = print, command: str | None = None,
-               dynamic_batch: bool | None = None, objective: str | None = None) -> dict:
+               verbose: bool = False, log: Callable[[str], None] | None = None, command: str | None = None,
+               dynamic_batch: bool | None = None, objective: str | None = None, plots: bool = True,
+               reports: bool | None = None) -> dict:
     """Tune ``input_model`` (fp32) into an int8 model at ``output_model``; returns the report dict.
+    Writes the int8 model and what the config asks for (``output.test_data_sets``). Report files (JSON,
+    Markdown, and with ``plots`` the trials figure) only when asked: ``reports=True`` (the command line),
+    a ``report_path`` or the config's ``output.report``; the report dict is returned either way (its
+    Markdown under ``"markdown"``). Progress goes to ``log``, by default the ``quant`` logger
+    (``logging.getLogger("quant")``, INFO).
 
     Raises UsageError/ConfigError (2), InputError (4), AccuracyError (3).
     """
@@ -126,8 +142,11 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
 
     t_start = time.perf_counter()
     cfg = _resolve_config(config, objective)
-    out = _check_outputs(input_model, output_model, report_path, cfg, data_dir)
+    log = log or LOG.info
+    out = _check_outputs(input_model, output_model, report_path, cfg, data_dir, plots,
+                         reports=bool(report_path or cfg.output.report) if reports is None else reports)
     fp32, sig = _load_fp32(input_model, cfg)
+    prov = inputs.preprocessing_for(cfg, False, [fp32], log)  # warns when the fp32 model documents other preprocessing
     dynamic = bool(cfg.model.dynamic_batch if dynamic_batch is None else dynamic_batch)
     # --- data: calibration images (train split) and the preprocessed test set
     splits = inputs.load_splits(cfg, data_dir, log=log)
@@ -166,6 +185,8 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         log(f"[finish] {note}")
     prep = prepare.Prepared(prep.model, prep.steps + q.steps)
     result, finished, finish_notes = q.result, q.model, q.finishing
+    # the preprocessing it was calibrated for, the calibration set and this tool travel with the model
+    finished = provenance.stamp(finished, cfg.preprocessing_dict(), cs.sha256)
     int8_bytes = models.serialize(finished)
     # --- independent re-evaluation of the int8 model on the full test set, against the fp32 baseline above
     int8_out = evaluator.outputs(int8_bytes, output_model)
@@ -182,9 +203,12 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         td = _write_test_data(cfg, finished, int8_bytes, sig, x_test, out, staged)
         doc = _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
                           (fp32_acc, int8_acc, min_acc, passed), (evaluation.tied_top1(fp32_out), evaluation.tied_top1(int8_out)),
-                          finish_notes, choice, t_start, command)
+                          finish_notes, choice, t_start, command, prov)
+        if out.plot:
+            doc["plots"] = _write_plots(doc, out, staged, log)
         md = report.render_tune(doc)
-        report.write(out.json, doc, out.md, md, staged)
+        if out.json:
+            report.write(out.json, doc, out.md, md, staged)
         staged.commit()
     log(f"[tune] wrote {output_model} ({len(int8_bytes):,} bytes)"
         + (f" and {td['sets']} test_data_set folders in {out.test_data}" if td else ""))
@@ -220,8 +244,17 @@ def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Output
     return {"folder": str(out.test_data), "sets": n, "test_images": [int(i) for i in picks]}
 
 
+def _write_plots(doc: dict, out: _Outputs, staged: Outputs, log) -> dict | str:
+    """The trials figure (:mod:`quant.plots`) staged beside the report; matplotlib is optional."""
+    if not _plots.available():
+        log(f"[tune] matplotlib is not installed: plots skipped ({_plots.INSTALL_HINT})")
+        return _plots.SKIPPED
+    staged.bytes(out.plot, _plots.trials_png(doc))
+    return {"trials": str(out.plot)}
+
+
 def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
-                accs, ties, finish_notes, choice, t_start, command) -> dict:
+                accs, ties, finish_notes, choice, t_start, command, prov) -> dict:
     from . import tuning
 
     fp32_acc, int8_acc, min_acc, passed = accs
@@ -246,6 +279,9 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "calibration": cs.summary(),
         "test_data": td,
         "preprocessing": cfg.preprocessing_dict(),
+        "preprocessing_source": prov["source"],
+        "warnings": prov["warnings"],
+        "metadata": {p.key: p.value for p in finished.metadata_props},
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range, "kernel_aware": cfg.quantization.kernel_aware,
                          "inc_options_pinned": tuning.pinned_options(cfg), "inc_recipes": tuning.recipes(cfg),
@@ -253,14 +289,16 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
                          "nodes_to_keep_fp32": cfg.quantization.nodes_to_keep_fp32},
         "tuning": {"trials": len(result.trials) - 1, "strategy": cfg.tuning.strategy, "objective": cfg.tuning.objective,
                    "random_seed": cfg.tuning.random_seed, "max_trials": cfg.tuning.max_trials, "timeout": cfg.tuning.timeout,
-                   "trial_accuracies": [t.accuracy for t in result.trials[1:]], "baseline_accuracy_inc": result.baseline_accuracy},
+                   "trial_accuracies": [t.accuracy for t in result.trials[1:]], "baseline_accuracy_inc": result.baseline_accuracy,
+                   "per_trial": [{"trial": t.index, "accuracy": t.accuracy, "fp32_layers": t.fp32_layers, "int8_layers": t.int8_layers}
+                                 for t in result.trials]},  # trial 0: the fp32 model INC evaluates first
         "latency_aware": None if choice is None else {
             "nodes_kept_fp32": list(choice.candidate.keep_fp32), "score": choice.score, "beats_fp32": choice.beats_fp32,
             "candidates": choice.table,
             "note": "timings decide; pin quantization.nodes_to_keep_fp32 to the chosen list to reproduce the model byte for byte"},
-        "config": {"path": cfg.source, "sha256": cfg.sha256},
+        "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
         "environment": report.environment(result.inc_version),
         "wall_seconds": time.perf_counter() - t_start,
         "command": command or shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
-        "reports": {"json": str(out.json), "markdown": str(out.md)},
+        "reports": {"json": str(out.json), "markdown": str(out.md)} if out.json else None,
     }

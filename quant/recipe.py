@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from fractions import Fraction
 from typing import Any
 
@@ -69,7 +70,7 @@ def _number(v: Any, key: str, source: str, lo: float | None = None) -> float:
         if len(v) != 1:
             raise _err(source, key, f"MNIST images have one channel: give one value, got {len(v)}")
         v = v[0]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e6:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or abs(v) > 1e6 or not math.isfinite(v):
         raise _err(source, key, f"expected a finite number (|x| <= 1e6), got {v!r}")
     if lo is not None and v < lo:
         raise _err(source, key, f"must be >= {lo:g}, got {v!r}")
@@ -87,6 +88,7 @@ def preprocessing_of(chain: Any, key: str, source: str) -> dict:
     ``{scale, mean, std, layout}`` with input = (pixel * scale - mean) / std."""
     chain = _mapping(chain, key, source)
     shape = _INC_IMAGE_SHAPE
+    axes: tuple | None = ("H", "W", "C")  # what each axis is, while known; H must stay before W (else the digit is transposed)
     scale, mean, std = Fraction(1), 0.0, 1.0
     for name, params in chain.items():
         k = f"{key}.{name}"
@@ -111,9 +113,16 @@ def preprocessing_of(chain: Any, key: str, source: str) -> dict:
         elif name == "Transpose":
             _only(params, ("perm",), k, source)
             perm = params.get("perm")
-            if not isinstance(perm, list) or sorted(p for p in perm if isinstance(p, int) and not isinstance(p, bool)) != list(range(len(shape))):
+            if not isinstance(perm, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in perm) \
+                    or sorted(perm) != list(range(len(shape))):
                 raise _err(source, f"{k}.perm", f"expected a permutation of {list(range(len(shape)))} (the image is {list(shape)} here), got {perm!r}")
-            shape = tuple(shape[p] for p in perm)
+            if axes is None:
+                raise _err(source, k, f"a Transpose of an image reshaped to {list(shape)} cannot be expressed as a layout")
+            shape, axes = tuple(shape[p] for p in perm), tuple(axes[p] for p in perm)
+            hw = [a for a in axes if a in ("H", "W")]
+            if hw == ["W", "H"]:
+                raise _err(source, f"{k}.perm", f"{perm} swaps the image's height and width: the model would see transposed digits; "
+                           "only the channel axis may move (e.g. [2, 0, 1])")
         elif name == "Reshape":
             _only(params, ("shape",), k, source)
             new = params.get("shape")
@@ -125,6 +134,8 @@ def preprocessing_of(chain: Any, key: str, source: str) -> dict:
             if not ok:
                 raise _err(source, f"{k}.shape", f"expected a shape of 784 values (one -1 allowed), got {new!r}")
             shape = tuple(784 // math.prod(d for d in new if d != -1) if d == -1 else d for d in new)
+            # a reshape keeps the raster order of the pixels (the channel has size 1, so HWC and CHW share it)
+            axes = {(784,): ("P",), (1, 28, 28): ("C", "H", "W"), (28, 28, 1): ("H", "W", "C"), (28, 28): ("H", "W")}.get(shape)
         else:
             raise _err(source, k, f"transform {name!r} cannot be expressed as preprocessing; supported: {', '.join(TRANSFORMS)} "
                        "(crops, flips and resizes change the digit)")
@@ -158,7 +169,7 @@ def _dataloader(dl: Any, key: str, source: str) -> dict:
         mn = _mapping(ds["MNIST"], f"{key}.dataset.MNIST", source)
         _only(mn, ("root", "train", "download"), f"{key}.dataset.MNIST", source)
         if "root" in mn:
-            if not isinstance(mn["root"], str) or not mn["root"].strip():
+            if not isinstance(mn["root"], str) or not mn["root"].strip() or "\0" in mn["root"]:
                 raise _err(source, f"{key}.dataset.MNIST.root", f"expected a folder path, got {mn['root']!r}")
             out["root"] = mn["root"]
         for flag in ("train", "download"):
@@ -170,12 +181,36 @@ def _dataloader(dl: Any, key: str, source: str) -> dict:
     return out
 
 
-def _same(a: dict, b: dict) -> bool:
-    return Fraction(str(a["scale"])) == Fraction(str(b["scale"])) and math.isclose(a["mean"], b["mean"], rel_tol=1e-12, abs_tol=1e-12) \
-        and math.isclose(a["std"], b["std"], rel_tol=1e-12) and a["layout"] == b["layout"]
+def scale_value(v: Any) -> float | None:
+    """A scale (number, or text like '1/255' or '0.5') as a float, or None when it is not one. Bounded:
+    a fraction's text is at most 100 characters and other text goes through float(), so '1e-999999999'
+    costs nothing (Fraction would expand its exponent)."""
+    try:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, str) and "/" in v:
+            return float(Fraction(v)) if len(v) <= 100 else None
+        x = float(v)
+        return x if math.isfinite(x) else None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
 
 
-def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes: list[str]) -> None:
+def same_preprocessing(a: dict, b: dict) -> bool:
+    """Two preprocessings feed the same numbers (up to float rounding: 0.00392156862745098 is 1/255)."""
+    sa, sb = scale_value(a["scale"]), scale_value(b["scale"])
+    try:
+        ma, mb, da, db = (float(a["mean"]), float(b["mean"]), float(a["std"]), float(b["std"]))
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return sa is not None and sb is not None and math.isclose(sa, sb, rel_tol=1e-9) and math.isclose(ma, mb, rel_tol=1e-9, abs_tol=1e-12) \
+        and math.isclose(da, db, rel_tol=1e-9) and a["layout"] == b["layout"]
+
+
+_same = same_preprocessing
+
+
+def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes: list[str], base: str | None) -> None:
     loaders: dict[str, dict] = {}
     cal = quant.get("calibration")
     if isinstance(cal, dict) and "dataloader" in cal:
@@ -189,16 +224,20 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
         return
     # one MNIST folder
     roots = {k: v["root"] for k, v in loaders.items() if "root" in v}
+
+    def where(r: str) -> str:  # the same folder however it is written (relative to the config's folder, like the schema)
+        return os.path.normpath(os.path.join(base or "", os.path.expanduser(r)))
+
     items = list(roots.items())
     for k2, r2 in items[1:]:
         k1, r1 = items[0]
-        if r2 != r1:
+        if where(r2) != where(r1):
             raise _err(source, f"{k2}.dataset.MNIST.root", f"{r2!r} differs from {k1}.dataset.MNIST.root {r1!r}: mnist-quant reads one "
                        "MNIST folder (the train split calibrates, the test split evaluates); give both the same folder")
     dataset = _mapping(d.get("dataset"), "dataset", source)
     if roots:
         root = next(iter(roots.values()))
-        if "root" in dataset and dataset["root"] != root:
+        if "root" in dataset and (not isinstance(dataset["root"], str) or "\0" in dataset["root"] or where(dataset["root"]) != where(root)):
             raise _err(source, "dataset.root", f"{dataset['root']!r} contradicts the dataloaders' MNIST root {root!r}")
         dataset["root"] = root
         notes.append(f"dataset root {root!r} from {', '.join(roots)}; --data_dir overrides it")
@@ -219,11 +258,9 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
     explicit = _mapping(d.get("preprocessing"), "preprocessing", source)
     if explicit:
         merged = {**pre, **explicit}
-        try:
-            same = _same(pre, {**merged, "mean": float(merged["mean"]), "std": float(merged["std"])})
-        except (TypeError, ValueError, ZeroDivisionError):
-            same = True  # the schema names the bad value
-        if not same:
+        bad = scale_value(merged["scale"]) is None or not all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool)
+                                                               for k in ("mean", "std"))
+        if not bad and not _same(pre, merged):  # (a bad value is named by the schema afterwards)
             raise _err(source, "preprocessing", f"contradicts {k0}.transform, which gives {describe(pre)}")
     else:
         d["preprocessing"] = dict(pre)
@@ -247,6 +284,8 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
                 raise _err(source, "evaluation.accuracy.dataloader.batch_size", "contradicts evaluation.batch_size")
             evaluation["batch_size"] = a["batch_size"]
     p = loaders.get("evaluation.performance.dataloader")
+    if p is not None and p.get("train"):
+        p["ignored"].append("evaluation.performance.dataloader.dataset.MNIST.train (the benchmark times test images)")
     if p is not None and "batch_size" in p:
         bench = d["benchmark"] = _mapping(d.get("benchmark"), "benchmark", source)
         if "batch_size" in bench and bench["batch_size"] != p["batch_size"]:
@@ -291,12 +330,14 @@ def _map_accuracy(evaluation: dict, source: str) -> None:
     acc = _mapping(acc, "evaluation.accuracy", source)
     _only(acc, ("metric",), "evaluation.accuracy", source)
     metric = acc.get("metric")
-    if metric not in ({"topk": 1}, {"Accuracy": {}}, {"Accuracy": None}, None):
+    top1 = isinstance(metric, dict) and list(metric) == ["topk"] and type(metric["topk"]) is int and metric["topk"] == 1
+    if not (top1 or metric in ({"Accuracy": {}}, {"Accuracy": None}, None)):
         raise _err(source, "evaluation.accuracy.metric", f"only top-1 accuracy ({{topk: 1}}) is measured here; got {metric!r}")
 
 
-def map_keys(raw: dict, source: str) -> tuple[dict, list[str]]:
-    """``raw`` with its INC-1.x keys rewritten into this schema (a copy), and notes for the user."""
+def map_keys(raw: dict, source: str, base: str | None = None) -> tuple[dict, list[str]]:
+    """``raw`` with its INC-1.x keys rewritten into this schema (a copy), and notes for the user;
+    ``base``: the config file's folder (relative roots are compared as the folders they name)."""
     d = copy.deepcopy(raw)
     notes: list[str] = []
     model = _mapping(d.get("model"), "model", source)
@@ -333,7 +374,7 @@ def map_keys(raw: dict, source: str) -> tuple[dict, list[str]]:
         if set(st) != {"name"}:
             raise _err(source, "tuning.strategy", "only {name: ...} is supported in the INC-1.x form")
         tuning["strategy"] = st["name"]
-    _map_dataloaders(d, quant, evaluation, source, notes)
+    _map_dataloaders(d, quant, evaluation, source, notes, base)
     _map_accuracy(evaluation, source)
     _map_performance(d, evaluation, source, notes)
     for name, s in (("model", model), ("quantization", quant), ("tuning", tuning), ("evaluation", evaluation)):

@@ -90,6 +90,18 @@ def _ops(summary: dict) -> str:
     return ", ".join(f"{k} x{v}" for k, v in summary.items()) or "none"
 
 
+def warning_lines(doc: dict) -> list[str]:
+    """Warnings (preprocessing that contradicts what a model documents) as Markdown quote lines."""
+    return [line for w in doc.get("warnings") or [] for line in (f"> **Warning:** {w}", "")]
+
+
+def provenance_lines(doc: dict) -> list[str]:
+    """Where the preprocessing came from and what the config mapping decided (INC-1.x recipe keys)."""
+    out = [f"- preprocessing source: {doc['preprocessing_source']}"] if doc.get("preprocessing_source") else []
+    notes = (doc.get("config") or {}).get("notes") or []
+    return out + [f"- config: {n}" for n in notes]
+
+
 def render_tune(doc: dict) -> str:
     f, q = doc["fp32"], doc["int8"]
     crit = doc["criterion"]
@@ -101,6 +113,7 @@ def render_tune(doc: dict) -> str:
         f"(drop {100 * doc['accuracy_drop']:.2f} pp; criterion {crit['kind']} {crit['tolerance']:g}, "
         f"i.e. int8 >= {pct(crit['min_accuracy'])}).",
         "",
+        *warning_lines(doc),
         md_table(["", "fp32", "int8", "int8 / fp32"], [
             ["top-1 (10k test images)", pct(f["accuracy"]), pct(q["accuracy"]), f"{q['accuracy'] / f['accuracy']:.4f}"],
             ["file bytes", f"{f['bytes']:,}", f"{q['bytes']:,}", f"{q['bytes'] / f['bytes']:.3f}"],
@@ -126,13 +139,15 @@ def render_tune(doc: dict) -> str:
         f"- test data: {doc['test_data']['sets']} test_data_set folders in `{doc['test_data']['folder']}`" if doc.get("test_data")
         else "- test data: none written (output.test_data_sets: 0)",
         f"- calibration set: {cal['count']} {cal['split']} images, seed {cal['seed']}, {cal['source']}, sha256 `{cal['sha256'][:16]}…`",
-        f"- preprocessing: {doc['preprocessing']}",
+        f"- preprocessing: {doc['preprocessing']} (written into the int8 model's metadata_props)",
+        *provenance_lines(doc),
         f"- input model: `{f['path']}` (sha256 `{f['sha256'][:16]}…`)",
         f"- output model: `{q['path']}` (sha256 `{q['sha256'][:16]}…`)",
         f"- config: `{doc['config']['path']}` (sha256 `{doc['config']['sha256'][:16]}…`)",
         f"- versions: neural-compressor {doc['environment'].get('neural_compressor')}, onnxruntime {doc['environment']['onnxruntime']}, "
         f"onnx {doc['environment']['onnx']}, numpy {doc['environment']['numpy']}, Python {doc['environment']['python']}",
         f"- command: `{doc['command']}`",
+        *([f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}"] if doc.get("plots") else []),
         "",
     ]
     return "\n".join(lines)

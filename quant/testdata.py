@@ -68,20 +68,29 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
         raise UsageError(f"{what} {dest}: {stuck[0]} is not writable, so the old test data could not be removed")
 
 
+def make_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, name: str = "model") -> list[tuple[bytes, bytes]]:
+    """``(input_0.pb, output_0.pb)`` bytes per image in ``x`` (each a batch of 1; outputs from onnxruntime)."""
+    sess = make_session(model, name=name)
+    out = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        y = sess.run([output_name], {input_name: xi})[0]
+        out.append((_tensor_bytes(xi, input_name), _tensor_bytes(y, output_name)))
+    return out
+
+
 def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, folder: str | os.PathLike,
                name: str = "model") -> int:
     """Write one ``test_data_set_i`` per image in ``x`` (each a batch of 1) into the empty ``folder``
     (a run's staged output: ``fsio.Outputs.folder`` swaps it in whole on commit). Returns the count."""
     folder = Path(folder)
-    sess = make_session(model, name=name)
-    for i in range(len(x)):
-        xi = x[i:i + 1]
-        y = sess.run([output_name], {input_name: xi})[0]
+    sets = make_sets(model, input_name, output_name, x, name)
+    for i, (xb, yb) in enumerate(sets):
         d = folder / f"test_data_set_{i}"
         d.mkdir()
-        (d / "input_0.pb").write_bytes(_tensor_bytes(xi, input_name))
-        (d / "output_0.pb").write_bytes(_tensor_bytes(y, output_name))
-    return len(x)
+        (d / "input_0.pb").write_bytes(xb)
+        (d / "output_0.pb").write_bytes(yb)
+    return len(sets)
 
 
 def find_sets(paths: list[str | os.PathLike]) -> list[Path]:

@@ -44,6 +44,32 @@ class Trial:
     index: int  # 0 = fp32 baseline
     accuracy: float
     seconds: float
+    fp32_layers: list[str] = field(default_factory=list)  # quantizable nodes (Conv, MatMul, Gemm...) left fp32 in the model evaluated
+    int8_layers: list[str] = field(default_factory=list)  # the quantized ones, by their fp32 node's name
+
+
+QUANTIZABLE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
+
+
+def layer_precisions(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(fp32, int8) names of the quantizable layers of a candidate model INC evaluates, in graph order.
+
+    QOperator: a quantized layer is an int8 kernel (QLinearConv, QGemm, ...); QDQ: the layer keeps its op
+    type and reads its weight (input 1) through a DequantizeLinear. INC names a quantized node
+    ``<fp32 name>_quant``; the fp32 name is reported."""
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    fp32, int8 = [], []
+    for n in model.graph.node:
+        name = n.name or n.output[0]
+        if n.op_type in INT8_KERNELS:
+            int8.append(name.removesuffix("_quant"))
+        elif n.op_type in QUANTIZABLE:
+            if len(n.input) > 1 and produced_by.get(n.input[1]) == "DequantizeLinear":
+                int8.append(name.removesuffix("_quant"))
+            else:
+                fp32.append(name)
+    return fp32, int8
 
 
 @dataclass
@@ -149,7 +175,25 @@ def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], fl
         return _tune(fp32, cfg, calib_loader, eval_fn, verbose, log)
 
 
+class _INCLogFilter(logging.Filter):
+    """INC sets its logger's level from $LOGLEVEL when it is first imported and logs at import time
+    (``Pandas package is required ...``); a filter on the logger, installed before that import, keeps
+    its records below ``level`` out of our output (``--verbose`` lowers it to INFO)."""
+
+    level = logging.ERROR
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+_INC_FILTER = _INCLogFilter()
+
+
 def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
+    inc_logger = logging.getLogger("neural_compressor")
+    _INC_FILTER.level = logging.INFO if verbose else logging.ERROR
+    if _INC_FILTER not in inc_logger.filters:
+        inc_logger.addFilter(_INC_FILTER)
     from neural_compressor import __version__ as version
     from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, options
     from neural_compressor.quantization import fit
@@ -162,7 +206,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         proto = model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model)
         t0 = time.perf_counter()
         acc = eval_fn(proto.SerializeToString())
-        trials.append(Trial(len(trials), acc, time.perf_counter() - t0))
+        trials.append(Trial(len(trials), acc, time.perf_counter() - t0, *layer_precisions(proto)))
         if len(trials) == 1:
             log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
         else:

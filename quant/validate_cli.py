@@ -85,7 +85,7 @@ def cmd_validate(args) -> int:
         doc = validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
                              report_path=args.report, test_data=args.test_data, samples=args.samples,
                              portability_samples=args.portability_samples, rtol=args.rtol,
-                             atol=args.atol, log=(lambda _m: None) if args.json else _log, command=_command_line())
+                             atol=args.atol, log=(lambda _m: None) if args.json else _log, command=_command_line(), reports=True)
     except AccuracyError as e:
         if "markdown" in e.details:
             print(json.dumps(summary(e.details, e.exit_code), indent=2) if args.json else e.details["markdown"])

@@ -20,6 +20,7 @@ the graph onnxruntime executes, not guessed from op names.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import time
@@ -453,25 +454,45 @@ def _ops(d: dict) -> str:
     return ", ".join(f"{k} x{v}" for k, v in d.items()) or "none"
 
 
+def documented_check(int8, prov: dict) -> Check:
+    """Does the int8 model say what preprocessing it was calibrated for, and does the run agree?"""
+    from . import provenance
+
+    doc = provenance.documented(int8.proto, int8.path, int8.file_sha256)
+    mine = [w for w in prov["warnings"] if doc is not None and doc.source in w]
+    details = {"source": prov["source"], "documented": None if doc is None else {"preprocessing": doc.preprocessing, "source": doc.source,
+                                                                                  "calibration_sha256": doc.calibration_sha256}}
+    if doc is None:
+        return Check("documented preprocessing", "info", f"{int8.path} documents no preprocessing (no {provenance.KEY_PREPROCESSING} "
+                     f"metadata, not a known zoo file); validated with {prov['source']}", details)
+    if mine:
+        return Check("documented preprocessing", "warn", mine[0], details)
+    return Check("documented preprocessing", "pass", f"{doc.source} documents {provenance.text(doc.preprocessing)}; "
+                 f"the run uses the same (from {prov['source']})", details)
+
+
 # ------------------------------------------------------------------------------------ workflow
 def validate_model(input_model: str, baseline_model: str, config=None, data_dir: str | None = None,
                    report_path: str | None = None, test_data: list[str] | None = None, samples: int = SAMPLES.default,
                    portability_samples: int = PORTABILITY_SAMPLES.default,
                    rtol: float = testdata.DEFAULT_RTOL, atol: float = testdata.DEFAULT_ATOL,
-                   log: Callable[[str], None] = print, command: str | None = None) -> dict:
+                   log: Callable[[str], None] | None = None, command: str | None = None, reports: bool | None = None) -> dict:
     """Validate ``input_model`` (int8) against ``baseline_model`` (fp32); returns the report dict.
 
     Raises AccuracyError (exit 3, with the report in ``details``) when any check fails.
     """
     from .benchmark import accuracy_budget, gate
-    from .inputs import config_file, data_files, load_config, load_splits, test_inputs
+    from .inputs import config_file, data_files, load_config, load_splits, preprocessing_for, test_inputs
 
     t0 = time.perf_counter()
     check_flag(SAMPLES, samples, "--samples")
     check_flag(PORTABILITY_SAMPLES, portability_samples, "--portability_samples")
     cfg = load_config(config)
-    json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate", folder=".")
-    for p in (json_path, md_path):
+    log = log or logging.getLogger("quant").info
+    json_path = md_path = None  # report files only when asked: reports=True (the command line), a report_path or output.report
+    if bool(report_path or cfg.output.report) if reports is None else reports:
+        json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate", folder=".")
+    for p in filter(None, (json_path, md_path)):
         check_writable_target(p, "--report")
     check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", config_file(cfg)),
                           *[("--test_data", d) for d in test_data or []], *data_files(cfg, data_dir)],
@@ -479,6 +500,8 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
+    # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
+    prov = preprocessing_for(cfg, config is None, [int8, base], log)
     sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
     sig_b = models.signature(base.proto, base.path, cfg.model.input_name, cfg.preprocessing.layout)
     models.check_output_kind(base.proto, sig_b, cfg.model.output, base.path)
@@ -488,8 +511,9 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     bq = evaluation.effective_batch(sig_q.fixed_batch, cfg.evaluation.batch_size)
     bb = evaluation.effective_batch(sig_b.fixed_batch, cfg.evaluation.batch_size)
 
-    checks = [structure_check(int8, base)]
-    log(checks[-1].verdict)
+    checks = [structure_check(int8, base), documented_check(int8, prov)]
+    for c in checks:
+        log(c.verdict)
     sess_q = evaluation.make_session(int8.raw, name=int8.path)
     out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq)
     acc_q = evaluation.accuracy(out_q, labels)
@@ -540,12 +564,14 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
            "input_model": int8.describe(),
            "baseline_model": base.describe(),
            "preprocessing": cfg.preprocessing_dict(), "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
-           "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "config": {"path": cfg.source, "sha256": cfg.sha256},
+           "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "preprocessing_source": prov["source"],
+           "warnings": prov["warnings"], "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
            "environment": report.environment(), "wall_seconds": time.perf_counter() - t0,
            "command": command or shlex.join(["python", "-m", "quant", *sys.argv[1:]]),
-           "reports": {"json": str(json_path), "markdown": str(md_path)}}
+           "reports": {"json": str(json_path), "markdown": str(md_path)} if json_path else None}
     md = render(doc)
-    report.write(json_path, doc, md_path, md)
+    if json_path:
+        report.write(json_path, doc, md_path, md)
     doc["markdown"] = md
     if failed:
         raise AccuracyError("validation FAILED: " + "; ".join(f"{c.name}: {c.summary}" for c in failed), doc)
@@ -556,7 +582,7 @@ def render(doc: dict) -> str:
     mark = {"pass": "PASS", "fail": "**FAIL**", "warn": "**warn**", "skip": "skip", "info": "info"}
     lines = [f"# Validation report: `{doc['input_model']['path']}`", "",
              f"**{'PASSED' if doc['passed'] else 'FAILED'}** against baseline `{doc['baseline_model']['path']}` "
-             f"with preprocessing {doc['preprocessing']}.", "",
+             f"with preprocessing {doc['preprocessing']}.", "", *report.warning_lines(doc),
              report.md_table(["check", "result", "evidence"], [[c["name"], mark[c["status"]], c["summary"].replace("|", "/")] for c in doc["checks"]]),
              ""]
     layers = next((c for c in doc["checks"] if c["name"] == "per-layer error"), None)

@@ -95,10 +95,35 @@ def test_plots_and_step_summary(tmp_path, synth_dir, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     a = save(mnist12_like(), tmp_path / "a.onnx")
     doc = _bench(tmp_path, synth_dir, [a], a, mode="all", iterations=5, warmup=1)
-    for name in ("latency", "confusion"):
-        png = doc["plots"][name]
-        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "# Benchmark (all)" in summary.read_text()
+    assert list(doc["plots"]) == ["summary", "latency", "confusion"]
+    for name, png in doc["plots"].items():
+        assert png == str(tmp_path / f"rep.{name}.png") and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "# Benchmark (all)" in summary.read_text() and "- plots: " in doc["markdown"]
+    assert json.loads((tmp_path / "rep.json").read_text())["plots"] == doc["plots"]
+
+
+def test_latency_samples_are_collected_for_every_batch_size(tmp_path, synth_dir, monkeypatch):
+    """--batch_size=1,2 used to plot batch 1 only: every batch size's runs now reach the latency figure."""
+    pytest.importorskip("matplotlib")
+    from quant import plots
+
+    seen = {}
+    real = plots.latency_png
+
+    def spy(doc, samples):
+        seen.update(samples)
+        return real(doc, samples)
+
+    monkeypatch.setattr(plots, "latency_png", spy)
+    a = save(mnist12_like(batch="N"), tmp_path / "a.onnx")
+    b = save(mnist12_like(batch="N", seed=3), tmp_path / "b.onnx")
+    doc = _bench(tmp_path, synth_dir, [a], b, mode="performance", batch_size=1, extra_batch_sizes=(2,), iterations=7, warmup=0)
+    assert sorted(seen) == ["1", "2"]
+    for bs, runs in seen.items():
+        assert len(runs) == 2 and all(r.shape == (7,) and (r > 0).all() for r in runs)  # baseline and model, every run
+        for r, e in zip(runs, plots.columns(doc)):  # in plots.columns order: the report's p50 comes from these runs
+            assert e["by_batch"][bs]["latency_ms"]["p50"] == pytest.approx(np.percentile(r, 50) / 1e6)
+    assert list(doc["plots"]) == ["summary", "latency"]  # performance mode: no accuracy, no confusion matrices
 
 
 @pytest.mark.realdata

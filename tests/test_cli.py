@@ -1,5 +1,7 @@
 """The command line through subprocesses: exit codes, one-line errors, nothing written on failure."""
 
+import importlib.util
+
 import pytest
 
 from conftest import run_cli, synth_config, write_config
@@ -86,6 +88,12 @@ def test_successful_run_prints_report(tmp_path, synth_dir):
     assert r.returncode == 0, r.stderr
     assert "**PASSED**" in r.stdout and rep.exists() and rep.with_suffix(".md").exists()
     assert "[tune] trial 1:" in r.stderr
+    plot = rep.with_name("rep.trials.png")  # plots on by default (when matplotlib is installed), off with --no_plots
+    assert plot.exists() == (importlib.util.find_spec("matplotlib") is not None)
+    plot.unlink(missing_ok=True)
+    r = run_cli(f"--input_model={m}", f"--config={cfg}", f"--output_model={tmp_path}/int8.onnx", f"--data_dir={synth_dir}",
+                f"--report={rep}", "--no_plots", script="run_tuning.sh")
+    assert r.returncode == 0 and not plot.exists() and "- plots:" not in r.stdout, r.stderr
 
 
 @pytest.mark.realdata

@@ -116,7 +116,7 @@ def test_transform_chains_become_the_preprocessing_inc_applies(tmp_path, chain, 
      r"transform.Resize: transform 'Resize' cannot be expressed as preprocessing; supported: Cast, Rescale"),
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Cast={"dtype": "uint8"}), r"Cast.dtype: the models take float32"),
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [0, 0, 1]}), r"Transpose.perm: expected a permutation"),
-    (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [1, 2, 0]}),
+    (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [0, 2, 1]}),
      r"leaves images of shape \[28, 1, 28\]"),
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Reshape={"shape": [700]}), r"Reshape.shape: expected a shape of 784"),
     (lambda d: d["quantization"]["calibration"]["dataloader"].update(dataset={"FashionMNIST": {"root": "x"}}), r"only the MNIST dataset"),
@@ -128,6 +128,15 @@ def test_transform_chains_become_the_preprocessing_inc_applies(tmp_path, chain, 
     (lambda d: d["evaluation"]["accuracy"]["dataloader"].update(batch_size=0), r"evaluation.accuracy.dataloader.batch_size: expected an integer in 1..10000"),
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Normalize={"mean": [0.1, 0.2]}), r"Normalize.mean: MNIST images have one channel"),
     (lambda d: d.update(benchmark={"iterations": 5}), r"evaluation.performance.iteration: contradicts benchmark.iterations"),
+    # found by the hostile review: a perm that swaps height and width loaded as a layout (transposed digits)
+    (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [1, 0, 2]}),
+     r"Transpose.perm: \[1, 0, 2\] swaps the image's height and width"),
+    (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [2, 1, 0]}), r"swaps the image's height"),
+    (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [2, 0, 1, "x"]}), r"expected a permutation"),
+    (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Normalize={"std": [10 ** 400]}), r"Normalize.std: expected a finite"),
+    (lambda d: d["quantization"]["calibration"]["dataloader"]["dataset"]["MNIST"].update(root="a\0b"), r"MNIST.root: expected a folder path"),
+    (lambda d: d["evaluation"]["accuracy"].update(metric={"topk": True}), r"only top-1 accuracy"),
+    (lambda d: d.update(preprocessing={"scale": "1e-999999999"}), r"preprocessing: contradicts"),  # at once (it hung in Fraction)
 ])
 def test_recipe_mistakes_name_the_key(tmp_path, mutate, words):
     doc = recipe_doc("d")
@@ -135,6 +144,19 @@ def test_recipe_mistakes_name_the_key(tmp_path, mutate, words):
     with pytest.raises(ConfigError, match=words) as e:
         config.load(write(tmp_path, doc))
     assert "\n" not in str(e.value) and "mnist.yaml" in str(e.value)
+
+
+def test_transposing_the_digit_after_a_reshape_is_refused(tmp_path):
+    chain = {"Rescale": {}, "Reshape": {"shape": [28, 28]}, "Transpose": {"perm": [1, 0]}}
+    with pytest.raises(ConfigError, match="swaps the image's height and width"):
+        config.load(write(tmp_path, recipe_doc("d", chain)))
+
+
+def test_the_same_root_written_two_ways_is_one_folder(tmp_path):
+    doc = recipe_doc("mnist")
+    doc["evaluation"]["accuracy"]["dataloader"]["dataset"]["MNIST"]["root"] = "./mnist/"
+    doc["dataset"] = {"root": str(tmp_path / "mnist")}
+    assert config.load(write(tmp_path, doc)).dataset.root == str(tmp_path / "mnist")
 
 
 def test_explicit_preprocessing_that_agrees_is_accepted(tmp_path):

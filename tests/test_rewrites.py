@@ -47,6 +47,19 @@ def test_fuse_bias_makes_conv_biases_and_a_gemm():
     _same(m, out, _x(), "Input3")
 
 
+def test_fuse_bias_keeps_matmul_add_for_the_qoperator_format():
+    """QOperator: INC turns a Gemm into a QGemm without the com.microsoft domain (no runtime loads it), so
+    prepare asks for conv biases only; the MatMul + Add become the standard QLinearMatMul + QLinearAdd."""
+    m = mnist12_like(batch="N")
+    out, note = rewrites.fuse_bias(m, gemm=False)
+    assert note.count("-> Conv with bias") == 2 and "Gemm" not in note
+    assert _ops(out)[-2:] == ["MatMul", "Add"]
+    _same(m, out, _x(), "Input3")
+    sig = models.signature(m, "m.onnx")
+    assert "Gemm" not in _ops(prepare.prepare(m, sig, "QOperator", False, True).model)
+    assert "Gemm" in _ops(prepare.prepare(m, sig, "QDQ", False, True).model)
+
+
 def test_fuse_bias_leaves_non_constant_or_shared_adds_alone():
     m = mnist12_like(batch="N")
     add = next(n for n in m.graph.node if n.name == "Add1")

@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,10 +13,10 @@ from quant import config, models, tuning
 from quant.pipeline import tune_model
 
 
-def _tune(tmp_path, model, data_dir, overrides=None, name="int8.onnx"):
+def _tune(tmp_path, model, data_dir, overrides=None, name="int8.onnx", **kw):
     src = save(model, tmp_path / "fp32.onnx")
     out = tmp_path / name
-    doc = tune_model(str(src), str(out), config=synth_config(tmp_path, overrides), data_dir=str(data_dir), log=lambda m: None)
+    doc = tune_model(str(src), str(out), config=synth_config(tmp_path, overrides), data_dir=str(data_dir), log=lambda m: None, **{"reports": True, **kw})
     return out, doc
 
 
@@ -34,6 +35,33 @@ def test_tune_mnist12_topology_gives_qoperator_model(tmp_path, synth_dir):
     assert rep["fp32"]["accuracy"] == doc["fp32"]["accuracy"] and "accuracy" in rep["int8"]
     assert rep["calibration"]["source"].startswith("ad hoc") and len(rep["calibration"]["sha256"]) == 64
     assert (tmp_path / "int8.report.md").read_text().startswith("# Tuning report")
+    # every trial records its quantizable layers' precision: all fp32 in trial 0, all int8 here (kernel_aware off)
+    per = rep["tuning"]["per_trial"]
+    assert [t["trial"] for t in per] == list(range(rep["tuning"]["trials"] + 1)) and per[0]["int8_layers"] == []
+    assert len(per[0]["fp32_layers"]) == 3 and per[-1]["fp32_layers"] == [] and set(per[-1]["int8_layers"]) == set(per[0]["fp32_layers"])
+    if importlib.util.find_spec("matplotlib"):  # the trials figure beside the report, listed in it
+        assert rep["plots"] == {"trials": str(tmp_path / "int8.report.trials.png")}
+        assert (tmp_path / "int8.report.trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "- plots: " in (tmp_path / "int8.report.md").read_text()
+
+
+def _node(op, inputs, name):
+    return onnx.helper.make_node(op, inputs, [name + "_out"], name=name)
+
+
+def test_layer_precisions_reads_qdq_and_qoperator_candidates():
+    """What INC hands the eval function: QDQ keeps the op type with a DequantizeLinear weight, QOperator has
+    int8 kernels named <layer>_quant; a layer without either is fp32."""
+    g = onnx.helper.make_graph([_node("DequantizeLinear", ["wq", "s", "z"], "w_dq"), _node("Conv", ["x", "w_dq_out"], "ConvA_quant"),
+                                _node("Conv", ["ConvA_quant_out", "w"], "ConvB"), _node("QLinearMatMul", ["a"] * 8, "FC_quant"),
+                                _node("Gemm", ["FC_quant_out", "w2"], "Head"), _node("Relu", ["Head_out"], "Relu")], "g", [], [])
+    assert tuning.layer_precisions(onnx.helper.make_model(g)) == (["ConvB", "Head"], ["ConvA", "FC"])
+
+
+def test_no_plots_writes_no_figure(tmp_path, synth_dir):
+    out, doc = _tune(tmp_path, pattern_linear("N", "flat"), synth_dir, {"preprocessing": {"layout": "flat"}, "tuning": {"max_trials": 1}},
+                     plots=False)
+    assert "plots" not in doc and not list(tmp_path.glob("*.png")) and out.exists()
 
 
 def test_tune_qdq_format(tmp_path, synth_dir):
@@ -60,6 +88,8 @@ def test_keep_fp32_op_types_reaches_the_fused_gemm(tmp_path, synth_dir, op_type)
                      {"quantization": {"op_types_to_keep_fp32": [op_type]}, "tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
     assert doc["int8"]["ops"]["fp32"].get("Gemm") == 1 and "QGemm" not in doc["int8"]["ops"]["int8"]
     assert doc["int8"]["ops"]["int8"].get("QLinearConv") == 1
+    last = doc["tuning"]["per_trial"][-1]  # the layers INC's candidate left fp32: the plan's Conv1 and the kept Gemm
+    assert last["fp32_layers"] == ["Conv1", "MatMul"] and last["int8_layers"] == ["Conv2"]
 
 
 def test_real_mnist12_meets_issue_figures(tuned_mnist12):
@@ -70,7 +100,11 @@ def test_real_mnist12_meets_issue_figures(tuned_mnist12):
     assert rep["int8"]["accuracy"] >= 0.9880
     assert rep["int8"]["accuracy"] >= rep["fp32"]["accuracy"] - 0.0005  # issue 12: >= fp32 - 0.05 pp
     assert rep["int8"]["tied_top1_images"] == 0  # float logits: no tie rule involved
-    assert rep["int8"]["bytes"] <= 10000 and rep["fp32"]["bytes"] == 26143
+    # issue 12's 10,000-byte goal holds for the graph; issue 14's provenance metadata (~180 bytes) comes on top
+    bare = onnx.load(str(out))
+    assert len(bare.metadata_props) == 2
+    del bare.metadata_props[:]
+    assert len(bare.SerializeToString()) <= 10000 and rep["int8"]["bytes"] <= 10200 and rep["fp32"]["bytes"] == 26143
     # as onnxruntime runs it: the second conv and the FC layer in int8, the first conv (1 input channel) in fp32
     assert rep["int8"]["ops"]["int8"]["QLinearConv"] == 1 and rep["int8"]["ops"]["int8"]["QGemm"] == 1
     assert rep["int8"]["ops"]["fp32"]["Conv"] == 1
@@ -139,7 +173,7 @@ def test_objective_override_and_bad_value(tmp_path, synth_dir):
 # ------------------------------------------------------------------- one result on every machine
 # The default model's sha256 on Python 3.11, 3.12 and 3.13 and on CPUs with and without AVX-512 VNNI
 # (README: One result everywhere). A change here is a change of the published model: say why.
-DEFAULT_MNIST12_INT8_SHA256 = "09d0921600ac23fe6ecfbca6ebf7d71e699f1611047a3664bfc58672858d5fcc"
+DEFAULT_MNIST12_INT8_SHA256 = "25fe9d5fe89c9a222279004dd6fce8620dd4db4a35c0740134f8e5e34273dc59"
 
 
 def _as_host(monkeypatch, vnni: bool, bf16: bool):
@@ -245,3 +279,22 @@ def test_inc_timeout_stays_a_timeout_not_an_interrupt(tmp_path, synth_dir, monke
         _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"timeout": 1, "max_trials": 50, "accuracy_criterion": {"absolute": 0.0}}})
     except AccuracyError:
         pass
+
+
+def test_the_api_logs_through_logging_and_writes_only_what_is_asked(tmp_path, synth_dir, caplog):
+    import logging
+
+    src = save(mnist12_like(), tmp_path / "fp32.onnx")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    with caplog.at_level(logging.INFO, logger="quant"):
+        doc = tune_model(str(src), str(work / "int8.onnx"), config=cfg, data_dir=str(synth_dir))
+    assert sorted(p.name for p in work.iterdir()) == ["int8.onnx", "int8_test_data"]  # the model and the config's test data
+    assert doc["reports"] is None and doc["markdown"].startswith("# Tuning report")
+    assert any(r.name == "quant" and r.getMessage().startswith("[tune] fp32 baseline") for r in caplog.records)
+    from quant import benchmark
+
+    bench = benchmark.benchmark_models([str(work / "int8.onnx")], str(src), config=cfg, mode="accuracy", data_dir=str(synth_dir))
+    assert bench["reports"] is None and sorted(p.name for p in work.iterdir()) == ["int8.onnx", "int8_test_data"]
+    assert not list(tmp_path.glob("*.benchmark.*")) and not list(Path.cwd().glob("int8.benchmark.*"))
