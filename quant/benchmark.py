@@ -122,7 +122,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     log = log or LOG.info
     json_path = md_path = None
     plot_paths: list = []
-    if bool(report_path or cfg.output.report) if reports is None else reports:
+    if report.wanted(reports, report_path, cfg):
         json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
         for p in (json_path, md_path):
             check_writable_target(p, "--report")

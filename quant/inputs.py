@@ -42,7 +42,9 @@ def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable =
     ``--config``) the preprocessing the model under test documents replaces the defaults in ``cfg``
     (a baseline's documentation is never adopted for it; documented layouts that do not fit the
     model's input are ignored with a warning). Returns ``{"source", "warnings", "config_notes"}`` for
-    reports; ``cfg.notes`` (what the INC-1.x key mapping decided) are logged here too.
+    reports, plus per model (in ``loaded`` order) ``"documented"`` (:class:`provenance.Documented` or
+    None) and ``"disagreements"`` (its warning or None); ``cfg.notes`` (what the INC-1.x key mapping
+    decided) are logged here too.
     """
     for note in getattr(cfg, "notes", []):
         log(f"[config] {note}")
@@ -63,13 +65,11 @@ def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable =
                 p.scale, p.mean, p.std, p.layout = (first.preprocessing[k] for k in ("scale", "mean", "std", "layout"))
                 source = first.source
     used = cfg.preprocessing_dict()
-    for _, d in docs:
-        if d is not None:
-            w = provenance.disagreement(d, used, source)
-            if w:
-                warnings.append(w)
+    disagreements = [provenance.disagreement(d, used, source) if d is not None else None for _, d in docs]
+    warnings += [w for w in disagreements if w]
     for w in warnings:
         log(f"[warning] {w}")
     if source != original:  # adopted from the model: say so (a config's own preprocessing is in every report)
         log(f"[data] preprocessing: {provenance.text(used)} (from {source})")
-    return {"source": source, "warnings": warnings, "config_notes": list(getattr(cfg, "notes", []))}
+    return {"source": source, "warnings": warnings, "config_notes": list(getattr(cfg, "notes", [])),
+            "documented": [d for _, d in docs], "disagreements": disagreements}

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import evaluation, inputs, models, testdata
+import onnx
+
+from . import evaluation, inputs, models, report, testdata
 from .errors import UsageError
 from .fsio import Outputs, check_distinct, check_writable_target, read_regular_file, sha256_bytes
 
@@ -63,8 +65,7 @@ def _tar_gz(files: list[tuple[str, bytes | None]]) -> bytes:
 
 def _tune_command(model_path: str, sha256: str) -> str | None:
     """The command recorded by the tune report beside the model, if it describes these exact bytes."""
-    rep = Path(model_path)
-    rep = rep.with_name((rep.name[:-5] if rep.name.endswith(".onnx") else rep.name) + ".report.json")
+    rep = report.default_report_paths(model_path, None)[0]  # where tune puts it by default
     try:
         doc = json.loads(read_regular_file(rep, "tune report", 16 << 20, UsageError))
         if doc.get("kind") == "tune" and doc.get("int8", {}).get("sha256") == sha256:
@@ -74,16 +75,15 @@ def _tune_command(model_path: str, sha256: str) -> str | None:
     return None
 
 
-def card(name: str, lm: models.LoadedModel, archive: bytes, accuracy: float, pre: dict, source: str, sets: int,
-         made_by: str | None, command: str) -> str:
-    md5, sha = hashlib.md5(archive).hexdigest(), sha256_bytes(archive)
+def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, accuracy: float, pre: dict, source: str,
+         sets: int, made_by: str | None, command: str) -> str:
     opset = models.opset_of(lm.proto)
     return "\n".join([
         f"{CARD_MARK}{name}, written by `{command}` -->",
         "| Model | Download | Download (with sample test data) | ONNX version | Opset version | Top-1 error |",
         "|---|---|---|---|---|---|",
         f"| {name} | [{len(lm.raw) / 1024:.0f} KB](model/{name}.onnx) | [{len(archive) / 1024:.0f} KB](model/{name}{SUFFIX}) | "
-        f"{onnx_version()} | {opset} | {100 * (1 - accuracy):.2f}% |",
+        f"{onnx.__version__} | {opset} | {100 * (1 - accuracy):.2f}% |",
         "",
         f"- Top-1 error: measured on the 10,000 MNIST test images with the preprocessing below (onnxruntime, "
         f"top-1 accuracy {100 * accuracy:.2f} %).",
@@ -95,12 +95,6 @@ def card(name: str, lm: models.LoadedModel, archive: bytes, accuracy: float, pre
         "(onnxruntime reproduces every output_0.pb within rtol 1e-3).",
         "",
     ])
-
-
-def onnx_version() -> str:
-    import onnx
-
-    return onnx.__version__
 
 
 def package_model(input_model: str, output: str, config=None, data_dir: str | None = None, count: int | None = None,
@@ -137,12 +131,12 @@ def package_model(input_model: str, output: str, config=None, data_dir: str | No
     n = len(sets)
     with Outputs() as staged:
         archive = _tar_gz(files)
-        text = card(name, lm, archive, acc, cfg.preprocessing_dict(), prov["source"], n, _tune_command(lm.path, lm.file_sha256), command)
+        md5, sha = hashlib.md5(archive).hexdigest(), sha256_bytes(archive)
+        text = card(name, lm, archive, md5, sha, acc, cfg.preprocessing_dict(), prov["source"], n, _tune_command(lm.path, lm.file_sha256), command)
         staged.bytes(archive_path, archive)
         staged.text(card_path, text)
         staged.commit()
-    summary = {"archive": str(archive_path), "card": str(card_path), "bytes": len(archive), "md5": hashlib.md5(archive).hexdigest(),
-               "sha256": sha256_bytes(archive), "top1": acc, "test_data_sets": n, "preprocessing": cfg.preprocessing_dict(),
+    summary = {"archive": str(archive_path), "card": str(card_path), "bytes": len(archive), "md5": md5, "sha256": sha, "top1": acc, "test_data_sets": n, "preprocessing": cfg.preprocessing_dict(),
                "preprocessing_source": prov["source"], "warnings": prov["warnings"], "seconds": time.perf_counter() - t0, "card_text": text}
     log(f"[package] wrote {archive_path} ({len(archive):,} bytes, md5 {summary['md5']}, sha256 {summary['sha256']}) and {card_path}")
     return summary

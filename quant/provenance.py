@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from . import __version__, config as config_mod, recipe
+from . import __version__, config as config_mod, data, recipe
 from .errors import ConfigError
 
 PRODUCER = "mnist-quant"
@@ -34,7 +34,7 @@ ZOO_PREPROCESSING = {"scale": "1/255", "mean": 0.0, "std": 1.0, "layout": "NCHW"
 ZOO_SOURCE = "the ONNX Model Zoo README (pixels scaled to [0, 1], [1, 1, 28, 28])"
 # sha256 of the zoo's files (byte-identical to the zoo's Git LFS objects; ../shared/models/SOURCES.md)
 ZOO = {
-    "5c688690f8bacf667d4c2074af5ad0646ca328d7ab03eccf944a65b320171bdd": "mnist-12.onnx",
+    data.ZOO_MODELS["mnist-12.onnx"][1]: "mnist-12.onnx",  # the file `fetch` downloads
     "5eac0752eecf4991a5e4157cf31a186f2c61090494019e87979ac17df1dae253": "mnist-12-int8.onnx",
     "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf": "mnist-8.onnx",
     "0d715376572e89832685c56a65ef1391f5f0b7dd31d61050c91ff3ecab16c032": "mnist-7.onnx",
@@ -55,10 +55,6 @@ def canonical(p: dict) -> dict:
 
 def text(p: dict) -> str:
     return f"scale {p['scale']}, mean {float(p['mean']):g}, std {float(p['std']):g}, {p['layout']}"
-
-
-def same(a: dict, b: dict) -> bool:
-    return recipe.same_preprocessing(a, b)
 
 
 def stamp(model: onnx.ModelProto, preprocessing: dict, calibration_sha256: str) -> onnx.ModelProto:
@@ -105,7 +101,7 @@ def documented(model: onnx.ModelProto, path: str, file_sha256: str) -> Documente
 
 def disagreement(doc: Documented, preprocessing: dict, used_source: str) -> str | None:
     """The warning for preprocessing that differs from the documented one, or None."""
-    if doc.preprocessing is None or same(doc.preprocessing, preprocessing):
+    if doc.preprocessing is None or recipe.same_preprocessing(doc.preprocessing, preprocessing):
         return None
     return (f"the preprocessing in use ({text(preprocessing)}, from {used_source}) differs from the one documented in "
             f"{doc.source} ({text(doc.preprocessing)}); it is used as given. A model calibrated for one and fed the other "

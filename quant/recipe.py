@@ -207,8 +207,6 @@ def same_preprocessing(a: dict, b: dict) -> bool:
         and math.isclose(da, db, rel_tol=1e-9) and a["layout"] == b["layout"]
 
 
-_same = same_preprocessing
-
 
 def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes: list[str], base: str | None) -> None:
     loaders: dict[str, dict] = {}
@@ -251,7 +249,7 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
     # one preprocessing
     (k0, first), *rest = loaders.items()
     for k, v in rest:
-        if not _same(first["preprocessing"], v["preprocessing"]):
+        if not same_preprocessing(first["preprocessing"], v["preprocessing"]):
             raise _err(source, f"{k}.transform", f"gives {describe(v['preprocessing'])} but {k0}.transform gives {describe(first['preprocessing'])}: "
                        "a model must be calibrated and evaluated with the same preprocessing")
     pre = first["preprocessing"]
@@ -260,7 +258,7 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
         merged = {**pre, **explicit}
         bad = scale_value(merged["scale"]) is None or not all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool)
                                                                for k in ("mean", "std"))
-        if not bad and not _same(pre, merged):  # (a bad value is named by the schema afterwards)
+        if not bad and not same_preprocessing(pre, merged):  # (a bad value is named by the schema afterwards)
             raise _err(source, "preprocessing", f"contradicts {k0}.transform, which gives {describe(pre)}")
     else:
         d["preprocessing"] = dict(pre)

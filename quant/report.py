@@ -66,6 +66,12 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
     return where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
 
 
+def wanted(reports: bool | None, report_path: str | None, cfg) -> bool:
+    """Whether a run writes report files: ``reports`` when given (the command line passes True), else only
+    when a path is asked for (``report_path`` or the config's ``output.report``): the Python API's default."""
+    return bool(report_path or cfg.output.report) if reports is None else reports
+
+
 def write(json_path: Path, doc: dict, md_path: Path, markdown: str, staged: Outputs | None = None) -> None:
     """The JSON and Markdown reports, committed together (with the run's other ``staged`` outputs if given)."""
     with Outputs() as own:

@@ -198,7 +198,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, options
     from neural_compressor.quantization import fit
 
-    logging.getLogger("neural_compressor").setLevel(logging.INFO if verbose else logging.ERROR)
+    inc_logger.setLevel(logging.INFO if verbose else logging.ERROR)
     kind, tol = cfg.criterion
     trials: list[Trial] = []
 

@@ -455,18 +455,20 @@ def _ops(d: dict) -> str:
 
 
 def documented_check(int8, prov: dict) -> Check:
-    """Does the int8 model say what preprocessing it was calibrated for, and does the run agree?"""
+    """Does the int8 model say what preprocessing it was calibrated for, and does the run agree?
+    ``prov``: :func:`quant.inputs.preprocessing_for` with the int8 model first."""
     from . import provenance
 
-    doc = provenance.documented(int8.proto, int8.path, int8.file_sha256)
-    mine = [w for w in prov["warnings"] if doc is not None and doc.source in w]
+    doc, disagreement = prov["documented"][0], prov["disagreements"][0]
+    if doc is not None and not disagreement and prov["source"] == doc.source:  # the run adopted what the int8 model documents:
+        disagreement = next((w for w in prov["disagreements"][1:] if w), None)  # the baseline documenting otherwise contradicts it
     details = {"source": prov["source"], "documented": None if doc is None else {"preprocessing": doc.preprocessing, "source": doc.source,
                                                                                   "calibration_sha256": doc.calibration_sha256}}
     if doc is None:
         return Check("documented preprocessing", "info", f"{int8.path} documents no preprocessing (no {provenance.KEY_PREPROCESSING} "
                      f"metadata, not a known zoo file); validated with {prov['source']}", details)
-    if mine:
-        return Check("documented preprocessing", "warn", mine[0], details)
+    if disagreement:
+        return Check("documented preprocessing", "warn", disagreement, details)
     return Check("documented preprocessing", "pass", f"{doc.source} documents {provenance.text(doc.preprocessing)}; "
                  f"the run uses the same (from {prov['source']})", details)
 
@@ -489,8 +491,8 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     check_flag(PORTABILITY_SAMPLES, portability_samples, "--portability_samples")
     cfg = load_config(config)
     log = log or logging.getLogger("quant").info
-    json_path = md_path = None  # report files only when asked: reports=True (the command line), a report_path or output.report
-    if bool(report_path or cfg.output.report) if reports is None else reports:
+    json_path = md_path = None
+    if report.wanted(reports, report_path, cfg):
         json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate", folder=".")
     for p in filter(None, (json_path, md_path)):
         check_writable_target(p, "--report")
