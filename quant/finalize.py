@@ -6,6 +6,12 @@
   ~0.44) tie the top-1 class on some images, so the accuracy depended on the tie rule.
 - :func:`compact_names` and :func:`drop_zero_bias_zero_points`: shorter names for INC's
   QuantizeLinear/DequantizeLinear glue and no all-zero bias zero points (bytes, not behaviour).
+- :func:`drop_identity_requantization`: INC re-quantizes the output of every pool, transpose and reshape
+  with the scale and zero point its input already had (``DQ -> MaxPool -> Q -> DQ -> Transpose -> Q ->
+  DQ -> ...``). Such a pair is an exact identity (max, transposes and reshapes commute with the
+  elementwise DequantizeLinear); the pairs in front of anything but another such op (a compute op, a
+  graph output) stay, so QuantizeLinear/DequantizeLinear still mark every int8 compute input.
+  onnxruntime runs the same kernels (tested on the executed graph); the file loses ~500 bytes.
 - :func:`drop_unused_opsets`: INC saves its model through onnxruntime, which lists every domain it
   knows in ``opset_import``; only the domains that nodes use are kept.
 """
@@ -46,6 +52,69 @@ def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     m.graph.node.extend(keep)
     drop_unused_initializers(m)
     return m, changed
+
+
+# ops whose output, re-quantized with their input's scale and zero point, equals their quantized input
+# moved around (or, for MaxPool, the max of quantized values: DequantizeLinear is monotone)
+_EXACT_ON_QUANTIZED = {"MaxPool", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Remove ``QuantizeLinear -> DequantizeLinear`` pairs that re-quantize the output of an exact op chain
+    (``_EXACT_ON_QUANTIZED``) with the scale and zero point of the DequantizeLinear that feeds the chain,
+    when every reader of the pair is another exact op. Returns the model and the number of pairs removed."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    uses = consumers(m)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in m.graph.output}
+
+    def same(a: str, b: str) -> bool:
+        if a == b:
+            return True
+        ta, tb = inits.get(a), inits.get(b)
+        return (ta is not None and tb is not None and ta.data_type == tb.data_type
+                and np.array_equal(numpy_helper.to_array(ta), numpy_helper.to_array(tb)))
+
+    def same_params(x: onnx.NodeProto, y: onnx.NodeProto) -> bool:
+        return (len(x.input) == len(y.input) and same(x.input[1], y.input[1]) and (len(x.input) < 3 or same(x.input[2], y.input[2]))
+                and not x.attribute and not y.attribute)  # per-tensor only (axis attributes: left alone)
+
+    removed, rename = set(), {}
+    for q in m.graph.node:
+        if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or q.output[0] in graph_outputs:
+            continue
+        src, op = q.input[0], producers.get(q.input[0])
+        while op is not None and op.op_type in _EXACT_ON_QUANTIZED and uses[src] == 1 and len(op.output) == 1:
+            src = op.input[0]
+            op = producers.get(src)
+        if op is None or op.op_type != "DequantizeLinear" or src == q.input[0] or not same_params(op, q):
+            continue
+        dqs = readers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" or not same_params(d, q) or d.output[0] in graph_outputs
+                          or not readers.get(d.output[0])
+                          or any(r.op_type not in _EXACT_ON_QUANTIZED for r in readers[d.output[0]]) for d in dqs):
+            continue
+        removed.add(id(q))
+        for d in dqs:
+            removed.add(id(d))
+            rename[d.output[0]] = q.input[0]
+    if not removed:
+        return model, 0
+    keep = [n for n in m.graph.node if id(n) not in removed]
+    for n in keep:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    drop_unused_initializers(m)
+    return m, len(removed) - len(rename)
 
 
 def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -148,6 +217,10 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     m, outs = float_outputs(model)
     if outs:
         notes.append(f"float outputs (QuantizeLinear/DequantizeLinear pair before them removed): {', '.join(outs)}")
+    m, pairs = drop_identity_requantization(m)
+    if pairs:
+        notes.append(f"{pairs} QuantizeLinear/DequantizeLinear pair(s) that re-quantized a pool/transpose/reshape output "
+                     "with its input's own scale removed (exact)")
     before = len(m.opset_import)
     m = drop_unused_opsets(m)
     if len(m.opset_import) < before:

@@ -14,6 +14,10 @@ images. They are written for any MNIST-classifier shape (MLPs, LeNets, NHWC mode
   they commute). With the Relu first, onnxruntime's QDQ propagation moves the QuantizeLinear above
   the pool, whose uint8 NCHW kernel is ~14x slower than fp32; with it after, onnxruntime drops the
   Relu (a uint8 QuantizeLinear with zero point 0 already clamps at 0) and the pool stays cheap.
+- :func:`crop_unread_outputs`: a ``Conv`` (through elementwise activations) feeding a pooling layer whose
+  windows never reach its last rows/columns (mnist-12: a 3x3/3 MaxPool over 14x14 reads 12x12) stops
+  computing them: its end padding shrinks by as much, so the pool reads the same values and the conv
+  does less work (27 % fewer multiply-adds in mnist-12's second conv).
 - :func:`channels_last_flatten`: ``[N,C,H,W] -> Reshape/Flatten -> Gemm/MatMul(constant B)`` gets a
   ``Transpose(0,2,3,1)`` before the flatten and B's rows permuted to match. onnxruntime runs int8
   convolutions in NHWC and inserts NHWC->NCHW transposes after them; this Transpose cancels that one.
@@ -233,6 +237,101 @@ def pool_before_relu(model: onnx.ModelProto, after: set[str] | None = None) -> t
     return m, "MaxPool moved before Relu (they commute): " + ", ".join(swapped)
 
 
+# elementwise ops (no spatial mixing) a conv's output may pass through on its way to a pool
+_ELEMENTWISE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish",
+                "Softplus", "Softsign", "Identity"}
+
+
+def _conv_pads(conv: onnx.NodeProto, spatial: list[int], kernel: list[int]) -> list[int] | None:
+    """A 2-D Conv's explicit pads [top, left, bottom, right] (resolving ``auto_pad``), or None."""
+    strides = list(_attr(conv, "strides", [1, 1]))
+    dil = list(_attr(conv, "dilations", [1, 1]))
+    auto = _attr(conv, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        pads = list(_attr(conv, "pads", [0, 0, 0, 0]))
+        return pads if len(pads) == 4 else None
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dil):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _rows_read(pool: onnx.NodeProto, size: int, axis: int) -> int | None:
+    """How many leading rows (axis 0) / columns (axis 1) of its input an unpadded floor-mode pool reads."""
+    k = list(_attr(pool, "kernel_shape", []))
+    s = list(_attr(pool, "strides", [1] * len(k)))
+    d = list(_attr(pool, "dilations", [1] * len(k)))
+    if len(k) != 2 or len(s) != 2 or any(x != 1 for x in d):
+        return None
+    auto = _attr(pool, "auto_pad", b"NOTSET")
+    if (auto.decode() if isinstance(auto, bytes) else auto) not in ("NOTSET", "VALID", ""):
+        return None
+    if any(_attr(pool, "pads", [0, 0, 0, 0])) or _attr(pool, "ceil_mode", 0) or size < k[axis]:
+        return None
+    windows = (size - k[axis]) // s[axis] + 1
+    return (windows - 1) * s[axis] + k[axis]
+
+
+def crop_unread_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """``Conv -> [elementwise ops] -> MaxPool/AveragePool`` where the pool's windows (no padding, floor
+    mode) stop short of the conv's last output rows/columns: the conv's end padding shrinks so it no longer
+    computes them. Output rows keep their index (only the end padding changes), so the pool reads exactly
+    the values it read before and its output is unchanged. Only padding can be removed: a conv without end
+    padding keeps computing rows nobody reads (cutting its input would cost a copy)."""
+    m = copy.deepcopy(model)
+    inits = _inits(m)
+    uses = consumers(m)
+    shapes = _static_shapes(m)
+    by_input = {i: n for n in m.graph.node for i in n.input}
+    done = []
+    for conv in m.graph.node:
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or len(conv.input) < 2 or conv.input[1] not in inits:
+            continue
+        x, w = shapes.get(conv.input[0]), list(inits[conv.input[1]].dims)
+        if not x or len(x) != 4 or None in x[2:] or len(w) != 4:
+            continue
+        kernel = list(_attr(conv, "kernel_shape", w[2:]))
+        strides = list(_attr(conv, "strides", [1, 1]))
+        dil = list(_attr(conv, "dilations", [1, 1]))
+        pads = _conv_pads(conv, x[2:], kernel)
+        if pads is None or len(strides) != 2 or len(dil) != 2:
+            continue
+        node, tensor = conv, conv.output[0]
+        while uses[tensor] == 1 and tensor in by_input and by_input[tensor].op_type in _ELEMENTWISE and len(by_input[tensor].output) == 1:
+            node = by_input[tensor]
+            tensor = node.output[0]
+        pool = by_input.get(tensor)
+        if uses[tensor] != 1 or pool is None or pool.op_type not in ("MaxPool", "AveragePool") or len(pool.output) != 1:
+            continue
+        new = list(pads)
+        for axis in (0, 1):
+            span = (kernel[axis] - 1) * dil[axis] + 1
+            out = (x[2 + axis] + pads[axis] + pads[2 + axis] - span) // strides[axis] + 1
+            read = _rows_read(pool, out, axis)
+            if read is None:
+                break
+            while new[2 + axis] > 0 and (x[2 + axis] + new[axis] + new[2 + axis] - 1 - span) // strides[axis] + 1 >= read:
+                new[2 + axis] -= 1  # one less row of end padding still leaves every row the pool reads
+        else:
+            if new == pads:
+                continue
+            keep = [a for a in conv.attribute if a.name not in ("auto_pad", "pads")]
+            del conv.attribute[:]
+            conv.attribute.extend(keep + [helper.make_attribute("pads", new)])
+            done.append(f"{conv.name or 'Conv'} -> {pool.name or pool.op_type} (pads {pads} -> {new})")
+    if not done:
+        return model, None
+    del m.graph.value_info[:]
+    return m, "conv outputs no pool reads no longer computed: " + ", ".join(done)
+
+
 def channels_last_flatten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """Flatten [N,C,H,W] in (H,W,C) order before a fully connected layer with constant weights."""
     m = copy.deepcopy(model)
@@ -285,4 +384,4 @@ def channels_last_flatten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str 
 
 # the order matters: constants first (the zoo's weight Reshape), then fusions, then layout;
 # pool_before_relu depends on the precision plan and runs after it
-ALL = (name_nodes, fold_constants, fuse_bias, channels_last_flatten)
+ALL = (name_nodes, fold_constants, fuse_bias, crop_unread_outputs, channels_last_flatten)

@@ -227,6 +227,8 @@ def activation_qparams(model: onnx.ModelProto) -> dict[str, dict]:
             src = producers.get(n.input[0]) if n.op_type == "QuantizeLinear" else None
             if src is not None and src.op_type in LAYOUT_ONLY and src.input:
                 dq = producers.get(src.input[0])
+                while dq is not None and dq.op_type in LAYOUT_ONLY | {"MaxPool"} and dq.input:  # ... -> MaxPool -> Transpose -> Reshape
+                    dq = producers.get(dq.input[0])
                 if dq is not None and dq.op_type == "DequantizeLinear" and list(dq.input[1:3]) == list(n.input[1:3]):
                     continue
             s = numpy_helper.to_array(inits[n.input[si]]).astype(np.float64)
@@ -276,6 +278,16 @@ def _run_all(model_bytes: bytes, x: np.ndarray, input_name: str, batch: int, nam
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
 
 
+def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """``ref`` as a tensor of ``shape``: itself, or for an [N, C, H, W] activation whose rewritten conv no
+    longer computes the last rows/columns (``rewrites.crop_unread_outputs``) its leading H x W window."""
+    if ref.shape == shape:
+        return ref
+    if ref.ndim == 4 and len(shape) == 4 and ref.shape[:2] == shape[:2] and ref.shape[2] >= shape[2] and ref.shape[3] >= shape[3]:
+        return ref[:, :, :shape[2], :shape[3]]
+    return None
+
+
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     noise = float(np.sum((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
     sig = float(np.sum(ref.astype(np.float64) ** 2))
@@ -315,19 +327,23 @@ def layer_errors(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, in
     for tensor, p in acts.items():
         q = q_vals[tensor]
         deq = q.astype(np.float64) if p.get("dequantized") else (q.astype(np.float64) - p["zero_point"]) * p["scale"]
-        cands = [(sqnr_db(v, deq), k) for k, v in fp_vals.items() if v.shape == deq.shape]
+        aligned = {k: a for k, a in ((k, _aligned(v, deq.shape)) for k, v in fp_vals.items()) if a is not None}
+        cands = [(sqnr_db(v, deq), k) for k, v in aligned.items()]
         if not cands:
             continue
         best, twin = max(cands)
         matched_by = "value"
         by_name = name_twin(tensor, p)
-        if by_name in fp_vals and fp_vals[by_name].shape == deq.shape:
-            named = sqnr_db(fp_vals[by_name], deq)
+        if by_name in aligned:
+            named = sqnr_db(aligned[by_name], deq)
             if named >= best - NAME_TWIN_SLACK_DB:
                 best, twin, matched_by = named, by_name, "name"
             else:
                 matched_by = f"value ({best - named:.1f} dB closer than `{by_name}`)"
-        ref = fp_vals[twin].astype(np.float64)
+        if fp_vals[twin].shape != deq.shape:
+            h, w = deq.shape[2:]
+            matched_by += f"; its leading {h}x{w} of {'x'.join(map(str, fp_vals[twin].shape[2:]))} (rows a pool never reads are not computed)"
+        ref = aligned[twin].astype(np.float64)
         rel = float(np.linalg.norm(ref - deq) / max(np.linalg.norm(ref), 1e-30))
         ints = not p.get("dequantized")
         rows.append({"tensor": tensor, "op": p["op"], "node": p["node"], "fp32_twin": twin, "matched_by": matched_by,

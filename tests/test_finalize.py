@@ -67,3 +67,49 @@ def test_compact_names_and_zero_points_keep_outputs_and_kernels_and_save_bytes()
     assert [n.name for n in out.graph.node if n.op_type != "Gemm"] == [""] * 4 and out.graph.node[-1].name == "fc"
     assert "QGemm" in _executed(out)  # the int8 weight keeps its zero point: onnxruntime fuses only then
     assert [o.domain for o in out.opset_import] == [""] and any("opset imports" in n for n in notes)
+
+
+def _requantized_chain(pool_scale=0.02) -> onnx.ModelProto:
+    """x -> Q -> DQ -> MaxPool -> Q -> DQ -> Transpose -> Q -> DQ -> Reshape -> Q -> DQ -> Gemm: INC's
+    re-quantization after every pool/layout op (the MaxPool's pair uses ``pool_scale``)."""
+    rng = np.random.default_rng(3)
+    c = lambda a, n: numpy_helper.from_array(np.asarray(a), n)  # noqa: E731
+    inits = [c(np.float32(0.02), "s"), c(np.uint8(3), "z"), c(np.float32(pool_scale), "ps"), c(np.uint8(3), "pz"),
+             c(rng.integers(-64, 64, (2 * 3 * 3 * 4, 10)).astype(np.int8), "W.q"), c(np.float32(0.01), "W.s"), c(np.int8(0), "W.zp"),
+             c(np.array([-1, 2 * 3 * 3 * 4], np.int64), "shape")]
+    qdq = lambda x, y, s, z: [helper.make_node("QuantizeLinear", [x, s, z], [y + ".q"]),  # noqa: E731
+                              helper.make_node("DequantizeLinear", [y + ".q", s, z], [y])]
+    nodes = [*qdq("x", "xd", "s", "z"),
+             helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]), *qdq("p", "pd", "ps", "pz"),
+             helper.make_node("Transpose", ["pd"], ["t"], perm=[0, 2, 3, 1]), *qdq("t", "td", "ps", "pz"),
+             helper.make_node("Reshape", ["td", "shape"], ["r"]), *qdq("r", "rd", "ps", "pz"),
+             helper.make_node("DequantizeLinear", ["W.q", "W.s", "W.zp"], ["Wd"]),
+             helper.make_node("Gemm", ["rd", "Wd"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_drop_identity_requantization_is_exact_and_onnxruntime_runs_the_same_kernels():
+    m = _requantized_chain()
+    out, pairs = finalize.drop_identity_requantization(m)
+    assert pairs == 2  # after the MaxPool and the Transpose; the pair in front of the Gemm stays
+    assert [n.op_type for n in out.graph.node] == ["QuantizeLinear", "DequantizeLinear", "MaxPool", "Transpose", "Reshape",
+                                                   "QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Gemm"]
+    x = np.random.default_rng(4).normal(0, 2, (32, 4, 6, 6)).astype(np.float32)
+    assert np.array_equal(_run(m, x), _run(out, x))
+    assert _executed(out) == _executed(m) and "QGemm" in _executed(out)
+    assert len(models.serialize(out)) < len(models.serialize(m))
+    assert finalize.drop_identity_requantization(out) == (out, 0)
+
+
+def test_drop_identity_requantization_keeps_a_pair_that_changes_the_scale():
+    m = _requantized_chain(pool_scale=0.05)  # the pool's output is re-quantized on a coarser grid: not an identity
+    out, pairs = finalize.drop_identity_requantization(m)
+    assert pairs == 1 and [n.op_type for n in out.graph.node][:5] == ["QuantizeLinear", "DequantizeLinear", "MaxPool",
+                                                                      "QuantizeLinear", "DequantizeLinear"]
+    x = np.random.default_rng(5).normal(0, 2, (8, 4, 6, 6)).astype(np.float32)
+    assert np.array_equal(_run(m, x), _run(out, x))

@@ -150,3 +150,70 @@ def test_name_nodes_names_the_unnamed_ones():
     m.graph.node[0].name = m.graph.node[4].name = ""
     out, note = rewrites.name_nodes(m)
     assert note == "named 2 unnamed node(s): Conv_0, Conv_4" and all(n.name for n in out.graph.node)
+
+
+def _conv_pool(x_shape, conv_attrs, pool_op="MaxPool", pool_attrs=None, between=("Relu",), extra_output=None):
+    rng = np.random.default_rng(11)
+    w = rng.normal(0, 0.3, (4, x_shape[1], 3, 3))
+    nodes, src = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", kernel_shape=[3, 3], **conv_attrs)], "c"
+    for k, op in enumerate(between):
+        attrs = {"alpha": 0.1} if op == "LeakyRelu" else {}
+        nodes.append(helper.make_node(op, [src], [f"e{k}"], name=f"act{k}", **attrs))
+        src = f"e{k}"
+    nodes.append(helper.make_node(pool_op, [src], ["y"], name="pool", **(pool_attrs or {"kernel_shape": [3, 3], "strides": [3, 3]})))
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)]
+    if extra_output:
+        outs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, [None] * 4))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape[1:]])], outs,
+                          [_t("W", w), _t("B", rng.normal(0, 0.1, (4,)))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def _pads(m):
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    return [list(helper.get_attribute_value(a)) for a in conv.attribute if a.name == "pads"], \
+        [a.name for a in conv.attribute if a.name == "auto_pad"]
+
+
+def test_crop_unread_outputs_on_the_mnist12_shape_keeps_outputs():
+    m, _ = rewrites.fuse_bias(mnist12_like(batch="N"))
+    out, note = rewrites.crop_unread_outputs(m)
+    assert note == "conv outputs no pool reads no longer computed: Conv2 -> Pool2 (pads [2, 2, 2, 2] -> [2, 2, 0, 0])"
+    onnx.checker.check_model(out, full_check=True)
+    _same(m, out, _x(seed=8) - 0.3, "Input3")
+    assert rewrites.crop_unread_outputs(out) == (out, None)  # nothing left to crop
+    assert rewrites.crop_unread_outputs(mnist12_like(batch="N"))[1] is None  # an Add between conv and pool: not elementwise-only
+
+
+@pytest.mark.parametrize("case,x_shape,conv_attrs,pool_op,pool_attrs,between,want", [
+    # SAME_UPPER on 10x11: 10x11 outputs; a 3x3/3 pool reads 9x9: one end row and the one end column of padding go
+    ("same_upper", (2, 2, 10, 11), {"auto_pad": "SAME_UPPER"}, "AveragePool", None, ("LeakyRelu", "Sigmoid"), [1, 1, 0, 0]),
+    # stride 2, pads 1: 8x8 outputs of which a 3x3/3 pool reads 6: the end padding goes, one unread row stays
+    ("strided", (2, 3, 15, 15), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, "MaxPool", None, ("Relu",), [1, 1, 0, 0]),
+    # SAME_LOWER puts the extra padding first: 2x2/2 over 9 outputs reads 8; the end pad (1) goes
+    ("same_lower", (1, 1, 9, 9), {"auto_pad": "SAME_LOWER"}, "MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2]}, (), [1, 1, 0, 0]),
+])
+def test_crop_unread_outputs_shrinks_end_padding_only_as_far_as_the_pool_reads(case, x_shape, conv_attrs, pool_op, pool_attrs,
+                                                                             between, want):
+    m = _conv_pool(x_shape, conv_attrs, pool_op, pool_attrs, between)
+    out, note = rewrites.crop_unread_outputs(m)
+    assert note is not None and "conv -> pool" in note, case
+    assert _pads(out) == ([want], [])
+    onnx.checker.check_model(out)
+    onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    _same(m, out, _x(x_shape, 9) - 0.5, "x")
+
+
+@pytest.mark.parametrize("case,conv_attrs,pool_attrs,extra", [
+    ("pool pads", {"pads": [1, 1, 1, 1]}, {"kernel_shape": [3, 3], "strides": [3, 3], "pads": [1, 1, 1, 1]}, None),
+    ("ceil mode", {"pads": [1, 1, 1, 1]}, {"kernel_shape": [3, 3], "strides": [3, 3], "ceil_mode": 1}, None),
+    ("pool reads every row", {"pads": [1, 1, 1, 1]}, {"kernel_shape": [2, 2], "strides": [2, 2]}, None),
+    ("no end padding", {"pads": [1, 1, 0, 0]}, None, None),
+    ("conv output also a graph output", {"pads": [1, 1, 1, 1]}, None, "c"),
+    ("activation read twice", {"pads": [1, 1, 1, 1]}, None, "e0"),
+])
+def test_crop_unread_outputs_leaves_other_shapes_alone(case, conv_attrs, pool_attrs, extra):
+    m = _conv_pool((2, 1, 14, 14), conv_attrs, "MaxPool", pool_attrs, ("Relu",), extra_output=extra)
+    assert rewrites.crop_unread_outputs(m) == (m, None), case

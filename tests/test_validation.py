@@ -204,12 +204,14 @@ def test_validate_passes_our_int8_and_checks_its_test_data(tuned_mnist12, models
     assert checks["input range"]["status"] == "skip" and "the first layer runs in fp32" in checks["input range"]["summary"]
     assert "3 of 3 test_data_set folders reproduced" in checks["test data"]["summary"]
     layers = checks["per-layer error"]["details"]["layers"]
-    # QDQ: the activations entering the int8 conv, leaving it, and leaving its pool (the FC output is float)
+    # QDQ: the activations entering the int8 conv and leaving it (its pool, transpose and reshape keep the
+    # conv's quantized values: no re-quantization of their own; the FC output is float)
     assert [(r_["tensor"], r_["fp32_twin"]) for r_ in layers] == [
-        ("Pooling66_Output_0.q", "Pooling66_Output_0"), ("Plus112_Output_0.q", "ReLU114_Output_0"),
-        ("Pooling160_Output_0.q", "Pooling160_Output_0")]
-    # the conv's output stands for the Relu's (a uint8 zero point 0 clamps at 0): found by value, and said so
-    assert [r_["matched_by"].split(" ")[0] for r_ in layers] == ["name", "value", "name"]
+        ("Pooling66_Output_0.q", "Pooling66_Output_0"), ("Plus112_Output_0.q", "ReLU114_Output_0")]
+    # the conv's output stands for the Relu's (a uint8 zero point 0 clamps at 0): found by value, and said so;
+    # the conv computes only the 12x12 rows its 3x3/3 pool reads, compared with the fp32 twin's leading 12x12
+    assert [r_["matched_by"].split(" ")[0] for r_ in layers] == ["name", "value"]
+    assert "its leading 12x12 of 14x14" in layers[1]["matched_by"] and layers[1]["shape"] == [16, 12, 12]
     assert min(r_["sqnr_db"] for r_ in layers) > 25 and sum(r_["flag"].startswith("worst") for r_ in layers) == 1
     # the zoo's test data contract: the zoo int8 model does not reproduce our reference outputs
     bad = run_cli("check-test-data", f"--input_model={models_dir / 'mnist-12-int8.onnx'}", "--test_data",
