@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from .models import consumers, drop_unused_initializers
+from .models import LAYOUT_ONLY, consumers, drop_unused_initializers, readers
 
 
 def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -56,24 +58,18 @@ def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
 
 # ops whose output, re-quantized with their input's scale and zero point, equals their quantized input
 # moved around (or, for MaxPool, the max of quantized values: DequantizeLinear is monotone)
-_EXACT_ON_QUANTIZED = {"MaxPool", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+_EXACT_ON_QUANTIZED = LAYOUT_ONLY | {"MaxPool"}
 
 
 def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Remove ``QuantizeLinear -> DequantizeLinear`` pairs that re-quantize the output of an exact op chain
     (``_EXACT_ON_QUANTIZED``) with the scale and zero point of the DequantizeLinear that feeds the chain,
     when every reader of the pair is another exact op. Returns the model and the number of pairs removed."""
-    import numpy as np
-    from onnx import numpy_helper
-
     m = copy.deepcopy(model)
     inits = {t.name: t for t in m.graph.initializer}
     uses = consumers(m)
     producers = {o: n for n in m.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    read_by = readers(m)
     graph_outputs = {o.name for o in m.graph.output}
 
     def same(a: str, b: str) -> bool:
@@ -87,7 +83,7 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
         return (len(x.input) == len(y.input) and same(x.input[1], y.input[1]) and (len(x.input) < 3 or same(x.input[2], y.input[2]))
                 and not x.attribute and not y.attribute)  # per-tensor only (axis attributes: left alone)
 
-    removed, rename = set(), {}
+    removed, rename, pairs = set(), {}, 0
     for q in m.graph.node:
         if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or q.output[0] in graph_outputs:
             continue
@@ -97,11 +93,12 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
             op = producers.get(src)
         if op is None or op.op_type != "DequantizeLinear" or src == q.input[0] or not same_params(op, q):
             continue
-        dqs = readers.get(q.output[0], [])
+        dqs = read_by.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" or not same_params(d, q) or d.output[0] in graph_outputs
-                          or not readers.get(d.output[0])
-                          or any(r.op_type not in _EXACT_ON_QUANTIZED for r in readers[d.output[0]]) for d in dqs):
+                          or not read_by.get(d.output[0])
+                          or any(r.op_type not in _EXACT_ON_QUANTIZED for r in read_by[d.output[0]]) for d in dqs):
             continue
+        pairs += 1
         removed.add(id(q))
         for d in dqs:
             removed.add(id(d))
@@ -114,7 +111,7 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
     del m.graph.node[:]
     m.graph.node.extend(keep)
     drop_unused_initializers(m)
-    return m, len(removed) - len(rename)
+    return m, pairs
 
 
 def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -198,9 +195,6 @@ def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
     point input (ONNX's default is 0 of the same type), and the initializer goes if unused.
     Only int32: onnxruntime 1.31 stops fusing DequantizeLinear -> Gemm into QGemm when the int8
     *weight's* DequantizeLinear has no zero point (measured), so those stay."""
-    import numpy as np
-    from onnx import numpy_helper
-
     m = copy.deepcopy(model)
     inits = {t.name: t for t in m.graph.initializer}
     for n in m.graph.node:

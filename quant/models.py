@@ -350,6 +350,19 @@ def check_output_kind(model: onnx.ModelProto, sig: Signature, declared: str, pat
 
 
 # ------------------------------------------------------------------------------ graph helpers
+# ops that only move values around (a quantized tensor passes through them unchanged in value)
+LAYOUT_ONLY = frozenset({"Transpose", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"})
+
+
+def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it, in graph order."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def consumers(model: onnx.ModelProto) -> Counter:
     """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)."""
     c = Counter(i for n in model.graph.node for i in n.input if i)

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .models import consumers, drop_unused_initializers
+from .models import consumers, drop_unused_initializers, readers
 
 # ops that are safe to evaluate ahead of time when all their inputs are constant
 _FOLDABLE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat",
@@ -145,10 +145,7 @@ def fuse_bias(model: onnx.ModelProto, gemm: bool = True) -> tuple[onnx.ModelProt
     inits = _inits(m)
     uses = consumers(m)
     shapes = _static_shapes(m)
-    by_input: dict[str, list[onnx.NodeProto]] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            by_input.setdefault(i, []).append(n)
+    by_input = readers(m)
     removed, notes = set(), []
     for n in list(m.graph.node):
         if n.op_type not in ("Conv", "MatMul") or (n.op_type == "MatMul" and not gemm) or len(n.output) != 1 or uses[n.output[0]] != 1:
@@ -242,12 +239,16 @@ _ELEMENTWISE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "
                 "Softplus", "Softsign", "Identity"}
 
 
+def _auto_pad(node: onnx.NodeProto) -> str:
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    return auto.decode() if isinstance(auto, bytes) else auto
+
+
 def _conv_pads(conv: onnx.NodeProto, spatial: list[int], kernel: list[int]) -> list[int] | None:
     """A 2-D Conv's explicit pads [top, left, bottom, right] (resolving ``auto_pad``), or None."""
     strides = list(_attr(conv, "strides", [1, 1]))
     dil = list(_attr(conv, "dilations", [1, 1]))
-    auto = _attr(conv, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    auto = _auto_pad(conv)
     if auto in ("NOTSET", ""):
         pads = list(_attr(conv, "pads", [0, 0, 0, 0]))
         return pads if len(pads) == 4 else None
@@ -270,8 +271,7 @@ def _rows_read(pool: onnx.NodeProto, size: int, axis: int) -> int | None:
     d = list(_attr(pool, "dilations", [1] * len(k)))
     if len(k) != 2 or len(s) != 2 or any(x != 1 for x in d):
         return None
-    auto = _attr(pool, "auto_pad", b"NOTSET")
-    if (auto.decode() if isinstance(auto, bytes) else auto) not in ("NOTSET", "VALID", ""):
+    if _auto_pad(pool) not in ("NOTSET", "VALID", ""):
         return None
     if any(_attr(pool, "pads", [0, 0, 0, 0])) or _attr(pool, "ceil_mode", 0) or size < k[axis]:
         return None

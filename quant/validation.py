@@ -51,7 +51,6 @@ QUANT_SUFFIXES = ("_quantized", "_QuantizeLinear_Output", "_output_quantized")
 QOP_OUTPUT_QPARAMS = {"QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
                       "QLinearMul": (6, 7), "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4),
                       "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4), "QLinearSoftmax": (3, 4), "QGemm": (6, 7)}
-LAYOUT_ONLY = {"Transpose", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"}
 PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Relu"}
 
 
@@ -131,7 +130,7 @@ def input_quantization(model: onnx.ModelProto, input_name: str, bits: int | None
     inits = {t.name: t for t in model.graph.initializer}
     same_values = {input_name}
     for n in model.graph.node:
-        if n.op_type in LAYOUT_ONLY and n.input and n.input[0] in same_values:
+        if n.op_type in models.LAYOUT_ONLY and n.input and n.input[0] in same_values:
             same_values.update(n.output)
     for n in model.graph.node:
         if n.op_type == "QuantizeLinear" and n.input and n.input[0] in same_values:
@@ -225,9 +224,9 @@ def activation_qparams(model: onnx.ModelProto) -> dict[str, dict]:
             if n.op_type == "QuantizeLinear" and n.input[0] in inits:
                 continue  # a weight
             src = producers.get(n.input[0]) if n.op_type == "QuantizeLinear" else None
-            if src is not None and src.op_type in LAYOUT_ONLY and src.input:
+            if src is not None and src.op_type in models.LAYOUT_ONLY and src.input:
                 dq = producers.get(src.input[0])
-                while dq is not None and dq.op_type in LAYOUT_ONLY | {"MaxPool"} and dq.input:  # ... -> MaxPool -> Transpose -> Reshape
+                while dq is not None and dq.op_type in models.LAYOUT_ONLY | {"MaxPool"} and dq.input:  # ... -> MaxPool -> Transpose -> Reshape
                     dq = producers.get(dq.input[0])
                 if dq is not None and dq.op_type == "DequantizeLinear" and list(dq.input[1:3]) == list(n.input[1:3]):
                     continue
