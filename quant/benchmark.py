@@ -28,6 +28,8 @@ from .fsio import Outputs, check_distinct, check_writable_target
 LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
+PROFILE_RUNS = 200  # profiled rounds per batch size (the profiler's own cost makes these slower than the timed runs)
+RATIO_BLOCKS = 5  # the p50 ratio is also reported in this many consecutive stretches of the timed rounds: its spread
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
 
 
@@ -198,12 +200,13 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 if pos == 0:
                     entries[k].update(m)
         if profile:
-            for k, lm in loaded.items():
-                for bs in [batch_size, *extra_batch_sizes]:
-                    per_call = evaluation.effective_batch(sigs[k].fixed_batch, bs)
-                    xb = np.resize(x_test, (per_call, *x_test.shape[1:]))
-                    entries[k].setdefault("profile", {})[str(bs)] = timing.profile_ops(run_bytes[k], sigs[k].input_name, xb, threads=threads)
-            log("[benchmark] onnxruntime per-op profile taken (200 runs per model and batch size)")
+            for bs in [batch_size, *extra_batch_sizes]:
+                profiles = timing.profile_ops({k: (run_bytes[k], sigs[k].input_name,
+                                                   np.resize(x_test, (evaluation.effective_batch(sigs[k].fixed_batch, bs), *x_test.shape[1:])))
+                                               for k in loaded}, runs=PROFILE_RUNS, threads=threads)
+                for k, rows in profiles.items():
+                    entries[k].setdefault("profile", {})[str(bs)] = rows
+            log(f"[benchmark] onnxruntime per-op profile taken ({PROFILE_RUNS} rounds per batch size, models round-robin)")
         timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
                   "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
                   "method": timing.METHOD + "; a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
@@ -226,8 +229,10 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         if "latency_ms" in e:
             e["latency_ratio"] = e["latency_ms"]["p50"] / base["latency_ms"]["p50"]
             e["throughput_ratio"] = e["throughput_per_s"] / base["throughput_per_s"]
+            e["latency_ratio_blocks"] = timing.block_ratios(samples[str(batch_size)][k], samples[str(batch_size)]["baseline"], RATIO_BLOCKS)
             for bs, m in e["by_batch"].items():
                 m["latency_ratio"] = m["latency_ms"]["p50"] / base["by_batch"][bs]["latency_ms"]["p50"]
+                m["latency_ratio_blocks"] = timing.block_ratios(samples[bs][k], samples[bs]["baseline"], RATIO_BLOCKS)
                 m["throughput_ratio"] = m["throughput_per_s"] / base["by_batch"][bs]["throughput_per_s"]
         e["size_ratio"] = base["bytes"] / e["bytes"]
     doc["model"] = entries["model"]
@@ -269,6 +274,15 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
 
 
 # ------------------------------------------------------------------------------------ output
+def _spread(blocks: list[float] | None) -> str:
+    return f"{min(blocks):.2f}–{float(np.median(blocks)):.2f}–{max(blocks):.2f}x" if blocks else ""
+
+
+def _spread_label(cols: list[dict]) -> str:
+    n = max((len(e.get("latency_ratio_blocks") or []) for e in cols), default=0)
+    return f"  same ratio in {n} consecutive stretches of the rounds (min–median–max)"
+
+
 def render(doc: dict) -> str:
     cols = ([doc["baseline"]] if doc.get("baseline") else []) + doc["models"]
     head = ["", *[f"`{e['path']}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
@@ -291,6 +305,7 @@ def render(doc: dict) -> str:
         rows.append(["throughput (images/s)", *[f"{e['throughput_per_s']:,.0f}" for e in cols]])
         if doc.get("baseline"):
             rows.append(["p50 latency ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['latency_ratio']:.2f}x" for e in cols]])
+            rows.append([_spread_label(cols), *["" if e is doc["baseline"] else _spread(e.get("latency_ratio_blocks")) for e in cols]])
             rows.append(["throughput ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['throughput_ratio']:.2f}x" for e in cols]])
         for bs in t.get("extra_batch_sizes", []):
             m = [e["by_batch"][str(bs)] for e in cols]
@@ -298,6 +313,7 @@ def render(doc: dict) -> str:
             rows.append([f"throughput, batch {bs} (images/s)", *[f"{x['throughput_per_s']:,.0f}" for x in m]])
             if doc.get("baseline"):
                 rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
+                rows.append([_spread_label(cols), *["" if e is doc["baseline"] else _spread(x.get("latency_ratio_blocks")) for e, x in zip(cols, m)]])
                 rows.append([f"throughput ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
         if any(e.get("macs_per_image") for e in cols):
             peak = t.get("gemm_peak") or {}
@@ -312,11 +328,14 @@ def render(doc: dict) -> str:
         rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
     env = doc["environment"]
     lines = [f"# Benchmark ({doc['mode']})", "", *report.warning_lines(doc), report.md_table(head, rows), ""]
+    base_sums = {bs: sum(r["median_us"] for r in prof) for bs, prof in (doc.get("baseline") or {}).get("profile", {}).items()}
     for e in cols:
         for bs, prof in e.get("profile", {}).items():
             total = sum(r["median_us"] for r in prof)
-            lines += [f"Per-op profile of `{e['path']}`, batch {bs} (onnxruntime profiler, median of 200 runs; "
-                      f"kernel sum {total:,.0f} us; the profiler rounds to whole microseconds):", "",
+            vs = f", {total / base_sums[bs]:.2f}x the baseline's" if e is not doc.get("baseline") and base_sums.get(bs) else ""
+            lines += [f"Per-op profile of `{e['path']}`, batch {bs} (onnxruntime profiler, median of {PROFILE_RUNS} rounds, "
+                      f"the models profiled round-robin after the timing; kernel sum {total:,.0f} us{vs}; "
+                      "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
                       report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
                                       [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]
     if doc.get("gate"):

@@ -81,23 +81,43 @@ def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progres
     return times
 
 
-def profile_ops(model: bytes, input_name: str, x: np.ndarray, runs: int = 200, threads: int = 1) -> list[dict]:
-    """Median kernel time per node from onnxruntime's profiler (``runs`` calls on ``x``), slowest first."""
+def block_ratios(model_ns: np.ndarray, base_ns: np.ndarray, blocks: int = 5) -> list[float]:
+    """The p50 latency ratio model / baseline in each of ``blocks`` consecutive stretches of the same
+    interleaved rounds: the headline ratio repeated ``blocks`` times within one run, so a report shows
+    its spread (a shared host's load comes in phases; both models in a block see the same phase)."""
+    n = min(len(model_ns), len(base_ns))
+    if n == 0:
+        return []
+    chunks = np.array_split(np.arange(n), min(blocks, n))
+    m, b = np.asarray(model_ns, dtype=np.float64), np.asarray(base_ns, dtype=np.float64)
+    return [float(np.median(m[c]) / np.median(b[c])) for c in chunks]
+
+
+def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray]], runs: int = 200, threads: int = 1) -> dict[str, list[dict]]:
+    """Median kernel time per node from onnxruntime's profiler, for each ``name: (model, input name, x)``,
+    slowest first. The models are profiled round-robin (one ``run`` each, ``runs`` rounds) like
+    ``time_interleaved`` times them, so their kernel sums see the same host load and compare."""
     import json
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mnist-quant-prof-") as d:
-        sess = plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(d, "ort"))
+        sessions = {k: plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(d, f"ort{i}"))
+                    for i, (k, (model, _, _)) in enumerate(targets.items())}
+        feeds = {k: {name: x} for k, (_, name, x) in targets.items()}
         for _ in range(runs):
-            sess.run(None, {input_name: x})
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
-    per: dict[tuple[str, str], list[float]] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
-    rows = [{"op": op, "node": node, "median_us": float(np.median(v))} for (op, node), v in per.items()]
-    return sorted(rows, key=lambda r: -r["median_us"])
+            for k, sess in sessions.items():
+                sess.run(None, feeds[k])
+        out = {}
+        for k, sess in sessions.items():
+            with open(sess.end_profiling()) as f:
+                events = json.load(f)
+            per: dict[tuple[str, str], list[float]] = {}
+            for e in events:
+                if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                    per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
+            rows = [{"op": op, "node": node, "median_us": float(np.median(v))} for (op, node), v in per.items()]
+            out[k] = sorted(rows, key=lambda r: -r["median_us"])
+    return out
 
 
 # ------------------------------------------------------------------------ work and machine peak

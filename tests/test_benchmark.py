@@ -165,6 +165,12 @@ def test_several_batch_sizes_and_dynamic_batch_rewrite(tmp_path, synth_dir):
     assert "throughput ratio, batch 8" in r.stdout and "batch rewrite (--dynamic_batch)" in r.stdout
     prof = doc["model"]["profile"]["8"]
     assert {p["op"] for p in prof} >= {"MaxPool"} and all(p["median_us"] >= 0 for p in prof) and "Per-op profile" in r.stdout
+    assert "x the baseline's" in r.stdout and "profiled round-robin" in r.stdout  # kernel sums compared in the same rounds
+    for bs in ("1", "8"):  # the headline ratio repeated over 5 stretches of the 20 rounds
+        blocks = doc["model"]["by_batch"][bs]["latency_ratio_blocks"]
+        assert len(blocks) == 5 and min(blocks) <= doc["model"]["by_batch"][bs]["latency_ratio"] * 1.5 and all(v > 0 for v in blocks)
+    assert doc["model"]["latency_ratio_blocks"] == doc["model"]["by_batch"]["1"]["latency_ratio_blocks"]
+    assert r.stdout.count("consecutive stretches of the rounds (min–median–max)") == 2
     no_rewrite = run_cli("benchmark", f"--input_model={fixed}", f"--config={cfg}", f"--data_dir={synth_dir}", "--batch_size=1,8",
                          "--iterations=5", "--warmup=0", "--no_plots", f"--report={tmp_path / 'c.json'}")
     assert no_rewrite.returncode == 0 and json.loads((tmp_path / "c.json").read_text())["model"]["by_batch"]["8"]["image_by_image"]
