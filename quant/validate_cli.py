@@ -5,17 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import F, check_flag, check_value, leaf, range_text
-
-# --rtol / --atol (no config keys): an output passes when |got - ref| <= atol + rtol * |ref|. Above rtol 1
-# an output may change sign; MNIST logits stay well within +-100 (mnist-12's within +-35), so a larger
-# atol would accept any output.
-RTOL = F("float", None, min=0.0, max=1.0)
-ATOL = F("float", None, min=0.0, max=100.0)
+from .config import check_flag, check_value, leaf, range_text
 
 
 def _tolerances(p) -> None:
-    from .testdata import DEFAULT_ATOL, DEFAULT_RTOL
+    from .testdata import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, RTOL
 
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (range {range_text(RTOL)}; default {DEFAULT_RTOL:g})")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (range {range_text(ATOL)}; default {DEFAULT_ATOL:g})")
@@ -61,6 +55,8 @@ def add_parsers(sub, common) -> None:
 
 
 def _check_tol(args) -> None:
+    from .testdata import ATOL, RTOL
+
     check_flag(RTOL, args.rtol, "--rtol")
     check_flag(ATOL, args.atol, "--atol")
 

@@ -504,6 +504,8 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     t0 = time.perf_counter()
     check_flag(SAMPLES, samples, "--samples")
     check_flag(PORTABILITY_SAMPLES, portability_samples, "--portability_samples")
+    check_flag(testdata.RTOL, rtol, "--rtol")
+    check_flag(testdata.ATOL, atol, "--atol")
     cfg = load_config(config)
     log = log or logging.getLogger("quant").info
     json_path = md_path = None
