@@ -29,7 +29,7 @@ LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
 PROFILE_RUNS = 200  # profiled rounds per batch size (the profiler's own cost makes these slower than the timed runs)
-RATIO_BLOCKS = 5  # the p50 ratio is also reported in this many consecutive stretches of the timed rounds: its spread
+RATIO_BLOCKS = 5  # the paired per-round ratio is also reported in this many consecutive stretches of the timed rounds: its spread
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
 
 
@@ -201,9 +201,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                     entries[k].update(m)
         if profile:
             for bs in [batch_size, *extra_batch_sizes]:
-                profiles = timing.profile_ops({k: (run_bytes[k], sigs[k].input_name,
-                                                   np.resize(x_test, (evaluation.effective_batch(sigs[k].fixed_batch, bs), *x_test.shape[1:])))
-                                               for k in loaded}, runs=PROFILE_RUNS, threads=threads)
+                per_call = {k: evaluation.effective_batch(sigs[k].fixed_batch, bs) for k in loaded}
+                profiles = timing.profile_ops({k: (run_bytes[k], sigs[k].input_name, np.resize(x_test, (per_call[k], *x_test.shape[1:])),
+                                                   bs // per_call[k]) for k in loaded}, runs=PROFILE_RUNS, threads=threads)
                 for k, rows in profiles.items():
                     entries[k].setdefault("profile", {})[str(bs)] = rows
             log(f"[benchmark] onnxruntime per-op profile taken ({PROFILE_RUNS} rounds per batch size, models round-robin)")
@@ -274,13 +274,13 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
 
 
 # ------------------------------------------------------------------------------------ output
-def _spread(blocks: list[float] | None) -> str:
-    return f"{min(blocks):.2f}–{float(np.median(blocks)):.2f}–{max(blocks):.2f}x" if blocks else ""
-
-
-def _spread_label(cols: list[dict]) -> str:
-    n = max((len(e.get("latency_ratio_blocks") or []) for e in cols), default=0)
-    return f"  same ratio in {n} consecutive stretches of the rounds (min–median–max)"
+def _spread_row(cols: list[dict], blocks: list[list[float] | None], bs: int) -> list[list[str]]:
+    """The row of paired per-stretch ratios (min–median–max), when the run had at least 2 stretches."""
+    n = max((len(b or []) for b in blocks), default=0)
+    if n < 2:
+        return []
+    return [[f"paired ratio, batch {bs}: median per round in {n} stretches of the run (min–median–max)",
+             *[f"{min(b):.2f}–{float(np.median(b)):.2f}–{max(b):.2f}x" if b else "" for b in blocks]]]
 
 
 def render(doc: dict) -> str:
@@ -305,7 +305,7 @@ def render(doc: dict) -> str:
         rows.append(["throughput (images/s)", *[f"{e['throughput_per_s']:,.0f}" for e in cols]])
         if doc.get("baseline"):
             rows.append(["p50 latency ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['latency_ratio']:.2f}x" for e in cols]])
-            rows.append([_spread_label(cols), *["" if e is doc["baseline"] else _spread(e.get("latency_ratio_blocks")) for e in cols]])
+            rows += _spread_row(cols, [None if e is doc["baseline"] else e.get("latency_ratio_blocks") for e in cols], t["batch_size"])
             rows.append(["throughput ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['throughput_ratio']:.2f}x" for e in cols]])
         for bs in t.get("extra_batch_sizes", []):
             m = [e["by_batch"][str(bs)] for e in cols]
@@ -313,7 +313,7 @@ def render(doc: dict) -> str:
             rows.append([f"throughput, batch {bs} (images/s)", *[f"{x['throughput_per_s']:,.0f}" for x in m]])
             if doc.get("baseline"):
                 rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
-                rows.append([_spread_label(cols), *["" if e is doc["baseline"] else _spread(x.get("latency_ratio_blocks")) for e, x in zip(cols, m)]])
+                rows += _spread_row(cols, [None if e is doc["baseline"] else x.get("latency_ratio_blocks") for e, x in zip(cols, m)], bs)
                 rows.append([f"throughput ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
         if any(e.get("macs_per_image") for e in cols):
             peak = t.get("gemm_peak") or {}
@@ -333,7 +333,9 @@ def render(doc: dict) -> str:
         for bs, prof in e.get("profile", {}).items():
             total = sum(r["median_us"] for r in prof)
             vs = f", {total / base_sums[bs]:.2f}x the baseline's" if e is not doc.get("baseline") and base_sums.get(bs) else ""
-            lines += [f"Per-op profile of `{e['path']}`, batch {bs} (onnxruntime profiler, median of {PROFILE_RUNS} rounds, "
+            one_by_one = " (run image by image: each node's times summed over the batch's calls)" \
+                if e.get("by_batch", {}).get(bs, {}).get("image_by_image") else ""
+            lines += [f"Per-op profile of `{e['path']}`, batch {bs}{one_by_one} (onnxruntime profiler, median of {PROFILE_RUNS} rounds, "
                       f"the models profiled round-robin after the timing; kernel sum {total:,.0f} us{vs}; "
                       "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
                       report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],

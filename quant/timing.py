@@ -82,31 +82,40 @@ def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progres
 
 
 def block_ratios(model_ns: np.ndarray, base_ns: np.ndarray, blocks: int = 5) -> list[float]:
-    """The p50 latency ratio model / baseline in each of ``blocks`` consecutive stretches of the same
-    interleaved rounds: the headline ratio repeated ``blocks`` times within one run, so a report shows
-    its spread (a shared host's load comes in phases; both models in a block see the same phase)."""
-    n = min(len(model_ns), len(base_ns))
-    if n == 0:
-        return []
-    chunks = np.array_split(np.arange(n), min(blocks, n))
+    """The model / baseline latency ratio, paired round by round (each round of ``time_interleaved``
+    runs both back to back, under the same host load), as the median of the rounds' ratios in each
+    of ``blocks`` consecutive stretches: a headline figure repeated ``blocks`` times within one run,
+    so a report shows its spread on a shared host whose load comes in phases."""
+    if blocks < 1:
+        raise ValueError(f"blocks {blocks}: must be >= 1")
     m, b = np.asarray(model_ns, dtype=np.float64), np.asarray(base_ns, dtype=np.float64)
-    return [float(np.median(m[c]) / np.median(b[c])) for c in chunks]
+    if len(m) != len(b):
+        raise ValueError(f"{len(m)} model rounds vs {len(b)} baseline rounds: not the same interleaved run")
+    if len(m) == 0:
+        return []
+    ratios = m / np.maximum(b, 1.0)  # a clock tick of 0 ns cannot divide by zero
+    return [float(np.median(ratios[c])) for c in np.array_split(np.arange(len(m)), min(blocks, len(m)))]
 
 
-def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray]], runs: int = 200, threads: int = 1) -> dict[str, list[dict]]:
-    """Median kernel time per node from onnxruntime's profiler, for each ``name: (model, input name, x)``,
-    slowest first. The models are profiled round-robin (one ``run`` each, ``runs`` rounds) like
-    ``time_interleaved`` times them, so their kernel sums see the same host load and compare."""
+def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray, int]], runs: int = 200,
+                threads: int = 1) -> dict[str, list[dict]]:
+    """Kernel time per node from onnxruntime's profiler for each ``name: (model, input name, x,
+    calls)``: per round, a model runs ``calls`` times on ``x`` (a fixed-batch model fed image by
+    image makes up the batch, as in ``time_interleaved``) and its node's kernel times are summed;
+    the row gives the median over ``runs`` rounds, slowest first. The models are profiled
+    round-robin, like ``time_interleaved`` times them, so their kernel sums see the same host load
+    and compare."""
     import json
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mnist-quant-prof-") as d:
         sessions = {k: plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(d, f"ort{i}"))
-                    for i, (k, (model, _, _)) in enumerate(targets.items())}
-        feeds = {k: {name: x} for k, (_, name, x) in targets.items()}
+                    for i, (k, (model, *_)) in enumerate(targets.items())}
         for _ in range(runs):
             for k, sess in sessions.items():
-                sess.run(None, feeds[k])
+                _, name, x, calls = targets[k]
+                for _ in range(calls):
+                    sess.run(None, {name: x})
         out = {}
         for k, sess in sessions.items():
             with open(sess.end_profiling()) as f:
@@ -115,7 +124,12 @@ def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray]], runs: int = 2
             for e in events:
                 if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
                     per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
-            rows = [{"op": op, "node": node, "median_us": float(np.median(v))} for (op, node), v in per.items()]
+            calls = targets[k][3]
+            rows = []
+            for (op, node), v in per.items():
+                v = np.asarray(v, dtype=np.float64)
+                per_round = v[:len(v) - len(v) % calls].reshape(-1, calls).sum(axis=1) if len(v) >= calls else v * calls
+                rows.append({"op": op, "node": node, "median_us": float(np.median(per_round))})
             out[k] = sorted(rows, key=lambda r: -r["median_us"])
     return out
 

@@ -32,21 +32,55 @@ def test_interleaved_timing_runs_every_target_in_plain_sessions():
     assert set(times) == {"a", "b"} and all(len(v) == 7 and (v > 0).all() for v in times.values())
 
 
-def test_block_ratios_repeat_the_p50_ratio_over_consecutive_stretches():
+def test_block_ratios_pair_the_rounds_and_repeat_over_consecutive_stretches():
     base = np.full(100, 1000)
     model = np.concatenate([np.full(40, 500), np.full(60, 900)])  # a quiet phase, then a loaded one
     assert timing.block_ratios(model, base, 5) == [0.5, 0.5, 0.9, 0.9, 0.9]
-    assert timing.block_ratios(model[:3], base, 5) == [0.5, 0.5, 0.5]  # fewer rounds than blocks: one per round
-    assert timing.block_ratios(model[:0], base, 5) == []
-    # each stretch compares the two models in the same rounds: a host slowdown that hits both cancels
-    slow = np.where(np.arange(100) < 50, 1, 3)
-    assert timing.block_ratios(model * 0 + 800 * slow, base * slow, 4) == pytest.approx([0.8] * 4)
+    assert timing.block_ratios(model[:3], base[:3], 5) == [0.5, 0.5, 0.5]  # fewer rounds than stretches: one per round
+    assert timing.block_ratios(model[:0], base[:0], 5) == []
+    # paired round by round: a load that hits both models in a round cancels, even when it comes and
+    # goes between rounds (the medians of the two whole columns would not pair: 1600 / 1000 here)
+    load = np.tile([1, 3], 50)
+    assert timing.block_ratios(800 * load, 1000 * load, 4) == pytest.approx([0.8] * 4)
+    assert timing.block_ratios(np.full(4, 5), np.zeros(4), 2) == [5.0, 5.0]  # a 0 ns reading cannot divide by zero
+    with pytest.raises(ValueError, match="not the same interleaved run"):
+        timing.block_ratios(model, base[:99])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        timing.block_ratios(model, base, 0)
 
 
-def test_profile_ops_profiles_every_model_in_the_same_rounds():
+def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monkeypatch, tmp_path):
+    """Fake sessions log the call order and write profiles whose kernel times are known."""
+    order, durs = [], {"a": [1, 2, 3, 4, 5, 6], "b": [10, 20, 30]}
+
+    class Fake:
+        def __init__(self, key):
+            self.key = key
+
+        def run(self, _out, feed):
+            order.append((self.key, tuple(feed)))
+
+        def end_profiling(self):
+            p = tmp_path / f"{self.key}.json"
+            ev = [{"cat": "Session", "name": "model_run", "dur": 999}]
+            ev += [{"cat": "Node", "name": f"n_{self.key}_kernel_time", "dur": d, "args": {"op_name": "Conv"}} for d in durs[self.key]]
+            p.write_text(__import__("json").dumps(ev))
+            return str(p)
+
+    fakes = iter([Fake("a"), Fake("b")])
+    monkeypatch.setattr(timing, "plain_session", lambda model, threads, **kw: next(fakes))
+    x = np.zeros((1, 4), np.float32)
+    prof = timing.profile_ops({"a": (b"", "in_a", x, 2), "b": (b"", "in_b", x, 1)}, runs=3)
+    assert order == [("a", ("in_a",)), ("a", ("in_a",)), ("b", ("in_b",))] * 3  # round-robin, a's batch as 2 calls
+    assert prof["a"] == [{"op": "Conv", "node": "n_a", "median_us": 7.0}]  # rounds 1+2, 3+4, 5+6 -> median 7
+    assert prof["b"] == [{"op": "Conv", "node": "n_b", "median_us": 20.0}]
+
+
+def test_profile_ops_on_real_sessions():
     a, b = models.serialize(pattern_linear()), models.serialize(mnist12_like())
-    prof = timing.profile_ops({"lin": (a, "input", np.zeros((2, 784), np.float32)),
-                               "cnn": (b, models.signature(mnist12_like(), "m").input_name, np.zeros((1, 1, 28, 28), np.float32))}, runs=5)
+    prof = timing.profile_ops({"lin": (a, "input", np.zeros((2, 784), np.float32), 1),
+                               "cnn": (b, models.signature(mnist12_like(), "m").input_name, np.zeros((1, 1, 28, 28), np.float32), 3)},
+                              runs=5)
     assert list(prof) == ["lin", "cnn"]
     assert {r["op"] for r in prof["cnn"]} >= {"MaxPool"} and not {r["op"] for r in prof["lin"]} & {"MaxPool", "Conv"}
     assert all(r["median_us"] >= 0 for rows in prof.values() for r in rows)
