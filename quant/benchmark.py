@@ -178,6 +178,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     # --- latency / throughput
     timing_doc = None
     samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
+    timed: dict[str, list[timing.Timed]] = {}  # batch size -> what was timed (the profile runs the same)
     if mode in ("performance", "all"):
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
             targets = []
@@ -190,7 +191,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
             log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
             times = timing.time_interleaved(targets, iterations, warmup, progress=progress)
-            samples[str(bs)] = times
+            samples[str(bs)], timed[str(bs)] = times, targets
             for k, t in zip(loaded, targets):
                 st = timing.latency_stats(times[k])
                 m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
@@ -200,12 +201,11 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 if pos == 0:
                     entries[k].update(m)
         if profile:
-            for bs in [batch_size, *extra_batch_sizes]:
-                per_call = {k: evaluation.effective_batch(sigs[k].fixed_batch, bs) for k in loaded}
-                profiles = timing.profile_ops({k: (run_bytes[k], sigs[k].input_name, np.resize(x_test, (per_call[k], *x_test.shape[1:])),
-                                                   bs // per_call[k]) for k in loaded}, runs=PROFILE_RUNS, threads=threads)
+            for bs, targets in timed.items():
+                profiles = timing.profile_ops({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
+                                               for t in targets}, runs=PROFILE_RUNS, threads=threads)
                 for k, rows in profiles.items():
-                    entries[k].setdefault("profile", {})[str(bs)] = rows
+                    entries[k].setdefault("profile", {})[bs] = rows
             log(f"[benchmark] onnxruntime per-op profile taken ({PROFILE_RUNS} rounds per batch size, models round-robin)")
         timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
                   "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
@@ -229,11 +229,11 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         if "latency_ms" in e:
             e["latency_ratio"] = e["latency_ms"]["p50"] / base["latency_ms"]["p50"]
             e["throughput_ratio"] = e["throughput_per_s"] / base["throughput_per_s"]
-            e["latency_ratio_blocks"] = timing.block_ratios(samples[str(batch_size)][k], samples[str(batch_size)]["baseline"], RATIO_BLOCKS)
             for bs, m in e["by_batch"].items():
                 m["latency_ratio"] = m["latency_ms"]["p50"] / base["by_batch"][bs]["latency_ms"]["p50"]
                 m["latency_ratio_blocks"] = timing.block_ratios(samples[bs][k], samples[bs]["baseline"], RATIO_BLOCKS)
                 m["throughput_ratio"] = m["throughput_per_s"] / base["by_batch"][bs]["throughput_per_s"]
+            e["latency_ratio_blocks"] = e["by_batch"][str(batch_size)]["latency_ratio_blocks"]
         e["size_ratio"] = base["bytes"] / e["bytes"]
     doc["model"] = entries["model"]
     doc["baseline"] = base

@@ -12,11 +12,11 @@ models independently, write the model and its test data, report.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shlex
 import sys
 import time
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable

@@ -76,8 +76,7 @@ def cmd_validate(args) -> int:
     from .errors import AccuracyError
     from .validation import validate_model
 
-    _check_tol(args)
-    try:
+    try:  # validate_model range-checks --samples, --portability_samples, --rtol and --atol itself
         doc = validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
                              report_path=args.report, test_data=args.test_data, samples=args.samples,
                              portability_samples=args.portability_samples, rtol=args.rtol,
