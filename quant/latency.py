@@ -1,7 +1,9 @@
 """``tuning.objective: performance``: a timed search over int8 candidates that are all fast in stock
 onnxruntime (no session hints exist any more): the default precision plan, and the plan with each of
 its int8 compute layers kept fp32 in turn. Each candidate is built by the caller (rewrites, INC's
-accuracy-aware loop, finishing touches) and timed against fp32 interleaved in plain sessions.
+accuracy-aware loop, finishing touches) and timed against fp32 interleaved in plain sessions; a
+candidate's ratio at a batch size is the median over the rounds of its time / fp32's time in the same
+round (paired, as the benchmark's stretch ratios are: both ran back to back under the same host load).
 
 The default candidate wins unless another is faster by more than :data:`MARGIN`, so the search never
 writes a model slower than the default one; when no candidate beats fp32 here it says so.
@@ -33,7 +35,7 @@ class Candidate:
 @dataclass
 class Choice:
     candidate: Candidate
-    score: float  # geometric mean over the batch sizes of int8 / fp32 p50 latency
+    score: float  # geometric mean over the batch sizes of the paired int8 / fp32 latency ratio
     beats_fp32: bool
     table: list[dict]
 
@@ -69,9 +71,8 @@ def search(build: Callable[[tuple[str, ...]], Candidate], plan_keep: list[str], 
             targets.append(timing.Timed(str(i), evaluation.make_session(c.model, threads), timing.feed(input_name, xb), bs, 1))
         n = max(50, iterations // bs)
         times = timing.time_interleaved(targets, n, max(10, n // 10), progress=False)
-        f = float(np.median(times["fp32"]))
-        for i in range(len(cands)):
-            ratios[i].append(float(np.median(times[str(i)])) / f)
+        for i in range(len(cands)):  # median of the per-round ratios: one stretch of the whole run
+            ratios[i].append(timing.block_ratios(times[str(i)], times["fp32"], blocks=1)[0])
     table = []
     for i, c in enumerate(cands):
         rs = ratios[i]
@@ -83,7 +84,7 @@ def search(build: Callable[[tuple[str, ...]], Candidate], plan_keep: list[str], 
     pick = best if default is None or table[best]["score"] < table[default]["score"] * (1 - MARGIN) else default
     for i, t in enumerate(table):
         t["chosen"] = i == pick
-        log(f"[latency] fp32 {t['keep_fp32'] or 'none'}{' (default plan)' if t['default'] else ''}: int8/fp32 p50 "
+        log(f"[latency] fp32 {t['keep_fp32'] or 'none'}{' (default plan)' if t['default'] else ''}: int8/fp32 (paired) "
             + ", ".join(f"batch {b} {r:.2f}x" for b, r in t["latency_ratios"].items()) + (" <- chosen" if t["chosen"] else ""))
     beats = table[pick]["score"] < 1.0
     if not beats:

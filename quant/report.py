@@ -132,7 +132,7 @@ def render_tune(doc: dict) -> str:
         f"- conversions: {_ops(q['ops']['convert'])}",
         f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}",
         *([f"- latency-aware choice (objective performance): fp32 layers {doc['latency_aware']['nodes_kept_fp32'] or 'none'}; "
-           f"int8/fp32 p50 score {doc['latency_aware']['score']:.2f}x over {len(doc['latency_aware']['candidates'])} candidates"
+           f"int8/fp32 paired score {doc['latency_aware']['score']:.2f}x over {len(doc['latency_aware']['candidates'])} candidates"
            + ("" if doc['latency_aware']['beats_fp32'] else " (no int8 candidate beats fp32 on this machine)")]
           if doc.get("latency_aware") else []),
         *([f"- precision plan: {', '.join(f'{k} fp32 ({v})' for k, v in doc['precision_plan']['keep_fp32'].items()) or 'every layer int8'}"]

@@ -9,9 +9,14 @@ from quant import evaluation, latency, timing
 from quant.errors import AccuracyError
 
 
-def _run(monkeypatch, times_by_candidate: dict[tuple, float], fp32: float = 100.0, fail: tuple = (), same_bytes: dict | None = None):
+def _rounds(t, n):
+    return [t] * n if np.isscalar(t) else list(np.resize(np.asarray(t, dtype=np.float64), n))
+
+
+def _run(monkeypatch, times_by_candidate: dict[tuple, object], fp32: object = 100.0, fail: tuple = (), same_bytes: dict | None = None):
     """Run ``latency.search`` over plan keep=['c1'], int8=['c2', 'fc']; candidate ``keep`` takes
-    ``times_by_candidate[keep]`` per run at every batch size, fp32 takes ``fp32``."""
+    ``times_by_candidate[keep]`` per run at every batch size, fp32 takes ``fp32`` (a number, or a
+    sequence of per-round times repeated over the rounds)."""
     built, logs = [], []
 
     def build(keep):
@@ -32,10 +37,10 @@ def _run(monkeypatch, times_by_candidate: dict[tuple, float], fp32: float = 100.
         out = {}
         for t in targets:
             if t.name == "fp32":
-                out[t.name] = [fp32] * n
+                out[t.name] = _rounds(fp32, n)
             else:
                 keep = tuple(models_by_session[id(t.sess)].decode().split("+"))
-                out[t.name] = [times_by_candidate[keep]] * n
+                out[t.name] = _rounds(times_by_candidate[keep], n)
         return out
 
     monkeypatch.setattr(evaluation, "make_session", fake_session)
@@ -71,3 +76,17 @@ def test_it_says_so_when_no_candidate_beats_fp32(monkeypatch):
     choice, _, logs = _run(monkeypatch, {("c1",): 104.0, ("c1", "c2"): 103.0, ("c1", "fc"): 110.0})
     assert not choice.beats_fp32 and choice.candidate.keep_fp32 == ("c1",)  # 1 % faster is inside the margin
     assert any("no int8 candidate beats fp32 on this machine" in line for line in logs)
+
+
+def test_ratios_are_paired_round_by_round(monkeypatch):
+    # fp32 and the candidates run back to back in each round, under the same host load, so the
+    # search compares each round's times. c1+c2 is 2.5x in fp32's quiet rounds and 0.7x, 1.0x,
+    # 1.0x in its loaded ones: paired, its median round is 1.0x and the default (0.9x in every
+    # round) stays; p50 / p50 would compare times from different rounds (250 / 300 = 0.83x) and
+    # pick it
+    load = [100.0, 100.0, 300.0, 300.0, 300.0]
+    choice, _, _ = _run(monkeypatch, {("c1",): [0.9 * t for t in load],
+                                      ("c1", "c2"): [250.0, 250.0, 210.0, 300.0, 300.0],
+                                      ("c1", "fc"): [1.2 * t for t in load]}, fp32=load)
+    assert choice.candidate.keep_fp32 == ("c1",) and choice.score == pytest.approx(0.9)
+    assert choice.table[1]["latency_ratios"] == {"1": pytest.approx(1.0), "64": pytest.approx(1.0)}
