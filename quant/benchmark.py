@@ -10,6 +10,7 @@ achieved rate shows the distance to the hardware floor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -28,7 +29,7 @@ from .fsio import Outputs, check_distinct, check_writable_target
 LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
-PROFILE_RUNS = 200  # profiled rounds per batch size (the profiler's own cost makes these slower than the timed runs)
+PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds), spread over the timed ones
 RATIO_BLOCKS = 5  # the paired per-round ratio is also reported in this many consecutive stretches of the timed rounds: its spread
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
 
@@ -178,7 +179,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     # --- latency / throughput
     timing_doc = None
     samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
-    timed: dict[str, list[timing.Timed]] = {}  # batch size -> what was timed (the profile runs the same)
+    profile_every = max(1, iterations // PROFILE_RUNS)  # a profiled round after every this many timed rounds
+    profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
     if mode in ("performance", "all"):
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
             targets = []
@@ -189,9 +191,17 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                                      "or --dynamic_batch")
                 xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
                 targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
-            log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)")
-            times = timing.time_interleaved(targets, iterations, warmup, progress=progress)
-            samples[str(bs)], timed[str(bs)] = times, targets
+            log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)"
+                + (f"; a profiled round every {profile_every} timed rounds" if profile else ""))
+            with (timing.OpProfiler({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
+                                     for t in targets}, threads) if profile else contextlib.nullcontext()) as prof:
+                between = (lambda i: prof.round() if i % profile_every == profile_every - 1 else None) if profile else None
+                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
+                if profile:
+                    profile_rounds[str(bs)] = prof.rounds
+                    for k, rows in prof.results().items():
+                        entries[k].setdefault("profile", {})[str(bs)] = rows
+            samples[str(bs)] = times
             for k, t in zip(loaded, targets):
                 st = timing.latency_stats(times[k])
                 m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
@@ -201,18 +211,17 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 if pos == 0:
                     entries[k].update(m)
         if profile:
-            for bs, targets in timed.items():
-                profiles = timing.profile_ops({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
-                                               for t in targets}, runs=PROFILE_RUNS, threads=threads)
-                for k, rows in profiles.items():
-                    entries[k].setdefault("profile", {})[bs] = rows
-            log(f"[benchmark] onnxruntime per-op profile taken ({PROFILE_RUNS} rounds per batch size, models round-robin)")
+            log(f"[benchmark] onnxruntime per-op profile taken ({', '.join(f'batch {b}: {n}' for b, n in profile_rounds.items())} "
+                f"rounds, between the timed rounds, models round-robin)")
         timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
                   "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
                   "method": timing.METHOD + "; a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
                   "session_options": {"intra_op_num_threads": threads, "other_options": "onnxruntime defaults",
                                       "providers": ["CPUExecutionProvider"]},
                   "gemm_peak": timing.gemm_peak(threads=threads)}
+        if profile:
+            timing_doc["profile"] = {"rounds": profile_rounds, "every": profile_every,
+                                     "when": f"one profiled round (every model, round-robin) after every {profile_every} timed rounds"}
         log(f"[benchmark] single-thread GEMM peak here: fp32 {timing_doc['gemm_peak']['fp32_gmacs']:.1f}, "
             f"u8s8 {timing_doc['gemm_peak']['u8s8_gmacs']:.1f} GMAC/s")
 
@@ -329,14 +338,15 @@ def render(doc: dict) -> str:
     env = doc["environment"]
     lines = [f"# Benchmark ({doc['mode']})", "", *report.warning_lines(doc), report.md_table(head, rows), ""]
     base_sums = {bs: sum(r["median_us"] for r in prof) for bs, prof in (doc.get("baseline") or {}).get("profile", {}).items()}
+    prof_doc = (doc.get("timing") or {}).get("profile", {})
     for e in cols:
         for bs, prof in e.get("profile", {}).items():
             total = sum(r["median_us"] for r in prof)
             vs = f", {total / base_sums[bs]:.2f}x the baseline's" if e is not doc.get("baseline") and base_sums.get(bs) else ""
             one_by_one = " (run image by image: each node's times summed over the batch's calls)" \
                 if e.get("by_batch", {}).get(bs, {}).get("image_by_image") else ""
-            lines += [f"Per-op profile of `{e['path']}`, batch {bs}{one_by_one} (onnxruntime profiler, median of {PROFILE_RUNS} rounds, "
-                      f"the models profiled round-robin after the timing; kernel sum {total:,.0f} us{vs}; "
+            lines += [f"Per-op profile of `{e['path']}`, batch {bs}{one_by_one} (onnxruntime profiler, median of "
+                      f"{prof_doc.get('rounds', {}).get(bs, '?')} rounds taken between the timed rounds, the models round-robin; kernel sum {total:,.0f} us{vs}; "
                       "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
                       report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
                                       [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -53,8 +54,10 @@ def feed(input_name: str, x: np.ndarray) -> dict:
     return {input_name: np.ascontiguousarray(x)}
 
 
-def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progress: bool = True) -> dict[str, np.ndarray]:
-    """Per-unit (one batch) wall times in ns for each target, measured round-robin."""
+def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progress: bool = True,
+                     between: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Per-unit (one batch) wall times in ns for each target, measured round-robin; ``between(i)``, if
+    given, runs after round ``i``, outside the timed region (the benchmark's profiled rounds)."""
     for t in targets:
         for _ in range(warmup):
             for _ in range(t.calls):
@@ -78,6 +81,8 @@ def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progres
             times[t.name][i] = clock() - t0
         if i in marks:
             print(f"[benchmark] timing: {i}/{iterations} rounds", file=sys.stderr, flush=True)
+        if between is not None:
+            between(i)
     return times
 
 
@@ -97,41 +102,67 @@ def block_ratios(model_ns: np.ndarray, base_ns: np.ndarray, blocks: int = 5) -> 
     return [float(np.median(ratios[c])) for c in np.array_split(np.arange(len(m)), min(blocks, len(m)))]
 
 
-def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray, int]], runs: int = 200,
-                threads: int = 1) -> dict[str, list[dict]]:
-    """Kernel time per node from onnxruntime's profiler for each ``name: (model, input name, x,
-    calls)``: per round, a model runs ``calls`` times on ``x`` (a fixed-batch model fed image by
-    image makes up the batch, as in ``time_interleaved``) and its node's kernel times are summed;
-    the row gives the median over ``runs`` rounds, slowest first. The models are profiled
-    round-robin, like ``time_interleaved`` times them, so their kernel sums see the same host load
-    and compare."""
-    import json
-    import tempfile
+class OpProfiler:
+    """onnxruntime's per-node kernel times for ``name: (model, input name, x, calls)``, one profiled
+    session per model. Each :meth:`round` runs every model once, round-robin, like
+    ``time_interleaved`` runs them (a fixed-batch model fed image by image makes up the batch with
+    ``calls`` calls, whose kernel times are summed), so the kernel sums see the same host load and
+    compare; the benchmark runs its rounds between the timed rounds so they also see the host phases
+    the timing saw. :meth:`results` gives each node's median over the rounds, slowest first (the
+    first round, the sessions' first runs, is left out when there are more). Use it
+    as a context manager: the profiles are written to a temporary folder removed on exit."""
 
-    with tempfile.TemporaryDirectory(prefix="mnist-quant-prof-") as d:
-        sessions = {k: plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(d, f"ort{i}"))
-                    for i, (k, (model, *_)) in enumerate(targets.items())}
-        for _ in range(runs):
-            for k, sess in sessions.items():
-                _, name, x, calls = targets[k]
-                for _ in range(calls):
-                    sess.run(None, {name: x})
+    def __init__(self, targets: dict[str, tuple[bytes, str, np.ndarray, int]], threads: int = 1):
+        import tempfile
+
+        self.targets, self.rounds = targets, 0
+        self._dir = tempfile.TemporaryDirectory(prefix="mnist-quant-prof-")
+        self.sessions = {k: plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
+                         for i, (k, (model, *_)) in enumerate(targets.items())}
+
+    def __enter__(self) -> "OpProfiler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._dir.cleanup()
+
+    def round(self) -> None:
+        for k, sess in self.sessions.items():
+            _, name, x, calls = self.targets[k]
+            for _ in range(calls):
+                sess.run(None, {name: x})
+        self.rounds += 1
+
+    def results(self) -> dict[str, list[dict]]:
+        import json
+
         out = {}
-        for k, sess in sessions.items():
+        for k, sess in self.sessions.items():
             with open(sess.end_profiling()) as f:
                 events = json.load(f)
             per: dict[tuple[str, str], list[float]] = {}
             for e in events:
                 if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
                     per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
-            calls = targets[k][3]
+            calls = self.targets[k][3]
             rows = []
             for (op, node), v in per.items():
                 v = np.asarray(v, dtype=np.float64)
+                if self.rounds > 1 and len(v) >= 2 * calls:
+                    v = v[calls:]  # the first round: the sessions' first runs
                 per_round = v[:len(v) - len(v) % calls].reshape(-1, calls).sum(axis=1) if len(v) >= calls else v * calls
                 rows.append({"op": op, "node": node, "median_us": float(np.median(per_round))})
             out[k] = sorted(rows, key=lambda r: -r["median_us"])
-    return out
+        return out
+
+
+def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray, int]], runs: int = 200,
+                threads: int = 1) -> dict[str, list[dict]]:
+    """:class:`OpProfiler` on its own: ``runs`` rounds back to back, then the medians."""
+    with OpProfiler(targets, threads) as prof:
+        for _ in range(runs):
+            prof.round()
+        return prof.results()
 
 
 # ------------------------------------------------------------------------ work and machine peak

@@ -165,7 +165,7 @@ def test_several_batch_sizes_and_dynamic_batch_rewrite(tmp_path, synth_dir):
     assert "throughput ratio, batch 8" in r.stdout and "batch rewrite (--dynamic_batch)" in r.stdout
     prof = doc["model"]["profile"]["8"]
     assert {p["op"] for p in prof} >= {"MaxPool"} and all(p["median_us"] >= 0 for p in prof) and "Per-op profile" in r.stdout
-    assert "x the baseline's" in r.stdout and "profiled round-robin" in r.stdout  # kernel sums compared in the same rounds
+    assert "x the baseline's" in r.stdout and "taken between the timed rounds, the models round-robin" in r.stdout  # same rounds, same phases
     assert all(len(doc["model"]["by_batch"][bs]["latency_ratio_blocks"]) == 5 for bs in ("1", "8"))  # 20 rounds, 5 stretches
     assert r.stdout.count("| paired ratio, batch ") == 2
     no_rewrite = run_cli("benchmark", f"--input_model={fixed}", f"--config={cfg}", f"--data_dir={synth_dir}", "--batch_size=1,8",
@@ -228,23 +228,28 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     model = save(dyn, tmp_path / "dyn.onnx")
     seen = {}
 
-    def fake_time(targets, iterations, warmup, progress=True):
+    def fake_time(targets, iterations, warmup, progress=True, between=None):
         seen.setdefault("timed", []).append({t.name: (t.per_call_images, t.calls) for t in targets})
+        for i in range(iterations if between else 0):
+            between(i)
         base = np.resize([1000, 3000], iterations)  # load that comes and goes between rounds
         return {t.name: base * (0.5 if t.name == "model" else 1) for t in targets}
 
-    real_profile = timing.profile_ops
-
-    def spy_profile(targets, runs=200, threads=1):
-        seen.setdefault("profiled", []).append({k: (v[2].shape[0], v[3]) for k, v in targets.items()})
-        return real_profile(targets, runs=3, threads=threads)
+    class SpyProfiler(timing.OpProfiler):
+        def __init__(self, targets, threads=1):
+            seen.setdefault("profiled", []).append({k: (v[2].shape[0], v[3]) for k, v in targets.items()})
+            super().__init__(targets, threads)
 
     monkeypatch.setattr(timing, "time_interleaved", fake_time)
-    monkeypatch.setattr(timing, "profile_ops", spy_profile)
+    monkeypatch.setattr(timing, "OpProfiler", SpyProfiler)
+    monkeypatch.setattr(benchmark, "PROFILE_RUNS", 4)
     doc = _bench(tmp_path, synth_dir, [model], fixed, mode="performance", batch_size=1, extra_batch_sizes=(8,), iterations=20,
                  warmup=0, profile=True, plots=False)
     assert seen["timed"] == [{"baseline": (1, 1), "model": (1, 1)}, {"baseline": (1, 8), "model": (8, 1)}]
     assert seen["profiled"] == seen["timed"]  # the profile runs what the timing ran
+    # 4 profiled rounds spread over the 20 timed ones: one after every 5th
+    assert doc["timing"]["profile"]["rounds"] == {"1": 4, "8": 4} and doc["timing"]["profile"]["every"] == 5
+    assert "median of 4 rounds taken between the timed rounds" in doc["markdown"]
     for bs in ("1", "8"):
         assert doc["model"]["by_batch"][bs]["latency_ratio_blocks"] == [0.5] * 5
         assert doc["model"]["by_batch"][bs]["latency_ratio"] == pytest.approx(0.5)

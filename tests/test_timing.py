@@ -32,6 +32,30 @@ def test_interleaved_timing_runs_every_target_in_plain_sessions():
     assert set(times) == {"a", "b"} and all(len(v) == 7 and (v > 0).all() for v in times.values())
 
 
+def test_interleaved_timing_calls_between_after_each_round_outside_the_clock(monkeypatch):
+    """``between(i)`` (the benchmark's profiled rounds) runs after round i's timed runs and before the
+    next round's, and its time is in no target's reading."""
+    order, now = [], [0]
+
+    class Sess:
+        def __init__(self, key, cost):
+            self.key, self.cost = key, cost
+
+        def run(self, _out, _feed):
+            order.append(self.key)
+            now[0] += self.cost
+
+    def between(i):
+        order.append(f"between {i}")
+        now[0] += 10_000  # a slow profiled round: must not show in the timings
+
+    monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: now[0])
+    targets = [timing.Timed("a", Sess("a", 5), {}, 1, 2), timing.Timed("b", Sess("b", 7), {}, 1, 1)]
+    times = timing.time_interleaved(targets, 3, 1, progress=False, between=between)
+    assert order == ["a", "a", "b"] + ["a", "a", "b", "between 0", "a", "a", "b", "between 1", "a", "a", "b", "between 2"]
+    assert list(times["a"]) == [10] * 3 and list(times["b"]) == [7] * 3
+
+
 def test_block_ratios_pair_the_rounds_and_repeat_over_consecutive_stretches():
     base = np.full(100, 1000)
     model = np.concatenate([np.full(40, 500), np.full(60, 900)])  # a quiet phase, then a loaded one
@@ -72,8 +96,9 @@ def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monke
     x = np.zeros((1, 4), np.float32)
     prof = timing.profile_ops({"a": (b"", "in_a", x, 2), "b": (b"", "in_b", x, 1)}, runs=3)
     assert order == [("a", ("in_a",)), ("a", ("in_a",)), ("b", ("in_b",))] * 3  # round-robin, a's batch as 2 calls
-    assert prof["a"] == [{"op": "Conv", "node": "n_a", "median_us": 7.0}]  # rounds 1+2, 3+4, 5+6 -> median 7
-    assert prof["b"] == [{"op": "Conv", "node": "n_b", "median_us": 20.0}]
+    # the first round (the sessions' first runs) is left out: a's rounds 3+4, 5+6 -> median 9
+    assert prof["a"] == [{"op": "Conv", "node": "n_a", "median_us": 9.0}]
+    assert prof["b"] == [{"op": "Conv", "node": "n_b", "median_us": 25.0}]
 
 
 def test_profile_ops_on_real_sessions():
