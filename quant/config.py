@@ -211,6 +211,20 @@ def check_flag(f: F, value: Any, flag: str) -> Any:
         raise UsageError(f"{flag} {value}: {problem}")
     return value
 
+# Numbers that only have flags and API arguments, no config keys (validate, check-test-data). They live
+# here, not in testdata / validation, so building the command-line parser imports no onnxruntime.
+DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
+DEFAULT_ATOL = 1e-7
+# --rtol / --atol: an output passes when |got - ref| <= atol + rtol * |ref|. Above rtol 1 an output may
+# change sign; MNIST logits stay well within +-100 (mnist-12's within +-35), so a larger atol would
+# accept any output.
+RTOL = F("float", None, min=0.0, max=1.0)
+ATOL = F("float", None, min=0.0, max=100.0)
+# --samples / --portability_samples (no config keys): at most the 10,000 images of the MNIST test split
+SAMPLES = F("int", 200, min=1, max=2_000, doc="test images for the per-layer error (every activation of both models is "
+            "kept: 683 MB peak at 2,000 for mnist-12)")
+PORTABILITY_SAMPLES = F("int", 1000, min=1, max=10_000, doc="test images for the CPU-portability check (~10 ms each)")
+
 
 def check_value(key_path: str, value: Any, flag: str) -> Any:
     """A flag that overrides a config key gets the key's range, e.g.

@@ -16,18 +16,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .config import F
+from .config import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import DataError, UsageError, first_line
 from .evaluation import make_session
 from .fsio import check_name_length, read_regular_file
 
-DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
-DEFAULT_ATOL = 1e-7
-# --rtol / --atol (no config keys): an output passes when |got - ref| <= atol + rtol * |ref|. Above rtol 1
-# an output may change sign; MNIST logits stay well within +-100 (mnist-12's within +-35), so a larger
-# atol would accept any output.
-RTOL = F("float", None, min=0.0, max=1.0)
-ATOL = F("float", None, min=0.0, max=100.0)
 MAX_TENSOR_BYTES = 64 << 20
 SET_NAME = re.compile(r"test_data_set_\d+")
 TENSOR_NAME = re.compile(r"(input|output)_\d+\.pb")

@@ -9,14 +9,14 @@ from .config import check_flag, check_value, leaf, range_text
 
 
 def _tolerances(p) -> None:
-    from .testdata import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, RTOL
+    from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, RTOL
 
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (range {range_text(RTOL)}; default {DEFAULT_RTOL:g})")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (range {range_text(ATOL)}; default {DEFAULT_ATOL:g})")
 
 
 def add_parsers(sub, common) -> None:
-    from .validation import PORTABILITY_SAMPLES, SAMPLES
+    from .config import PORTABILITY_SAMPLES, SAMPLES
 
     v = sub.add_parser("validate", help="check an int8 model against its fp32 baseline: structure, input range, accuracy, "
                        "per-layer error, test data", allow_abbrev=False)
@@ -55,7 +55,7 @@ def add_parsers(sub, common) -> None:
 
 
 def _check_tol(args) -> None:
-    from .testdata import ATOL, RTOL
+    from .config import ATOL, RTOL
 
     check_flag(RTOL, args.rtol, "--rtol")
     check_flag(ATOL, args.atol, "--atol")

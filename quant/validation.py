@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import evaluation, models, report, testdata
-from .config import F, check_flag
+from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag
 from .errors import AccuracyError
 from .fsio import check_distinct, check_writable_target
 
@@ -41,10 +41,6 @@ RANGE_MAX_CLIPPED = 1e-3  # ... and at most 0.1 % of input values may fall outsi
 LOW_SQNR_DB = 20.0        # layers below this are flagged "low"
 NAME_TWIN_SLACK_DB = 3.0  # a same-named fp32 twin is used unless another tensor agrees > 3 dB better (a fused Relu)
 PORTABLE_REL_DIFF = 0.01  # outputs within 1 % of the reference's largest |output|: same result on every CPU
-# --samples / --portability_samples (no config keys): at most the 10,000 images of the MNIST test split
-SAMPLES = F("int", 200, min=1, max=2_000, doc="test images for the per-layer error (every activation of both models is "
-            "kept: 683 MB peak at 2,000 for mnist-12)")
-PORTABILITY_SAMPLES = F("int", 1000, min=1, max=10_000, doc="test images for the CPU-portability check (~10 ms each)")
 # suffixes quantizers append to the fp32 tensor name (onnxruntime and INC QOperator, onnxruntime QDQ)
 QUANT_SUFFIXES = ("_quantized", "_QuantizeLinear_Output", "_output_quantized")
 # output (scale, zero point) input positions of QOperator ops; pass-through ops keep their input's
@@ -492,7 +488,7 @@ def documented_check(int8, prov: dict) -> Check:
 def validate_model(input_model: str, baseline_model: str, config=None, data_dir: str | None = None,
                    report_path: str | None = None, test_data: list[str] | None = None, samples: int = SAMPLES.default,
                    portability_samples: int = PORTABILITY_SAMPLES.default,
-                   rtol: float = testdata.DEFAULT_RTOL, atol: float = testdata.DEFAULT_ATOL,
+                   rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
                    log: Callable[[str], None] | None = None, command: str | None = None, reports: bool | None = None) -> dict:
     """Validate ``input_model`` (int8) against ``baseline_model`` (fp32); returns the report dict.
 
@@ -504,8 +500,8 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     t0 = time.perf_counter()
     check_flag(SAMPLES, samples, "--samples")
     check_flag(PORTABILITY_SAMPLES, portability_samples, "--portability_samples")
-    check_flag(testdata.RTOL, rtol, "--rtol")
-    check_flag(testdata.ATOL, atol, "--atol")
+    check_flag(RTOL, rtol, "--rtol")
+    check_flag(ATOL, atol, "--atol")
     cfg = load_config(config)
     log = log or logging.getLogger("quant").info
     json_path = md_path = None

@@ -291,9 +291,9 @@ def test_a_yaml_1_1_exponent_gets_a_hint(tmp_path):
 @pytest.mark.parametrize("arg", ["rtol", "atol"])
 def test_validate_model_checks_tolerances_from_python_like_the_flags(arg, tmp_path):
     """The API argument gets the flag's range (a negative or NaN tolerance would pass or fail every output)."""
-    from quant import testdata, validation
+    from quant import validation
 
-    f = getattr(testdata, arg.upper())
+    f = getattr(config, arg.upper())
     missing = str(tmp_path / "none.onnx")
     for value, ok in ((f.min, True), (f.max, True), (-1e-9, False), (f.max * 2, False), (math.nan, False), (math.inf, False), ("0.1", False)):
         with pytest.raises(InputError if ok else UsageError) as e:  # in range: the run goes on to the (missing) model
