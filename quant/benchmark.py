@@ -29,7 +29,7 @@ from .fsio import Outputs, check_distinct, check_writable_target
 LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
-PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds), spread over the timed ones
+PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds), spread evenly over the timed ones
 RATIO_BLOCKS = 5  # the paired per-round ratio is also reported in this many consecutive stretches of the timed rounds: its spread
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
 
@@ -179,7 +179,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     # --- latency / throughput
     timing_doc = None
     samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
-    profile_every = max(1, iterations // PROFILE_RUNS)  # a profiled round after every this many timed rounds
+    profile_n = min(PROFILE_RUNS, iterations)  # profiled rounds per batch size, spread evenly over the timed rounds
     profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
     if mode in ("performance", "all"):
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
@@ -192,15 +192,25 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
                 targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
             log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)"
-                + (f"; a profiled round every {profile_every} timed rounds" if profile else ""))
+                + (f"; {profile_n} profiled rounds spread over them" if profile else ""))
             with (timing.OpProfiler({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
                                      for t in targets}, threads) if profile else contextlib.nullcontext()) as prof:
-                between = (lambda i: prof.round() if i % profile_every == profile_every - 1 else None) if profile else None
-                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
+                if profile:
+                    prof.warmup()
+
+                def profiled(i: int) -> None:  # after timed round i: profile_n profiled rounds spread evenly over the run
+                    if (i + 1) * profile_n // iterations != i * profile_n // iterations:
+                        prof.round()
+                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=profiled if profile else None)
                 if profile:
                     profile_rounds[str(bs)] = prof.rounds
                     for k, rows in prof.results().items():
                         entries[k].setdefault("profile", {})[str(bs)] = rows
+                        entries[k].setdefault("profile_rounds", {})[str(bs)] = prof.recorded[k]
+                        if prof.recorded[k] < prof.rounds:
+                            log(f"[benchmark] warning: {loaded[k].path}, batch {bs}: onnxruntime's profiler stopped recording at "
+                                f"{timing.OpProfiler.MAX_EVENTS:,} events; its profile holds the first {prof.recorded[k]} of "
+                                f"{prof.rounds} rounds (the start of the run)")
             samples[str(bs)] = times
             for k, t in zip(loaded, targets):
                 st = timing.latency_stats(times[k])
@@ -220,8 +230,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                                       "providers": ["CPUExecutionProvider"]},
                   "gemm_peak": timing.gemm_peak(threads=threads)}
         if profile:
-            timing_doc["profile"] = {"rounds": profile_rounds, "every": profile_every,
-                                     "when": f"one profiled round (every model, round-robin) after every {profile_every} timed rounds"}
+            timing_doc["profile"] = {"rounds": profile_rounds,
+                                     "when": "after a warm-up round, profiled rounds (every model, round-robin) spread evenly "
+                                             "between the timed rounds, outside the clock; each model's recorded rounds: profile_rounds"}
         log(f"[benchmark] single-thread GEMM peak here: fp32 {timing_doc['gemm_peak']['fp32_gmacs']:.1f}, "
             f"u8s8 {timing_doc['gemm_peak']['u8s8_gmacs']:.1f} GMAC/s")
 
@@ -345,8 +356,11 @@ def render(doc: dict) -> str:
             vs = f", {total / base_sums[bs]:.2f}x the baseline's" if e is not doc.get("baseline") and base_sums.get(bs) else ""
             one_by_one = " (run image by image: each node's times summed over the batch's calls)" \
                 if e.get("by_batch", {}).get(bs, {}).get("image_by_image") else ""
+            rounds, recorded = prof_doc.get("rounds", {}).get(bs, "?"), e.get("profile_rounds", {}).get(bs, "?")
+            cut = (f" (onnxruntime's profiler stopped recording at {timing.OpProfiler.MAX_EVENTS:,} events: the first {recorded} "
+                   f"of {rounds} rounds, the start of the run)") if recorded != rounds else ""
             lines += [f"Per-op profile of `{e['path']}`, batch {bs}{one_by_one} (onnxruntime profiler, median of "
-                      f"{prof_doc.get('rounds', {}).get(bs, '?')} rounds taken between the timed rounds, the models round-robin; kernel sum {total:,.0f} us{vs}; "
+                      f"{recorded} rounds taken between the timed rounds{cut}, the models round-robin; kernel sum {total:,.0f} us{vs}; "
                       "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
                       report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
                                       [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]

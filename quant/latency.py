@@ -22,6 +22,8 @@ from . import evaluation, timing
 from .errors import AccuracyError
 
 MARGIN = 0.03  # another candidate must be > 3 % faster (geometric mean over batch sizes) to replace the default
+RATIO = ("paired: per batch size, the median over the interleaved rounds of the candidate's time / fp32's time in the "
+         "same round; score: their geometric mean over the batch sizes")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Choice:
     score: float  # geometric mean over the batch sizes of the paired int8 / fp32 latency ratio
     beats_fp32: bool
     table: list[dict]
+    ratio: str = RATIO  # how the candidates were scored (recorded in the report)
 
 
 def candidate_sets(plan_keep: list[str], plan_int8: list[str]) -> list[tuple[str, ...]]:

@@ -294,7 +294,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
                                  for t in result.trials]},  # trial 0: the fp32 model INC evaluates first
         "latency_aware": None if choice is None else {
             "nodes_kept_fp32": list(choice.candidate.keep_fp32), "score": choice.score, "beats_fp32": choice.beats_fp32,
-            "candidates": choice.table,
+            "candidates": choice.table, "ratio": choice.ratio,
             "note": "timings decide; pin quantization.nodes_to_keep_fp32 to the chosen list to reproduce the model byte for byte"},
         "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
         "environment": report.environment(result.inc_version),

@@ -108,32 +108,56 @@ class OpProfiler:
     ``time_interleaved`` runs them (a fixed-batch model fed image by image makes up the batch with
     ``calls`` calls, whose kernel times are summed), so the kernel sums see the same host load and
     compare; the benchmark runs its rounds between the timed rounds so they also see the host phases
-    the timing saw. :meth:`results` gives each node's median over the rounds, slowest first (the
-    first round, the sessions' first runs, is left out when there are more). Use it
-    as a context manager: the profiles are written to a temporary folder removed on exit."""
+    the timing saw. :meth:`warmup` runs a round left out of the medians (the sessions' first runs).
+    :meth:`results` gives each node's median over the rounds, slowest first, and sets
+    :attr:`recorded`: per model, the rounds every node has in its median. onnxruntime's profiler stops
+    recording a session after :data:`MAX_EVENTS` events, so a long profile (large batches run image by
+    image) can hold only its first rounds: ``recorded[name] < rounds`` then. Use it as a context
+    manager: the profiles are written to a temporary folder removed on exit."""
+
+    MAX_EVENTS = 1_000_000  # onnxruntime's profiler: events per session, then "Maximum number of events reached"
 
     def __init__(self, targets: dict[str, tuple[bytes, str, np.ndarray, int]], threads: int = 1):
         import tempfile
 
-        self.targets, self.rounds = targets, 0
+        self.targets, self.rounds, self.warmup_rounds = targets, 0, 0
+        self.recorded: dict[str, int] = {}
+        self._results: dict[str, list[dict]] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="mnist-quant-prof-")
-        self.sessions = {k: plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
-                         for i, (k, (model, *_)) in enumerate(targets.items())}
+        try:
+            self.sessions = {k: plain_session(model, threads, enable_profiling=True,
+                                              profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
+                             for i, (k, (model, *_)) in enumerate(targets.items())}
+        except BaseException:
+            self._dir.cleanup()
+            raise
 
     def __enter__(self) -> "OpProfiler":
         return self
 
     def __exit__(self, *exc) -> None:
+        self.sessions = {}  # the sessions hold their profile files open
         self._dir.cleanup()
 
-    def round(self) -> None:
+    def _run(self) -> None:
         for k, sess in self.sessions.items():
             _, name, x, calls = self.targets[k]
             for _ in range(calls):
                 sess.run(None, {name: x})
+
+    def warmup(self) -> None:
+        if self.rounds:
+            raise ValueError("warm-up after measured rounds")
+        self._run()
+        self.warmup_rounds += 1
+
+    def round(self) -> None:
+        self._run()
         self.rounds += 1
 
     def results(self) -> dict[str, list[dict]]:
+        if self._results is not None:  # end_profiling works once per session
+            return self._results
         import json
 
         out = {}
@@ -145,21 +169,24 @@ class OpProfiler:
                 if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
                     per.setdefault((e["args"].get("op_name", "?"), e["name"][:-len("_kernel_time")]), []).append(e["dur"])
             calls = self.targets[k][3]
-            rows = []
+            rows, complete = [], []
             for (op, node), v in per.items():
-                v = np.asarray(v, dtype=np.float64)
-                if self.rounds > 1 and len(v) >= 2 * calls:
-                    v = v[calls:]  # the first round: the sessions' first runs
-                per_round = v[:len(v) - len(v) % calls].reshape(-1, calls).sum(axis=1) if len(v) >= calls else v * calls
-                rows.append({"op": op, "node": node, "median_us": float(np.median(per_round))})
+                v = np.asarray(v, dtype=np.float64)[self.warmup_rounds * calls:]
+                n = len(v) // calls  # whole rounds recorded for this node
+                complete.append(n)
+                per_round = v[:n * calls].reshape(n, calls).sum(axis=1) if n else v * calls
+                rows.append({"op": op, "node": node, "median_us": float(np.median(per_round)) if len(per_round) else 0.0})
+            self.recorded[k] = min(complete, default=0)
             out[k] = sorted(rows, key=lambda r: -r["median_us"])
+        self._results = out
         return out
 
 
 def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray, int]], runs: int = 200,
                 threads: int = 1) -> dict[str, list[dict]]:
-    """:class:`OpProfiler` on its own: ``runs`` rounds back to back, then the medians."""
+    """:class:`OpProfiler` on its own: a warm-up round, ``runs`` rounds back to back, the medians."""
     with OpProfiler(targets, threads) as prof:
+        prof.warmup()
         for _ in range(runs):
             prof.round()
         return prof.results()

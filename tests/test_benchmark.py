@@ -230,8 +230,10 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
 
     def fake_time(targets, iterations, warmup, progress=True, between=None):
         seen.setdefault("timed", []).append({t.name: (t.per_call_images, t.calls) for t in targets})
-        for i in range(iterations if between else 0):
-            between(i)
+        for i in range(iterations):
+            seen.setdefault("order", []).append("t")
+            if between:
+                between(i)
         base = np.resize([1000, 3000], iterations)  # load that comes and goes between rounds
         return {t.name: base * (0.5 if t.name == "model" else 1) for t in targets}
 
@@ -240,6 +242,20 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
             seen.setdefault("profiled", []).append({k: (v[2].shape[0], v[3]) for k, v in targets.items()})
             super().__init__(targets, threads)
 
+        def warmup(self):
+            seen.setdefault("order", []).append("w")
+            super().warmup()
+
+        def round(self):
+            seen.setdefault("order", []).append("P")
+            super().round()
+
+        def results(self):
+            out = super().results()
+            if self.targets["model"][2].shape[0] == 8:  # as if onnxruntime's 1,000,000-event cap cut the last 2 rounds
+                self.recorded["model"] = 2
+            return out
+
     monkeypatch.setattr(timing, "time_interleaved", fake_time)
     monkeypatch.setattr(timing, "OpProfiler", SpyProfiler)
     monkeypatch.setattr(benchmark, "PROFILE_RUNS", 4)
@@ -247,9 +263,13 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
                  warmup=0, profile=True, plots=False)
     assert seen["timed"] == [{"baseline": (1, 1), "model": (1, 1)}, {"baseline": (1, 8), "model": (8, 1)}]
     assert seen["profiled"] == seen["timed"]  # the profile runs what the timing ran
-    # 4 profiled rounds spread over the 20 timed ones: one after every 5th
-    assert doc["timing"]["profile"]["rounds"] == {"1": 4, "8": 4} and doc["timing"]["profile"]["every"] == 5
-    assert "median of 4 rounds taken between the timed rounds" in doc["markdown"]
+    # a warm-up round, then 4 profiled rounds spread evenly between the 20 timed ones, at each batch size
+    assert "".join(seen["order"]) == ("w" + "tttttP" * 4) * 2
+    assert doc["timing"]["profile"]["rounds"] == {"1": 4, "8": 4}
+    assert doc["baseline"]["profile_rounds"] == {"1": 4, "8": 4} and doc["model"]["profile_rounds"] == {"1": 4, "8": 2}
+    assert "median of 4 rounds taken between the timed rounds, the models" in doc["markdown"]
+    assert ("median of 2 rounds taken between the timed rounds (onnxruntime's profiler stopped recording at 1,000,000 events: "
+            "the first 2 of 4 rounds, the start of the run)") in doc["markdown"]
     for bs in ("1", "8"):
         assert doc["model"]["by_batch"][bs]["latency_ratio_blocks"] == [0.5] * 5
         assert doc["model"]["by_batch"][bs]["latency_ratio"] == pytest.approx(0.5)

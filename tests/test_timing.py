@@ -1,5 +1,7 @@
 """Timing primitives: statistics, plain-session timing, multiply-add counts, the GEMM peak."""
 
+import os
+
 import numpy as np
 import pytest
 from helpers import mnist12_like, pattern_linear
@@ -73,9 +75,10 @@ def test_block_ratios_pair_the_rounds_and_repeat_over_consecutive_stretches():
         timing.block_ratios(model, base, 0)
 
 
-def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monkeypatch, tmp_path):
-    """Fake sessions log the call order and write profiles whose kernel times are known."""
-    order, durs = [], {"a": [1, 2, 3, 4, 5, 6], "b": [10, 20, 30]}
+def _fake_profiled_sessions(monkeypatch, tmp_path, durs: dict[str, dict[str, list]], order: list):
+    """Fake profiled sessions that log their calls and write profiles with known kernel times:
+    ``durs[model][node]`` lists a node's kernel times in call order."""
+    import json
 
     class Fake:
         def __init__(self, key):
@@ -87,18 +90,44 @@ def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monke
         def end_profiling(self):
             p = tmp_path / f"{self.key}.json"
             ev = [{"cat": "Session", "name": "model_run", "dur": 999}]
-            ev += [{"cat": "Node", "name": f"n_{self.key}_kernel_time", "dur": d, "args": {"op_name": "Conv"}} for d in durs[self.key]]
-            p.write_text(__import__("json").dumps(ev))
+            ev += [{"cat": "Node", "name": f"{node}_kernel_time", "dur": d, "args": {"op_name": "Conv"}}
+                   for node, ds in durs[self.key].items() for d in ds]
+            p.write_text(json.dumps(ev))
             return str(p)
 
-    fakes = iter([Fake("a"), Fake("b")])
+    fakes = iter([Fake(k) for k in durs])
     monkeypatch.setattr(timing, "plain_session", lambda model, threads, **kw: next(fakes))
+
+
+def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monkeypatch, tmp_path):
+    order = []
+    # a warm-up round first (left out: 100s), then 3 rounds; a's batch is 2 calls
+    _fake_profiled_sessions(monkeypatch, tmp_path, {"a": {"n_a": [100, 100, 1, 2, 3, 4, 5, 6]}, "b": {"n_b": [100, 10, 20, 30]}}, order)
     x = np.zeros((1, 4), np.float32)
     prof = timing.profile_ops({"a": (b"", "in_a", x, 2), "b": (b"", "in_b", x, 1)}, runs=3)
-    assert order == [("a", ("in_a",)), ("a", ("in_a",)), ("b", ("in_b",))] * 3  # round-robin, a's batch as 2 calls
-    # the first round (the sessions' first runs) is left out: a's rounds 3+4, 5+6 -> median 9
-    assert prof["a"] == [{"op": "Conv", "node": "n_a", "median_us": 9.0}]
-    assert prof["b"] == [{"op": "Conv", "node": "n_b", "median_us": 25.0}]
+    assert order == [("a", ("in_a",)), ("a", ("in_a",)), ("b", ("in_b",))] * 4  # round-robin, a's batch as 2 calls
+    assert prof["a"] == [{"op": "Conv", "node": "n_a", "median_us": 7.0}]  # rounds 1+2, 3+4, 5+6 -> median 7
+    assert prof["b"] == [{"op": "Conv", "node": "n_b", "median_us": 20.0}]
+
+
+def test_op_profiler_reports_the_rounds_a_capped_profile_recorded(monkeypatch, tmp_path):
+    """onnxruntime's profiler stops at 1,000,000 events: the nodes late in a session's last rounds
+    have fewer kernel times; ``recorded`` says how many whole rounds every node has."""
+    order = []
+    _fake_profiled_sessions(monkeypatch, tmp_path, {"a": {"first": [9, 1, 2, 3, 4], "last": [9, 5, 6]}}, order)
+    x = np.zeros((1, 4), np.float32)
+    with timing.OpProfiler({"a": (b"", "in", x, 1)}) as prof:
+        folder = prof._dir.name
+        prof.warmup()
+        for _ in range(4):
+            prof.round()
+        with pytest.raises(ValueError, match="warm-up after measured rounds"):
+            prof.warmup()
+        res = prof.results()
+        assert prof.rounds == 4 and prof.recorded == {"a": 2}  # "last" has 2 of the 4 rounds
+        assert {r["node"]: r["median_us"] for r in res["a"]} == {"first": 2.5, "last": 5.5}
+        assert prof.results() is res  # a second call does not end the (already ended) profiling again
+    assert not os.path.exists(folder) and prof.sessions == {}
 
 
 def test_profile_ops_on_real_sessions():

@@ -151,6 +151,7 @@ def test_latency_aware_objective_times_stock_fast_candidates_and_records_the_cho
     assert len(chosen) == 1 and chosen[0]["keep_fp32"] == la["nodes_kept_fp32"]
     default = la["candidates"][0]
     assert chosen[0] is default or chosen[0]["score"] < default["score"] * 0.97  # never slower than the default
+    assert la["ratio"].startswith("paired: ")  # the report says how candidates were scored
     assert la["beats_fp32"] == (chosen[0]["score"] < 1)
     m = onnx.load(out)
     # no session hints (fast in any plain onnxruntime session): the only metadata is the provenance (issue 14)
