@@ -211,6 +211,7 @@ def check_flag(f: F, value: Any, flag: str) -> Any:
         raise UsageError(f"{flag} {value}: {problem}")
     return value
 
+
 # Numbers that only have flags and API arguments, no config keys (validate, check-test-data). They live
 # here, not in testdata / validation, so building the command-line parser imports no onnxruntime.
 DEFAULT_RTOL = 1e-3  # the tolerances of onnx's backend test runner for zoo test data
