@@ -30,6 +30,7 @@ LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
 PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds), spread evenly over the timed ones
+PEAK_SAMPLES = 15  # GEMM peak samples per batch size, spread evenly over the timed rounds
 RATIO_BLOCKS = 5  # the paired per-round ratio is also reported in this many consecutive stretches of the timed rounds: its spread
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
 
@@ -79,6 +80,11 @@ def _model_entry(lm: models.LoadedModel) -> dict:
     return {**lm.describe(),
             "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(evaluation.onnxruntime_graph(lm.raw, lm.path)),
             "macs_per_image": timing.macs_per_image(lm.proto)}
+
+
+def _spread(i: int, n: int, total: int) -> bool:
+    """True after ``n`` of the rounds 0..total-1, evenly spread (the last round always among them)."""
+    return (i + 1) * n // total != i * n // total
 
 
 def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, mode: str = "performance",
@@ -182,6 +188,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     profile_n = min(PROFILE_RUNS, iterations)  # profiled rounds per batch size, spread evenly over the timed rounds
     profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
     if mode in ("performance", "all"):
+        peak = timing.GemmPeak(threads=threads)
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
             targets = []
             for k in loaded:
@@ -198,10 +205,12 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 if profile:
                     prof.warmup()
 
-                def profiled(i: int) -> None:  # after timed round i: profile_n profiled rounds spread evenly over the run
-                    if (i + 1) * profile_n // iterations != i * profile_n // iterations:
+                def between(i: int) -> None:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
+                    if profile and _spread(i, profile_n, iterations):
                         prof.round()
-                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=profiled if profile else None)
+                    if _spread(i, min(PEAK_SAMPLES, iterations), iterations):
+                        peak.sample()
+                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
                 if profile:
                     profile_rounds[str(bs)] = prof.rounds
                     for k, rows in prof.results().items():
@@ -228,13 +237,13 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                   "method": timing.METHOD + "; a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
                   "session_options": {"intra_op_num_threads": threads, "other_options": "onnxruntime defaults",
                                       "providers": ["CPUExecutionProvider"]},
-                  "gemm_peak": timing.gemm_peak(threads=threads)}
+                  "gemm_peak": peak.result()}
         if profile:
             timing_doc["profile"] = {"rounds": profile_rounds,
                                      "when": "after a warm-up round, profiled rounds (every model, round-robin) spread evenly "
                                              "between the timed rounds, outside the clock; each model's recorded rounds: profile_rounds"}
         pk = timing_doc["gemm_peak"]
-        log(f"[benchmark] single-thread GEMM peak here (best of {pk['repeats']}, fp32 and u8s8 interleaved): fp32 {pk['fp32_gmacs']:.1f}, "
+        log(f"[benchmark] single-thread GEMM peak here (best of {pk['samples']} samples taken between the timed rounds): fp32 {pk['fp32_gmacs']:.1f}, "
             f"u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, {pk['u8s8_gmacs_median']:.1f})")
 
     # --- ratios and gate

@@ -235,38 +235,56 @@ def macs_per_image(model: onnx.ModelProto) -> int:
     return total
 
 
-def gemm_peak(size: int = 512, repeats: int = 15, threads: int = 1) -> dict:
+class GemmPeak:
     """Single-thread GEMM rate of this machine in onnxruntime: fp32 MatMul and u8s8 MatMulInteger of
-    ``size``^3, in GMAC/s: the ceiling a model's conv/FC layers can approach. The two are timed
-    interleaved (fp32, u8s8, fp32, ...) so both see the same host load; the peak is the best of
-    ``repeats`` (what the machine can do when the other load lets it), ``*_gmacs_median`` the median."""
-    rng = np.random.default_rng(0)
-    n = size
+    ``size``^3, in GMAC/s: the ceiling a model's conv/FC layers can approach. Each :meth:`sample`
+    times one of each, back to back, so both see the same host load; the benchmark takes its samples
+    between the timed rounds, spread over the run, since the host's load comes in phases longer than
+    a sample (~5 ms). :meth:`result`: the peak is the best sample (what the machine can do when the
+    other load lets it), ``*_gmacs_median`` the median."""
 
-    def model(node, xtype, wt):
-        g = helper.make_graph([node], "peak", [helper.make_tensor_value_info("x", xtype, [n, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT if xtype == TensorProto.FLOAT else TensorProto.INT32, [n, n])], wt)
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+    def __init__(self, size: int = 512, threads: int = 1):
+        rng = np.random.default_rng(0)
+        n = self.size = size
+        self.threads = threads
 
-    fp = model(helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT,
-               [numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")])
-    q = model(helper.make_node("MatMulInteger", ["x", "w", "xz"], ["y"]), TensorProto.UINT8,
-              [numpy_helper.from_array(rng.integers(-64, 64, (n, n)).astype(np.int8), "w"),
-               numpy_helper.from_array(np.array(3, np.uint8), "xz")])
-    runs = {name: (plain_session(mb, threads), {"x": x}) for name, mb, x in (
-        ("fp32", fp, rng.standard_normal((n, n)).astype(np.float32)),
-        ("u8s8", q, rng.integers(0, 128, (n, n)).astype(np.uint8)))}
-    for s, fd in runs.values():
-        for _ in range(3):
-            s.run(None, fd)
-    ts: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, (s, fd) in runs.items():
+        def model(node, xtype, wt):
+            g = helper.make_graph([node], "peak", [helper.make_tensor_value_info("x", xtype, [n, n])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT if xtype == TensorProto.FLOAT else TensorProto.INT32, [n, n])], wt)
+            return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+        fp = model(helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT,
+                   [numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")])
+        q = model(helper.make_node("MatMulInteger", ["x", "w", "xz"], ["y"]), TensorProto.UINT8,
+                  [numpy_helper.from_array(rng.integers(-64, 64, (n, n)).astype(np.int8), "w"),
+                   numpy_helper.from_array(np.array(3, np.uint8), "xz")])
+        self.runs = {name: (plain_session(mb, threads), {"x": x}) for name, mb, x in (
+            ("fp32", fp, rng.standard_normal((n, n)).astype(np.float32)),
+            ("u8s8", q, rng.integers(0, 128, (n, n)).astype(np.uint8)))}
+        for sess, fd in self.runs.values():
+            for _ in range(3):
+                sess.run(None, fd)
+        self.times: dict[str, list[float]] = {name: [] for name in self.runs}
+
+    def sample(self) -> None:
+        for name, (sess, fd) in self.runs.items():
             t0 = time.perf_counter()
-            s.run(None, fd)
-            ts[name].append(time.perf_counter() - t0)
-    out = {"size": n, "threads": threads, "repeats": repeats}
-    for name, t in ts.items():
-        out[f"{name}_gmacs"] = float(n ** 3 / max(min(t), 1e-9) / 1e9)
-        out[f"{name}_gmacs_median"] = float(n ** 3 / max(float(np.median(t)), 1e-9) / 1e9)
-    return out
+            sess.run(None, fd)
+            self.times[name].append(time.perf_counter() - t0)
+
+    def result(self) -> dict:
+        out = {"size": self.size, "threads": self.threads, "samples": len(self.times["fp32"])}
+        for name, t in self.times.items():
+            if not t:
+                raise ValueError("GemmPeak.result before any sample")
+            out[f"{name}_gmacs"] = float(self.size ** 3 / max(min(t), 1e-9) / 1e9)
+            out[f"{name}_gmacs_median"] = float(self.size ** 3 / max(float(np.median(t)), 1e-9) / 1e9)
+        return out
+
+
+def gemm_peak(size: int = 512, repeats: int = 15, threads: int = 1) -> dict:
+    """:class:`GemmPeak` on its own: ``repeats`` samples back to back."""
+    peak = GemmPeak(size, threads)
+    for _ in range(repeats):
+        peak.sample()
+    return peak.result()

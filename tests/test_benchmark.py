@@ -266,6 +266,7 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     # a warm-up round, then 4 profiled rounds spread evenly between the 20 timed ones, at each batch size
     assert "".join(seen["order"]) == ("w" + "tttttP" * 4) * 2
     assert doc["timing"]["profile"]["rounds"] == {"1": 4, "8": 4}
+    assert doc["timing"]["gemm_peak"]["samples"] == 2 * 15  # GEMM samples spread over both batch sizes' timed rounds
     assert doc["baseline"]["profile_rounds"] == {"1": 4, "8": 4} and doc["model"]["profile_rounds"] == {"1": 4, "8": 2}
     assert "median of 4 rounds taken between the timed rounds, the models" in doc["markdown"]
     assert ("median of 2 rounds taken between the timed rounds (onnxruntime's profiler stopped recording at 1,000,000 events: "
@@ -278,3 +279,11 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     assert "batch 8 (run image by image: each node's times summed over the batch's calls)" in doc["markdown"]
     few = _bench(tmp_path, synth_dir, [model], fixed, mode="performance", iterations=1, warmup=0, plots=False)
     assert few["model"]["latency_ratio_blocks"] == [0.5] and "paired ratio" not in few["markdown"]  # one round: no spread row
+
+
+@pytest.mark.parametrize("total,n", [(3000, 200), (399, 200), (20, 4), (7, 7), (5, 1), (1, 1)])
+def test_spread_picks_exactly_n_rounds_evenly(total, n):
+    picked = [i for i in range(total) if benchmark._spread(i, n, total)]
+    assert len(picked) == n and picked[-1] == total - 1
+    gaps = np.diff([-1, *picked])
+    assert gaps.max() - gaps.min() <= 1  # as even as whole rounds allow

@@ -147,10 +147,9 @@ def test_gemm_peak_reports_both_rates():
     assert p["fp32_gmacs"] >= p["fp32_gmacs_median"] and p["u8s8_gmacs"] >= p["u8s8_gmacs_median"]
 
 
-def test_gemm_peak_interleaves_the_two_and_takes_the_best_repeat(monkeypatch):
-    """fp32 and u8s8 alternate, so a burst of load hits both; the peak is the fastest repeat."""
-    order, now = [], [0.0]
-    cost = {"fp32": iter([9, 9, 9, 2.0, 8.0, 4.0]), "u8s8": iter([9, 9, 9, 1.0, 4.0, 0.5])}  # 3 warm-up runs, then 3 timed
+def _fake_gemm_sessions(monkeypatch, costs: dict[str, list[float]]):
+    """Fake fp32 / u8s8 sessions whose runs take ``costs[name]`` seconds each, in order, on a fake clock."""
+    order, now, left = [], [0.0], {k: iter(v) for k, v in costs.items()}
 
     class Sess:
         def __init__(self, key):
@@ -158,12 +157,22 @@ def test_gemm_peak_interleaves_the_two_and_takes_the_best_repeat(monkeypatch):
 
         def run(self, _out, _feed):
             order.append(self.key)
-            now[0] += next(cost[self.key])
+            now[0] += next(left[self.key])
 
     keys = iter(["fp32", "u8s8"])
     monkeypatch.setattr(timing, "plain_session", lambda model, threads: Sess(next(keys)))
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
-    p = timing.gemm_peak(size=100, repeats=3)
+    return order
+
+
+def test_gemm_peak_interleaves_the_two_and_takes_the_best_sample(monkeypatch):
+    """Each sample runs fp32 then u8s8, so a burst of load hits both; the peak is the fastest sample."""
+    order = _fake_gemm_sessions(monkeypatch, {"fp32": [9, 9, 9, 2.0, 8.0, 4.0], "u8s8": [9, 9, 9, 1.0, 4.0, 0.5]})
+    p = timing.gemm_peak(size=100, repeats=3)  # 3 warm-up runs each, then 3 samples
     assert order == ["fp32"] * 3 + ["u8s8"] * 3 + ["fp32", "u8s8"] * 3
+    assert p["samples"] == 3
     assert p["fp32_gmacs"] == pytest.approx(1e6 / 2.0 / 1e9) and p["fp32_gmacs_median"] == pytest.approx(1e6 / 4.0 / 1e9)
     assert p["u8s8_gmacs"] == pytest.approx(1e6 / 0.5 / 1e9) and p["u8s8_gmacs_median"] == pytest.approx(1e6 / 1.0 / 1e9)
+    _fake_gemm_sessions(monkeypatch, {"fp32": [9, 9, 9], "u8s8": [9, 9, 9]})
+    with pytest.raises(ValueError, match="before any sample"):
+        timing.GemmPeak(size=100).result()
