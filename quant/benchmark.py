@@ -187,6 +187,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
     profile_n = min(PROFILE_RUNS, iterations)  # profiled rounds per batch size, spread evenly over the timed rounds
     profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
+    peak_n = min(PEAK_SAMPLES, iterations)  # GEMM peak samples per batch size, spread evenly over the timed rounds
     if mode in ("performance", "all"):
         peak = timing.GemmPeak(threads=threads)
         for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
@@ -208,7 +209,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 def between(i: int) -> None:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
                     if profile and _spread(i, profile_n, iterations):
                         prof.round()
-                    if _spread(i, min(PEAK_SAMPLES, iterations), iterations):
+                    if _spread(i, peak_n, iterations):
                         peak.sample()
                 times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
                 if profile:

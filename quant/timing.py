@@ -182,16 +182,6 @@ class OpProfiler:
         return out
 
 
-def profile_ops(targets: dict[str, tuple[bytes, str, np.ndarray, int]], runs: int = 200,
-                threads: int = 1) -> dict[str, list[dict]]:
-    """:class:`OpProfiler` on its own: a warm-up round, ``runs`` rounds back to back, the medians."""
-    with OpProfiler(targets, threads) as prof:
-        prof.warmup()
-        for _ in range(runs):
-            prof.round()
-        return prof.results()
-
-
 # ------------------------------------------------------------------------ work and machine peak
 def macs_per_image(model: onnx.ModelProto) -> int:
     """Multiply-adds of the Conv, MatMul and Gemm nodes for one image (static shapes from onnx's
@@ -280,11 +270,3 @@ class GemmPeak:
             out[f"{name}_gmacs"] = float(self.size ** 3 / max(min(t), 1e-9) / 1e9)
             out[f"{name}_gmacs_median"] = float(self.size ** 3 / max(float(np.median(t)), 1e-9) / 1e9)
         return out
-
-
-def gemm_peak(size: int = 512, repeats: int = 15, threads: int = 1) -> dict:
-    """:class:`GemmPeak` on its own: ``repeats`` samples back to back."""
-    peak = GemmPeak(size, threads)
-    for _ in range(repeats):
-        peak.sample()
-    return peak.result()

@@ -9,6 +9,23 @@ from helpers import mnist12_like, pattern_linear
 from quant import models, prepare, timing
 
 
+def _profile(targets, runs):
+    """OpProfiler on its own: a warm-up round, ``runs`` rounds back to back, the medians."""
+    with timing.OpProfiler(targets) as prof:
+        prof.warmup()
+        for _ in range(runs):
+            prof.round()
+        return prof.results()
+
+
+def _peak(size, repeats):
+    """GemmPeak on its own: ``repeats`` samples back to back."""
+    peak = timing.GemmPeak(size)
+    for _ in range(repeats):
+        peak.sample()
+    return peak.result()
+
+
 def test_latency_stats_on_known_values():
     ns = np.arange(1, 101) * 1_000_000  # 1..100 ms
     s = timing.latency_stats(ns)
@@ -104,7 +121,7 @@ def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monke
     # a warm-up round first (left out: 100s), then 3 rounds; a's batch is 2 calls
     _fake_profiled_sessions(monkeypatch, tmp_path, {"a": {"n_a": [100, 100, 1, 2, 3, 4, 5, 6]}, "b": {"n_b": [100, 10, 20, 30]}}, order)
     x = np.zeros((1, 4), np.float32)
-    prof = timing.profile_ops({"a": (b"", "in_a", x, 2), "b": (b"", "in_b", x, 1)}, runs=3)
+    prof = _profile({"a": (b"", "in_a", x, 2), "b": (b"", "in_b", x, 1)}, runs=3)
     assert order == [("a", ("in_a",)), ("a", ("in_a",)), ("b", ("in_b",))] * 4  # round-robin, a's batch as 2 calls
     assert prof["a"] == [{"op": "Conv", "node": "n_a", "median_us": 7.0}]  # rounds 1+2, 3+4, 5+6 -> median 7
     assert prof["b"] == [{"op": "Conv", "node": "n_b", "median_us": 20.0}]
@@ -132,7 +149,7 @@ def test_op_profiler_reports_the_rounds_a_capped_profile_recorded(monkeypatch, t
 
 def test_profile_ops_on_real_sessions():
     a, b = models.serialize(pattern_linear()), models.serialize(mnist12_like())
-    prof = timing.profile_ops({"lin": (a, "input", np.zeros((2, 784), np.float32), 1),
+    prof = _profile({"lin": (a, "input", np.zeros((2, 784), np.float32), 1),
                                "cnn": (b, models.signature(mnist12_like(), "m").input_name, np.zeros((1, 1, 28, 28), np.float32), 3)},
                               runs=5)
     assert list(prof) == ["lin", "cnn"]
@@ -142,7 +159,7 @@ def test_profile_ops_on_real_sessions():
 
 
 def test_gemm_peak_reports_both_rates():
-    p = timing.gemm_peak(size=64, repeats=3)
+    p = _peak(size=64, repeats=3)
     assert p["fp32_gmacs"] > 0 and p["u8s8_gmacs"] > 0 and p["size"] == 64
     assert p["fp32_gmacs"] >= p["fp32_gmacs_median"] and p["u8s8_gmacs"] >= p["u8s8_gmacs_median"]
 
@@ -168,7 +185,7 @@ def _fake_gemm_sessions(monkeypatch, costs: dict[str, list[float]]):
 def test_gemm_peak_interleaves_the_two_and_takes_the_best_sample(monkeypatch):
     """Each sample runs fp32 then u8s8, so a burst of load hits both; the peak is the fastest sample."""
     order = _fake_gemm_sessions(monkeypatch, {"fp32": [9, 9, 9, 2.0, 8.0, 4.0], "u8s8": [9, 9, 9, 1.0, 4.0, 0.5]})
-    p = timing.gemm_peak(size=100, repeats=3)  # 3 warm-up runs each, then 3 samples
+    p = _peak(size=100, repeats=3)  # 3 warm-up runs each, then 3 samples
     assert order == ["fp32"] * 3 + ["u8s8"] * 3 + ["fp32", "u8s8"] * 3
     assert p["samples"] == 3
     assert p["fp32_gmacs"] == pytest.approx(1e6 / 2.0 / 1e9) and p["fp32_gmacs_median"] == pytest.approx(1e6 / 4.0 / 1e9)
