@@ -206,11 +206,15 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 if profile:
                     prof.warmup()
 
-                def between(i: int) -> None:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
+                def between(i: int) -> bool:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
+                    ran = False
                     if profile and _spread(i, profile_n, iterations):
                         prof.round()
+                        ran = True
                     if _spread(i, peak_n, iterations):
                         peak.sample()
+                        ran = True
+                    return ran  # time_interleaved then re-warms every model, untimed, before the next timed round
                 times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
                 if profile:
                     profile_rounds[str(bs)] = prof.rounds

@@ -232,8 +232,8 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
         seen.setdefault("timed", []).append({t.name: (t.per_call_images, t.calls) for t in targets})
         for i in range(iterations):
             seen.setdefault("order", []).append("t")
-            if between:
-                between(i)
+            if between and between(i):  # a side job ran: time_interleaved re-warms before the next timed round
+                seen.setdefault("rewarm", []).append(i)
         base = np.resize([1000, 3000], iterations)  # load that comes and goes between rounds
         return {t.name: base * (0.5 if t.name == "model" else 1) for t in targets}
 
@@ -267,6 +267,8 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     assert "".join(seen["order"]) == ("w" + "tttttP" * 4) * 2
     assert doc["timing"]["profile"]["rounds"] == {"1": 4, "8": 4}
     assert doc["timing"]["gemm_peak"]["samples"] == 2 * 15  # GEMM samples spread over both batch sizes' timed rounds
+    side = [i for i in range(20) if benchmark._spread(i, 4, 20) or benchmark._spread(i, 15, 20)]
+    assert seen["rewarm"] == side * 2 and len(side) < 20  # exactly the rounds followed by a profiled round or a GEMM sample
     assert doc["baseline"]["profile_rounds"] == {"1": 4, "8": 4} and doc["model"]["profile_rounds"] == {"1": 4, "8": 2}
     assert "median of 4 rounds taken between the timed rounds, the models" in doc["markdown"]
     assert ("median of 2 rounds taken between the timed rounds (onnxruntime's profiler stopped recording at 1,000,000 events: "

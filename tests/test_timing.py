@@ -75,6 +75,36 @@ def test_interleaved_timing_calls_between_after_each_round_outside_the_clock(mon
     assert list(times["a"]) == [10] * 3 and list(times["b"]) == [7] * 3
 
 
+def test_interleaved_timing_rewarms_every_model_untimed_after_a_side_job(monkeypatch):
+    """A ``between`` that ran something (returns true) evicted the caches: one untimed round of every
+    model follows before the next timed round, so the round's first model does not pay alone for the
+    cold start (not after the last round: nothing is timed after it). Warm-up rounds are round-robin."""
+    order, now, cold = [], [0], {"a": True, "b": True}
+
+    class Sess:
+        def __init__(self, key, cost):
+            self.key, self.cost = key, cost
+
+        def run(self, _out, _feed):
+            order.append(self.key)
+            now[0] += self.cost * (3 if cold[self.key] else 1)  # a cold run is slower
+            cold[self.key] = False
+
+    def between(i):
+        order.append(f"between {i}")
+        if i in (0, 2):  # a side job that evicts the caches
+            cold.update(a=True, b=True)
+            return True
+        return None
+
+    monkeypatch.setattr(timing.time, "perf_counter_ns", lambda: now[0])
+    targets = [timing.Timed("a", Sess("a", 5), {}, 1, 2), timing.Timed("b", Sess("b", 7), {}, 1, 1)]
+    times = timing.time_interleaved(targets, 3, 2, progress=False, between=between)
+    assert order == (["a", "a", "b"] * 2 + ["a", "a", "b", "between 0", "a", "a", "b"]  # warm-up rounds; a re-warm round
+                     + ["a", "a", "b", "between 1", "a", "a", "b", "between 2"])  # none after the last round
+    assert list(times["a"]) == [10] * 3 and list(times["b"]) == [7] * 3  # no timed run was cold
+
+
 def test_block_ratios_pair_the_rounds_and_repeat_over_consecutive_stretches():
     base = np.full(100, 1000)
     model = np.concatenate([np.full(40, 500), np.full(60, 900)])  # a quiet phase, then a loaded one
