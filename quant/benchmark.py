@@ -185,7 +185,6 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     # --- latency / throughput
     timing_doc = None
     samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
-    profile_n = min(PROFILE_RUNS, iterations)  # profiled rounds per batch size, spread evenly over the timed rounds
     profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
     peak_n = min(PEAK_SAMPLES, iterations)  # GEMM peak samples per batch size, spread evenly over the timed rounds
     if mode in ("performance", "all"):
@@ -199,16 +198,23 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                                      "or --dynamic_batch")
                 xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
                 targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
-            log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, {threads} thread(s)"
-                + (f"; {profile_n} profiled rounds spread over them" if profile else ""))
             with (timing.OpProfiler({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
                                      for t in targets}, threads) if profile else contextlib.nullcontext()) as prof:
-                if profile:
+                # profiled rounds, spread evenly over the timed rounds: no more than onnxruntime's profiler holds
+                profile_n = min(PROFILE_RUNS, iterations, prof.capacity) if profile else 0
+                log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, "
+                    f"{threads} thread(s)" + (f"; {profile_n} profiled rounds spread over them" if profile else ""))
+                if profile and profile_n < min(PROFILE_RUNS, iterations):
+                    log(f"[benchmark] {'warning: no profile at ' if not profile_n else ''}batch {bs}: {profile_n} profiled rounds, "
+                        f"not {min(PROFILE_RUNS, iterations)}: onnxruntime's profiler holds {timing.OpProfiler.MAX_EVENTS:,} events "
+                        "per session")
+                profiling = profile_n > 0
+                if profiling:
                     prof.warmup()
 
                 def between(i: int) -> bool:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
                     ran = False
-                    if profile and _spread(i, profile_n, iterations):
+                    if profiling and _spread(i, profile_n, iterations):
                         prof.round()
                         ran = True
                     if _spread(i, peak_n, iterations):
@@ -216,7 +222,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                         ran = True
                     return ran  # time_interleaved then re-warms every model, untimed, before the next timed round
                 times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
-                if profile:
+                if profiling:
                     profile_rounds[str(bs)] = prof.rounds
                     for k, rows in prof.results().items():
                         entries[k].setdefault("profile", {})[str(bs)] = rows
@@ -234,7 +240,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                 entries[k].setdefault("by_batch", {})[str(bs)] = m
                 if pos == 0:
                     entries[k].update(m)
-        if profile:
+        if profile_rounds:
             log(f"[benchmark] onnxruntime per-op profile taken ({', '.join(f'batch {b}: {n}' for b, n in profile_rounds.items())} "
                 f"rounds, between the timed rounds, models round-robin)")
         timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
@@ -246,7 +252,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         if profile:
             timing_doc["profile"] = {"rounds": profile_rounds,
                                      "when": "after a warm-up round, profiled rounds (every model, round-robin) spread evenly "
-                                             "between the timed rounds, outside the clock; each model's recorded rounds: profile_rounds"}
+                                             "between the timed rounds, outside the clock, no more than onnxruntime's profiler "
+                                             "holds; each model's recorded rounds: profile_rounds"}
         pk = timing_doc["gemm_peak"]
         log(f"[benchmark] single-thread GEMM peak here (best of {pk['samples']} samples taken between the timed rounds): fp32 {pk['fp32_gmacs']:.1f}, "
             f"u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, {pk['u8s8_gmacs_median']:.1f})")

@@ -120,8 +120,11 @@ class OpProfiler:
     :meth:`results` gives each node's median over the rounds, slowest first, and sets
     :attr:`recorded`: per model, the rounds every node has in its median. onnxruntime's profiler stops
     recording a session after :data:`MAX_EVENTS` events, so a long profile (large batches run image by
-    image) can hold only its first rounds: ``recorded[name] < rounds`` then. Use it as a context
-    manager: the profiles are written to a temporary folder removed on exit."""
+    image) can hold only its first rounds: ``recorded[name] < rounds`` then; :attr:`capacity` is the
+    number of rounds after the warm-up that fit under that cap for every model (measured: each model's
+    events per call, from a one-call profile of its own), so a caller can spread no more rounds than
+    that over a long run instead of losing its end. Use it as a context manager: the profiles are
+    written to a temporary folder removed on exit."""
 
     MAX_EVENTS = 1_000_000  # onnxruntime's profiler: events per session, then "Maximum number of events reached"
 
@@ -136,9 +139,26 @@ class OpProfiler:
             self.sessions = {k: plain_session(model, threads, enable_profiling=True,
                                               profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
                              for i, (k, (model, *_)) in enumerate(targets.items())}
+            self.capacity = min(self._rounds_that_fit(i, *t, threads) for i, t in enumerate(targets.values()))
         except BaseException:
+            self.sessions = {}
             self._dir.cleanup()
             raise
+
+    def _rounds_that_fit(self, i: int, model: bytes, name: str, x: np.ndarray, calls: int, threads: int) -> int:
+        """Measured rounds (after one warm-up round) a model's profiled session holds under MAX_EVENTS:
+        a one-call profile counts the session's set-up events and the events of one call (every event
+        from the call's ``model_run`` on)."""
+        import json
+
+        probe = plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"probe{i}"))
+        probe.run(None, {name: x})
+        with open(probe.end_profiling()) as f:
+            events = json.load(f)
+        start = min((e["ts"] for e in events if e.get("name") == "model_run"), default=None)
+        per_call = max(1, sum(1 for e in events if start is not None and e.get("ts", -1) >= start))
+        setup = len(events) - per_call
+        return max(0, (self.MAX_EVENTS - setup) // (per_call * calls) - 1)
 
     def __enter__(self) -> "OpProfiler":
         return self

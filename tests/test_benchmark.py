@@ -283,6 +283,34 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     assert few["model"]["latency_ratio_blocks"] == [0.5] and "paired ratio" not in few["markdown"]  # one round: no spread row
 
 
+@pytest.mark.parametrize("capacity", [3, 0])
+def test_profiled_rounds_never_exceed_what_onnxruntimes_profiler_holds(tmp_path, synth_dir, monkeypatch, capacity):
+    """When fewer rounds than 200 fit under onnxruntime's 1,000,000-event cap (large batches run image
+    by image), the benchmark spreads only as many as fit over the whole run, so the profile covers
+    the run, not its start; when not one round fits, no profile for that batch size, and it says so."""
+    from quant import timing
+
+    class Capped(timing.OpProfiler):
+        def __init__(self, targets, threads=1):
+            super().__init__(targets, threads)
+            self.capacity = capacity
+
+    monkeypatch.setattr(timing, "OpProfiler", Capped)
+    a = save(mnist12_like(seed=1), tmp_path / "a.onnx")
+    logs = []
+    doc = benchmark.benchmark_models([str(a)], str(a), config=synth_config(tmp_path), data_dir=str(synth_dir), mode="performance",
+                                     iterations=12, warmup=0, profile=True, plots=False, log=logs.append)
+    if capacity:
+        assert doc["timing"]["profile"]["rounds"] == {"1": 3} and doc["model"]["profile_rounds"] == {"1": 3}
+        assert any("batch 1: 3 profiled rounds, not 12: onnxruntime's profiler holds 1,000,000 events" in m for m in logs)
+        assert "median of 3 rounds taken between the timed rounds, the models" in doc["markdown"]
+        assert "stopped recording" not in doc["markdown"]
+    else:
+        assert "profile" not in doc["model"] and doc["timing"]["profile"]["rounds"] == {}
+        assert any("warning: no profile at batch 1: 0 profiled rounds" in m for m in logs)
+        assert "Per-op profile" not in doc["markdown"]
+
+
 @pytest.mark.parametrize("total,n", [(3000, 200), (399, 200), (20, 4), (7, 7), (5, 1), (1, 1)])
 def test_spread_picks_exactly_n_rounds_evenly(total, n):
     picked = [i for i in range(total) if benchmark._spread(i, n, total)]

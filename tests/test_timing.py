@@ -122,6 +122,32 @@ def test_block_ratios_pair_the_rounds_and_repeat_over_consecutive_stretches():
         timing.block_ratios(model, base, 0)
 
 
+def test_profiler_capacity_counts_the_events_of_a_call_in_a_real_profile(monkeypatch, tmp_path):
+    """OpProfiler.capacity: measured rounds (after the warm-up round) that fit under onnxruntime's
+    event cap, from each model's events per call in a real profile; the model with the most events
+    per round decides. (The cap itself, 1,000,000 events, was checked by hand: a one-Relu model at
+    50,000 calls per round had capacity 5 and kept exactly 5 of 7 rounds; too slow for a test.)"""
+    import json
+
+    b = models.serialize(pattern_linear())
+    x = np.zeros((1, 784), np.float32)
+    counts = []
+    for n in (1, 3):  # onnxruntime records a session's set-up events, then as many events for every call
+        s = timing.plain_session(b, enable_profiling=True, profile_file_prefix=str(tmp_path / f"p{n}"))
+        for _ in range(n):
+            s.run(None, {"input": x})
+        with open(s.end_profiling()) as f:
+            counts.append(len(json.load(f)))
+    per_call, setup = (counts[1] - counts[0]) // 2, counts[0] - (counts[1] - counts[0]) // 2
+    assert per_call >= 3 and setup >= 1  # the kernels and the run's own events; the session's loading
+    monkeypatch.setattr(timing.OpProfiler, "MAX_EVENTS", 2000)
+    with timing.OpProfiler({"a": (b, "input", x, 10), "b": (b, "input", x, 1)}) as prof:
+        assert prof.capacity == (2000 - setup) // (per_call * 10) - 1 > 0
+    monkeypatch.setattr(timing.OpProfiler, "MAX_EVENTS", setup + per_call)  # not even the warm-up round fits
+    with timing.OpProfiler({"b": (b, "input", x, 1)}) as prof:
+        assert prof.capacity == 0
+
+
 def _fake_profiled_sessions(monkeypatch, tmp_path, durs: dict[str, dict[str, list]], order: list):
     """Fake profiled sessions that log their calls and write profiles with known kernel times:
     ``durs[model][node]`` lists a node's kernel times in call order."""
@@ -142,8 +168,21 @@ def _fake_profiled_sessions(monkeypatch, tmp_path, durs: dict[str, dict[str, lis
             p.write_text(json.dumps(ev))
             return str(p)
 
+    class Probe:  # OpProfiler's one-call profile that sizes its capacity: 2 set-up events, 3 per call
+        def run(self, _out, _feed):
+            pass
+
+        def end_profiling(self):
+            p = tmp_path / "probe.json"
+            p.write_text(json.dumps([{"cat": "Session", "name": "model_loading_array", "ts": 1},
+                                     {"cat": "Session", "name": "session_initialization", "ts": 2},
+                                     {"cat": "Node", "name": "n_kernel_time", "ts": 6}, {"cat": "Session", "name": "model_run", "ts": 5},
+                                     {"cat": "Session", "name": "SequentialExecutor::Execute", "ts": 5}]))
+            return str(p)
+
     fakes = iter([Fake(k) for k in durs])
-    monkeypatch.setattr(timing, "plain_session", lambda model, threads, **kw: next(fakes))
+    monkeypatch.setattr(timing, "plain_session",
+                        lambda model, threads, **kw: Probe() if "probe" in kw["profile_file_prefix"] else next(fakes))
 
 
 def test_profile_ops_runs_the_models_round_robin_and_sums_a_batch_of_calls(monkeypatch, tmp_path):
@@ -165,6 +204,7 @@ def test_op_profiler_reports_the_rounds_a_capped_profile_recorded(monkeypatch, t
     x = np.zeros((1, 4), np.float32)
     with timing.OpProfiler({"a": (b"", "in", x, 1)}) as prof:
         folder = prof._dir.name
+        assert prof.capacity == (1_000_000 - 2) // 3 - 1  # the probe: 2 set-up events, 3 per call (from its model_run on)
         prof.warmup()
         for _ in range(4):
             prof.round()
