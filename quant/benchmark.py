@@ -29,10 +29,11 @@ from .fsio import Outputs, check_distinct, check_writable_target
 LOG = logging.getLogger("quant")
 
 MODES = ("performance", "accuracy", "all")
-PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds), spread evenly over the timed ones
+PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds or onnxruntime's profiler holds fewer), spread evenly over the timed ones
 PEAK_SAMPLES = 15  # GEMM peak samples per batch size, spread evenly over the timed rounds
 RATIO_BLOCKS = 5  # the paired per-round ratio is also reported in this many consecutive stretches of the timed rounds: its spread
 MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
+# (the untimed re-warm round after each profiled round or GEMM sample adds at most PROFILE_RUNS + PEAK_SAMPLES rounds per batch size)
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -209,6 +210,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                         f"not {min(PROFILE_RUNS, iterations)}: onnxruntime's profiler holds {timing.OpProfiler.MAX_EVENTS:,} events "
                         "per session")
                 profiling = profile_n > 0
+                if profile and not profiling:
+                    profile_rounds[str(bs)] = 0  # said in the report: no profile at this batch size
                 if profiling:
                     prof.warmup()
 
@@ -386,6 +389,10 @@ def render(doc: dict) -> str:
                       "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
                       report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
                                       [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]
+    for bs, n in prof_doc.get("rounds", {}).items():
+        if not n:
+            lines += [f"No per-op profile at batch {bs}: not one round of the models fits under onnxruntime's profiler cap "
+                      f"({timing.OpProfiler.MAX_EVENTS:,} events per session).", ""]
     if doc.get("gate"):
         lines += [f"**{doc['gate']['verdict']}** — budget from {doc['gate']['budget_source']}.", ""]
     if doc.get("timing"):

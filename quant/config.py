@@ -122,10 +122,15 @@ PATH_KEYS = (("dataset", "root"), ("quantization", "calibration", "manifest"), (
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "resources" / "mnist.yaml"
 
 class Section:
-    """A validated config section: attribute access, read-only by convention."""
+    """A validated config section: attribute access, read-only (assigning a key would bypass its
+    range check; :func:`replace` returns a re-validated copy instead)."""
 
     def __init__(self, values: dict[str, Any]):
         self.__dict__.update(values)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"config key {key!r} is read-only: use quant.config.replace(cfg, {{section: {{key: value}}}}), "
+                             "which checks the value")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (v.to_dict() if isinstance(v, Section) else copy.deepcopy(v)) for k, v in self.__dict__.items()}
@@ -325,10 +330,35 @@ def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None, bas
     mapped, notes = recipe.map_keys(raw, source, base)
     values = _validate(SCHEMA, mapped, "", source)
     cfg = Config(values)
-    cfg.source = source
-    cfg.sha256 = sha256 or sha256_bytes(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    cfg.notes = notes
+    cfg.__dict__.update(source=source, sha256=sha256 or sha256_bytes(json.dumps(cfg.to_dict(), sort_keys=True).encode()),
+                        notes=notes)
     return cfg
+
+
+def replace(cfg: Config, changes: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``changes`` (``{"tuning": {"objective": "performance"}}``) merged in and
+    every key checked again as in a file (a bad value raises ConfigError, exit 2, naming the key). The
+    copy keeps the file's path and sha256; each changed key is added to its notes, which the reports
+    print beside them, so a report says which values did not come from that file."""
+    def merge(base: dict, new: dict, prefix: str) -> list[str]:
+        changed = []
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                changed += merge(base[k], v, f"{prefix}{k}.")
+            else:
+                if base.get(k, object()) != v:
+                    changed.append(f"{prefix}{k} = {v!r}")
+                base[k] = copy.deepcopy(v)
+        return changed
+
+    if not isinstance(changes, dict):
+        raise _err(cfg.source, "", f"changes must be a mapping of sections, got a {_typename(changes)}")
+    values = {k: v for k, v in cfg.to_dict().items() if k in SCHEMA}
+    changed = merge(values, changes, "")
+    new = Config(_validate(SCHEMA, values, "", cfg.source))
+    new.__dict__.update(source=cfg.source, sha256=cfg.sha256,
+                        notes=[*cfg.notes, *(f"{c} (not from the file: a flag or the caller)" for c in changed)])
+    return new
 
 
 def defaults() -> Config:
@@ -426,7 +456,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             section = getattr(section, k)
         value = getattr(section, keys[-1])
         if value is not None:
-            setattr(section, keys[-1], str(base / Path(value).expanduser()))
+            section.__dict__[keys[-1]] = str(base / Path(value).expanduser())
 
 
 def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str]]:

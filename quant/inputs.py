@@ -61,8 +61,8 @@ def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable =
             except QuantError as e:
                 warnings.append(f"{first.source}: layout {first.preprocessing['layout']} does not fit the model's input ({e}); ignored")
             else:
-                p = cfg.preprocessing
-                p.scale, p.mean, p.std, p.layout = (first.preprocessing[k] for k in ("scale", "mean", "std", "layout"))
+                # only without a config: cfg is this run's own fresh defaults, not a caller's object
+                cfg.preprocessing.__dict__.update({k: first.preprocessing[k] for k in ("scale", "mean", "std", "layout")})
                 source = first.source
     used = cfg.preprocessing_dict()
     disagreements = [provenance.disagreement(d, used, source) if d is not None else None for _, d in docs]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import calib, evaluation, finalize, inputs, models, plan as plan_mod, plots as _plots, prepare, provenance, report, testdata
+from . import calib, config as config_mod, evaluation, finalize, inputs, models, plan as plan_mod, plots as _plots, prepare, provenance, report, testdata
 from .errors import AccuracyError, UsageError
 from .fsio import Outputs, check_distinct, check_writable_target, sha256_bytes
 
@@ -43,7 +43,7 @@ def _resolve_config(config, objective: str | None):
     if objective is not None:
         if objective not in ("accuracy", "performance"):
             raise UsageError(f"--objective {objective!r}: must be accuracy or performance")
-        cfg.tuning.objective = objective
+        cfg = config_mod.replace(cfg, {"tuning": {"objective": objective}})  # a copy: a caller's Config is not changed
     return cfg
 
 
@@ -111,9 +111,9 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
     left fp32, then the finishing touches."""
     from . import tuning  # the only neural_compressor importer; imported late (it is slow)
 
-    c = copy.deepcopy(cfg)
     by_type = {name for name, op in prep.origin.items() if op in cfg.quantization.op_types_to_keep_fp32}  # e.g. a MatMul now a Gemm
-    c.quantization.nodes_to_keep_fp32 = sorted(keep | by_type)
+    c = copy.deepcopy(cfg)  # this trial's own copy, with the plan's names (computed here, not a user's value to check)
+    c.quantization.__dict__["nodes_to_keep_fp32"] = sorted(keep | by_type)
     model, steps = prep.model, []
     if cfg.quantization.kernel_aware:
         model, note = prepare.apply_plan(prep.model, set(c.quantization.nodes_to_keep_fp32), fp32_path)

@@ -232,7 +232,7 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
         seen.setdefault("timed", []).append({t.name: (t.per_call_images, t.calls) for t in targets})
         for i in range(iterations):
             seen.setdefault("order", []).append("t")
-            if between and between(i):  # a side job ran: time_interleaved re-warms before the next timed round
+            if between and between(i) and i + 1 < iterations:  # a side job ran: re-warm before the next timed round
                 seen.setdefault("rewarm", []).append(i)
         base = np.resize([1000, 3000], iterations)  # load that comes and goes between rounds
         return {t.name: base * (0.5 if t.name == "model" else 1) for t in targets}
@@ -267,8 +267,8 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     assert "".join(seen["order"]) == ("w" + "tttttP" * 4) * 2
     assert doc["timing"]["profile"]["rounds"] == {"1": 4, "8": 4}
     assert doc["timing"]["gemm_peak"]["samples"] == 2 * 15  # GEMM samples spread over both batch sizes' timed rounds
-    side = [i for i in range(20) if benchmark._spread(i, 4, 20) or benchmark._spread(i, 15, 20)]
-    assert seen["rewarm"] == side * 2 and len(side) < 20  # exactly the rounds followed by a profiled round or a GEMM sample
+    side = [i for i in range(19) if benchmark._spread(i, 4, 20) or benchmark._spread(i, 15, 20)]
+    assert seen["rewarm"] == side * 2 and len(side) < 19  # exactly the rounds followed by a profiled round or a GEMM sample
     assert doc["baseline"]["profile_rounds"] == {"1": 4, "8": 4} and doc["model"]["profile_rounds"] == {"1": 4, "8": 2}
     assert "median of 4 rounds taken between the timed rounds, the models" in doc["markdown"]
     assert ("median of 2 rounds taken between the timed rounds (onnxruntime's profiler stopped recording at 1,000,000 events: "
@@ -283,32 +283,31 @@ def test_paired_ratios_and_profiles_of_a_fixed_batch_baseline(tmp_path, synth_di
     assert few["model"]["latency_ratio_blocks"] == [0.5] and "paired ratio" not in few["markdown"]  # one round: no spread row
 
 
-@pytest.mark.parametrize("capacity", [3, 0])
-def test_profiled_rounds_never_exceed_what_onnxruntimes_profiler_holds(tmp_path, synth_dir, monkeypatch, capacity):
+def test_profiled_rounds_never_exceed_what_onnxruntimes_profiler_holds(tmp_path, synth_dir, monkeypatch):
     """When fewer rounds than 200 fit under onnxruntime's 1,000,000-event cap (large batches run image
     by image), the benchmark spreads only as many as fit over the whole run, so the profile covers
-    the run, not its start; when not one round fits, no profile for that batch size, and it says so."""
+    the run, not its start; at a batch size where not one round fits, no profile, and it says so."""
     from quant import timing
 
-    class Capped(timing.OpProfiler):
+    class Capped(timing.OpProfiler):  # as if batch 1 held 3 rounds and batch 2 none
         def __init__(self, targets, threads=1):
             super().__init__(targets, threads)
-            self.capacity = capacity
+            self.capacity = 3 if next(iter(targets.values()))[2].shape[0] == 1 else 0
 
     monkeypatch.setattr(timing, "OpProfiler", Capped)
     a = save(mnist12_like(seed=1), tmp_path / "a.onnx")
     logs = []
     doc = benchmark.benchmark_models([str(a)], str(a), config=synth_config(tmp_path), data_dir=str(synth_dir), mode="performance",
-                                     iterations=12, warmup=0, profile=True, plots=False, log=logs.append)
-    if capacity:
-        assert doc["timing"]["profile"]["rounds"] == {"1": 3} and doc["model"]["profile_rounds"] == {"1": 3}
-        assert any("batch 1: 3 profiled rounds, not 12: onnxruntime's profiler holds 1,000,000 events" in m for m in logs)
-        assert "median of 3 rounds taken between the timed rounds, the models" in doc["markdown"]
-        assert "stopped recording" not in doc["markdown"]
-    else:
-        assert "profile" not in doc["model"] and doc["timing"]["profile"]["rounds"] == {}
-        assert any("warning: no profile at batch 1: 0 profiled rounds" in m for m in logs)
-        assert "Per-op profile" not in doc["markdown"]
+                                     iterations=12, warmup=0, profile=True, plots=False, log=logs.append, dynamic_batch=True,
+                                     extra_batch_sizes=(2,))
+    assert doc["timing"]["profile"]["rounds"] == {"1": 3, "2": 0} and doc["model"]["profile_rounds"] == {"1": 3}
+    assert any("batch 1: 3 profiled rounds, not 12: onnxruntime's profiler holds 1,000,000 events" in m for m in logs)
+    assert any("warning: no profile at batch 2: 0 profiled rounds" in m for m in logs)
+    assert "median of 3 rounds taken between the timed rounds, the models" in doc["markdown"]
+    assert "stopped recording" not in doc["markdown"] and "Per-op profile of `" + str(a) + "`, batch 2" not in doc["markdown"]
+    assert "Per-op profile of `" + str(a) + "`, batch 1" in doc["markdown"]
+    assert "No per-op profile at batch 2: not one round of the models fits under onnxruntime's profiler cap" in doc["markdown"]
+    assert "No per-op profile at batch 1" not in doc["markdown"]
 
 
 @pytest.mark.parametrize("total,n", [(3000, 200), (399, 200), (20, 4), (7, 7), (5, 1), (1, 1)])

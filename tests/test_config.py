@@ -299,3 +299,27 @@ def test_validate_model_checks_tolerances_from_python_like_the_flags(arg, tmp_pa
         with pytest.raises(InputError if ok else UsageError) as e:  # in range: the run goes on to the (missing) model
             validation.validate_model(missing, missing, **{arg: value}, log=lambda m: None)
         assert ok or str(e.value).startswith(f"--{arg} {value}") or str(e.value).startswith(f"--{arg} {value!r}"), (value, str(e.value))
+
+
+def test_a_config_is_read_only_and_replace_checks_every_value(tmp_path):
+    """Assigning a key would bypass its range check (and tune_model's --objective used to change the
+    caller's own Config): sections refuse assignment; replace() returns a re-validated copy that
+    keeps the file's identity and notes each changed key."""
+    cfg = config.load(REPO / "mnist.yaml")
+    with pytest.raises(AttributeError, match="read-only: use quant.config.replace"):
+        cfg.benchmark.threads = 0
+    with pytest.raises(AttributeError, match="read-only"):
+        cfg.tuning = None
+    new = config.replace(cfg, {"tuning": {"objective": "performance"}, "benchmark": {"threads": 2}})
+    assert (new.tuning.objective, new.benchmark.threads) == ("performance", 2)
+    assert (cfg.tuning.objective, cfg.benchmark.threads) == ("accuracy", 1)  # the original is unchanged
+    assert (new.source, new.sha256) == (cfg.source, cfg.sha256) and new.dataset.root == cfg.dataset.root
+    assert new.notes[-2:] == ["tuning.objective = 'performance' (not from the file: a flag or the caller)",
+                              "benchmark.threads = 2 (not from the file: a flag or the caller)"]
+    assert config.replace(cfg, {"tuning": {"objective": "accuracy"}}).notes == cfg.notes  # nothing changed, nothing noted
+    with pytest.raises(ConfigError, match=r"benchmark\.threads: must be >= 1"):
+        config.replace(cfg, {"benchmark": {"threads": 0}})
+    with pytest.raises(ConfigError, match="tuning.objective"):
+        config.replace(cfg, {"tuning": {"objective": "latency"}})
+    with pytest.raises(ConfigError, match="unknown key|bogus"):
+        config.replace(cfg, {"bogus": {"x": 1}})

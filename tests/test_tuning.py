@@ -170,6 +170,12 @@ def test_objective_override_and_bad_value(tmp_path, synth_dir):
     with pytest.raises(Exception, match="tuning.objective: must be one of accuracy, performance; got 'latency'"):
         config.from_dict({"tuning": {"objective": "latency"}}, "c.yaml")
     assert config.from_dict({"tuning": {"objective": "performance"}}).tuning.objective == "performance"
+    from quant import pipeline
+
+    mine = config.load(synth_config(tmp_path))  # a Config object given to the API: the override works on a copy
+    used = pipeline._resolve_config(mine, "performance")
+    assert used.tuning.objective == "performance" and mine.tuning.objective == "accuracy"
+    assert used.notes[-1].startswith("tuning.objective = 'performance' (not from the file")
 
 
 # ------------------------------------------------------------------- one result on every machine
@@ -195,7 +201,8 @@ def _tune_on_host(tmp_path, synth_dir, monkeypatch, vnni, bf16, name, reduce_ran
     _as_host(monkeypatch, vnni, bf16)
     cfg = config.load(synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}}))
     if reduce_range != "config":
-        cfg.quantization.reduce_range = reduce_range  # None = leave it to INC, as the tool did before
+        # None = leave it to INC, as the tool did before: not a value a config accepts, so set behind the check
+        cfg.quantization.__dict__["reduce_range"] = reduce_range
     src = save(mnist12_like(), tmp_path / "fp32.onnx")
     tune_model(str(src), str(tmp_path / name), config=cfg, data_dir=str(synth_dir), log=lambda m: None)
     return (tmp_path / name).read_bytes()
