@@ -210,8 +210,6 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                         f"not {min(PROFILE_RUNS, iterations)}: onnxruntime's profiler holds {timing.OpProfiler.MAX_EVENTS:,} events "
                         "per session")
                 profiling = profile_n > 0
-                if profile and not profiling:
-                    profile_rounds[str(bs)] = 0  # said in the report: no profile at this batch size
                 if profiling:
                     prof.warmup()
 
@@ -225,8 +223,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
                         ran = True
                     return ran  # time_interleaved then re-warms every model, untimed, before the next timed round
                 times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
+                if profile:
+                    profile_rounds[str(bs)] = prof.rounds  # 0: no profile at this batch size, which the report says
                 if profiling:
-                    profile_rounds[str(bs)] = prof.rounds
                     for k, rows in prof.results().items():
                         entries[k].setdefault("profile", {})[str(bs)] = rows
                         entries[k].setdefault("profile_rounds", {})[str(bs)] = prof.recorded[k]

@@ -111,6 +111,14 @@ def block_ratios(model_ns: np.ndarray, base_ns: np.ndarray, blocks: int = 5) -> 
     return [float(np.median(ratios[c])) for c in np.array_split(np.arange(len(m)), min(blocks, len(m)))]
 
 
+def _profile_events(sess) -> list[dict]:
+    """Ends a profiled session's profiling and reads its events (onnxruntime's JSON trace)."""
+    import json
+
+    with open(sess.end_profiling()) as f:
+        return json.load(f)
+
+
 class OpProfiler:
     """onnxruntime's per-node kernel times for ``name: (model, input name, x, calls)``, one profiled
     session per model. Each :meth:`round` runs every model once, round-robin, like
@@ -140,6 +148,7 @@ class OpProfiler:
             self.sessions = {k: plain_session(model, threads, enable_profiling=True,
                                               profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
                              for i, (k, (model, *_)) in enumerate(targets.items())}
+            self._units = [Timed(k, self.sessions[k], feed(name, x), len(x), calls) for k, (_, name, x, calls) in targets.items()]
             self.capacity = min((self._rounds_that_fit(i, *t, threads) for i, t in enumerate(targets.values())), default=0)
         except BaseException:
             self.sessions = {}
@@ -150,12 +159,9 @@ class OpProfiler:
         """Measured rounds (after one warm-up round) a model's profiled session holds under MAX_EVENTS:
         a one-call profile counts the session's set-up events and the events of one call (every event
         from the call's ``model_run`` on)."""
-        import json
-
         probe = plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"probe{i}"))
         probe.run(None, {name: x})
-        with open(probe.end_profiling()) as f:
-            events = json.load(f)
+        events = _profile_events(probe)
         start = min((e["ts"] for e in events if e.get("name") == "model_run"), default=None)
         # no model_run event (another onnxruntime's profile format): count every event as the call's, which can only
         # underestimate the capacity, never lose the end of a run
@@ -167,34 +173,25 @@ class OpProfiler:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.sessions = {}  # the sessions hold their profile files open
+        self.sessions, self._units = {}, []  # the sessions hold their profile files open
         self._dir.cleanup()
-
-    def _run(self) -> None:
-        for k, sess in self.sessions.items():
-            _, name, x, calls = self.targets[k]
-            for _ in range(calls):
-                sess.run(None, {name: x})
 
     def warmup(self) -> None:
         if self.rounds:
             raise ValueError("warm-up after measured rounds")
-        self._run()
+        _untimed_round(self._units)
         self.warmup_rounds += 1
 
     def round(self) -> None:
-        self._run()
+        _untimed_round(self._units)
         self.rounds += 1
 
     def results(self) -> dict[str, list[dict]]:
         if self._results is not None:  # end_profiling works once per session
             return self._results
-        import json
-
         out = {}
         for k, sess in self.sessions.items():
-            with open(sess.end_profiling()) as f:
-                events = json.load(f)
+            events = _profile_events(sess)
             per: dict[tuple[str, str], list[float]] = {}
             for e in events:
                 if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
