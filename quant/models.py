@@ -363,16 +363,35 @@ def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def subgraph_reads(model: onnx.ModelProto) -> set[str]:
+    """Names read inside the subgraphs of control-flow nodes (If/Loop/Scan bodies), at any depth: such a
+    body may read an outer tensor by name, so these names must neither be renamed nor dropped."""
+    out: set[str] = set()
+
+    def walk(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    out.update(i for sn in sub.node for i in sn.input if i)
+                    out.update(o.name for o in sub.output)
+                    walk(sub)
+
+    walk(model.graph)
+    return out
+
+
 def consumers(model: onnx.ModelProto) -> Counter:
-    """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)."""
+    """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)
+    and one for a read inside a subgraph."""
     c = Counter(i for n in model.graph.node for i in n.input if i)
     c.update(o.name for o in model.graph.output)
+    c.update(subgraph_reads(model))
     return c
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove initializers no node and no graph output reads (in place)."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    """Remove initializers no node, no subgraph and no graph output reads (in place)."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} | subgraph_reads(model)
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)

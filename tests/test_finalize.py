@@ -63,7 +63,10 @@ def test_compact_names_and_zero_points_keep_outputs_and_kernels_and_save_bytes()
     assert np.array_equal(_run(m, x), _run(out, x))
     assert len(models.serialize(out)) < len(models.serialize(m))
     names = {t.name for t in out.graph.initializer}
-    assert {"W.q", "W.s", "W.zp", "B.q", "B.s", "x.s", "x.zp"} <= names and "B.zp" not in names  # all-zero int32 zero point dropped
+    # constants c<i> in the order nodes first read them, a quantized tensor's group keeping its suffixes;
+    # the all-zero int32 bias zero point is gone (B is c2: no c2.zp), and so are the logits' (float outputs)
+    assert names == {"c0.s", "c0.zp", "c1.q", "c1.s", "c1.zp", "c2.q", "c2.s"}
+    assert [n.output[0] for n in out.graph.node[:2]] == ["x.q", "x.dq"]  # activations keep their (compact) names
     assert [n.name for n in out.graph.node if n.op_type != "Gemm"] == [""] * 4 and out.graph.node[-1].name == "fc"
     assert "QGemm" in _executed(out)  # the int8 weight keeps its zero point: onnxruntime fuses only then
     assert [o.domain for o in out.opset_import] == [""] and any("opset imports" in n for n in notes)
@@ -113,3 +116,71 @@ def test_drop_identity_requantization_keeps_a_pair_that_changes_the_scale():
                                                                       "QuantizeLinear", "DequantizeLinear"]
     x = np.random.default_rng(5).normal(0, 2, (8, 4, 6, 6)).astype(np.float32)
     assert np.array_equal(_run(m, x), _run(out, x))
+
+
+def _with_an_if_reading_an_outer_constant() -> onnx.ModelProto:
+    """y = If(cond, then: p + K, else: p - K) * W, p = MaxPool(Conv(x)): W is also a graph input
+    (overridable), K is read only inside the branches, the Conv's output is called ``c0`` (a name
+    compact_constants would pick) and the Conv and MaxPool carry explicit default attributes."""
+    c = lambda a, n: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    then = helper.make_graph([helper.make_node("Add", ["p", "K_scale"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 4, 3, 3])])
+    other = helper.make_graph([helper.make_node("Sub", ["p", "K_scale"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 4, 3, 3])])
+    nodes = [helper.make_node("Conv", ["x", "Conv_weights.q", "Conv_bias"], ["c0"], group=1, dilations=[1, 1],
+                              strides=[1, 1], pads=[1, 1, 1, 1], auto_pad="NOTSET", kernel_shape=[3, 3]),
+             helper.make_node("MaxPool", ["c0"], ["p"], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0],
+                              auto_pad="NOTSET", ceil_mode=0, storage_order=0),
+             helper.make_node("If", ["cond"], ["b"], then_branch=then, else_branch=other),
+             helper.make_node("Mul", ["b", "W"], ["y"])]
+    rng = np.random.default_rng(6)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6]),
+                                       helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                                       helper.make_tensor_value_info("W", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3, 3])],
+                          [c(rng.normal(size=(4, 1, 3, 3)), "Conv_weights.q"), c(rng.normal(size=4), "Conv_bias"),
+                           c([0.5], "K_scale"), c([3.0], "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def _run_if(m, x, cond, w=None):
+    feeds = {"x": x, "cond": np.array(cond)} | ({"W": w} if w is not None else {})
+    return evaluation.make_session(models.serialize(m)).run(None, feeds)[0]
+
+
+def test_compact_constants_renames_only_constants_and_keeps_what_is_read_by_name():
+    m = _with_an_if_reading_an_outer_constant()
+    out = finalize.compact_constants(m)
+    # the Conv's constants get c1.q (its suffix kept) and c2 (c0 is an activation's name); W (a graph
+    # input) and K_scale (read inside the If's branches) keep their names; activations keep theirs
+    assert [t.name for t in out.graph.initializer] == ["c1.q", "c2", "K_scale", "W"]
+    assert list(out.graph.node[0].input) == ["x", "c1.q", "c2"] and [n.output[0] for n in out.graph.node] == ["c0", "p", "b", "y"]
+    x = np.random.default_rng(7).normal(size=(3, 1, 6, 6)).astype(np.float32)
+    for cond in (True, False):
+        assert np.array_equal(_run_if(m, x, cond), _run_if(out, x, cond))
+        assert np.array_equal(_run_if(m, x, cond, np.float32([2.0])), _run_if(out, x, cond, np.float32([2.0])))
+    assert len(models.serialize(out)) < len(models.serialize(m))
+    assert models.serialize(finalize.compact_constants(out)) == models.serialize(out)
+
+
+def test_drop_unused_initializers_keeps_a_constant_read_only_inside_a_subgraph():
+    m = _with_an_if_reading_an_outer_constant()
+    models.drop_unused_initializers(m)
+    assert "K_scale" in {t.name for t in m.graph.initializer}
+    assert models.consumers(m)["K_scale"] == 1
+
+
+def test_drop_default_attributes_is_exact_and_keeps_every_other_attribute():
+    m = _with_an_if_reading_an_outer_constant()
+    out, n = finalize.drop_default_attributes(m)
+    attrs = lambda mm: [sorted(a.name for a in node.attribute) for node in mm.graph.node[:2]]  # noqa: E731
+    # Conv: group=1, dilations/strides all 1 and auto_pad NOTSET go, its pads [1,1,1,1] stay;
+    # MaxPool: pads all 0, auto_pad, ceil_mode 0 and storage_order 0 go, its strides [2,2] stay
+    assert n == 8 and attrs(out) == [["kernel_shape", "pads"], ["kernel_shape", "strides"]]
+    x = np.random.default_rng(8).normal(size=(5, 1, 6, 6)).astype(np.float32)
+    assert np.array_equal(_run_if(m, x, True), _run_if(out, x, True))
+    assert _executed(out) == _executed(m)
+    assert finalize.drop_default_attributes(out) == (out, 0)
