@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .models import LAYOUT_ONLY, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
+from .models import LAYOUT_ONLY, all_names, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
 
 
 def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -73,6 +73,7 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
     producers = {o: n for n in m.graph.node for o in n.output}
     read_by = readers(m)
     graph_outputs = {o.name for o in m.graph.output}
+    in_subgraphs = subgraph_reads(m)  # a pair whose output an If/Loop body reads stays (readers() sees the top level)
 
     def same(a: str, b: str) -> bool:
         if a == b:
@@ -81,9 +82,13 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
         return (ta is not None and tb is not None and ta.data_type == tb.data_type
                 and np.array_equal(numpy_helper.to_array(ta), numpy_helper.to_array(tb)))
 
+    def per_tensor(x: onnx.NodeProto) -> bool:  # a one-element scale: per-tensor whatever the attributes say
+        t = inits.get(x.input[1])
+        return t is not None and int(np.prod(t.dims)) == 1 and not x.attribute
+
     def same_params(x: onnx.NodeProto, y: onnx.NodeProto) -> bool:
         return (len(x.input) == len(y.input) and same(x.input[1], y.input[1]) and (len(x.input) < 3 or same(x.input[2], y.input[2]))
-                and not x.attribute and not y.attribute)  # per-tensor only (axis attributes: left alone)
+                and per_tensor(x) and per_tensor(y))
 
     removed, rename, pairs = set(), {}, 0
     for q in m.graph.node:
@@ -96,6 +101,8 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
         if op is None or op.op_type != "DequantizeLinear" or src == q.input[0] or not same_params(op, q):
             continue
         dqs = read_by.get(q.output[0], [])
+        if q.output[0] in in_subgraphs or any(d.output[0] in in_subgraphs for d in dqs):
+            continue
         if not dqs or any(d.op_type != "DequantizeLinear" or not same_params(d, q) or d.output[0] in graph_outputs
                           or not read_by.get(d.output[0])
                           or any(r.op_type not in _EXACT_ON_QUANTIZED for r in read_by[d.output[0]]) for d in dqs):
@@ -147,7 +154,7 @@ def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
     tensors keep theirs, so a layer still matches its fp32 twin by name."""
     m = copy.deepcopy(model)
     fixed = {i.name for i in m.graph.input} | {o.name for o in m.graph.output} | subgraph_reads(m)
-    taken = set(fixed) | {t.name for t in m.graph.initializer} | {o for n in m.graph.node for o in n.output}
+    taken = all_names(m)
     rename: dict[str, str] = {}
 
     def fresh(base: str) -> str:
@@ -210,19 +217,20 @@ def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
 _QPARAM_SUFFIXES = (".q", ".s", ".zp")  # compact_names' suffixes: one constant group per quantized tensor
 
 
-def compact_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+def compact_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Short names for the constants (initializers): ``c<i>`` in the order nodes first read them, a
     quantized tensor's group keeping its suffixes (``Parameter87.q``/``.s``/``.zp`` -> ``c2.q``/``c2.s``/
-    ``c2.zp``). A quantization parameter's name repeats in every QuantizeLinear/DequantizeLinear that uses
-    it: this saves 628 of mnist-12's 9,692 bytes.
-    Activations keep their names (validate matches a layer to its fp32 twin by name), and so do graph
-    inputs and outputs (an initializer that is also a graph input can be fed by name) and every name a
-    subgraph reads. Bytes only: no value and no node changes."""
+    ``c2.zp``), and a DequantizeLinear of a constant (a weight) ``c<i>.dq``. A quantization parameter's
+    name repeats in every QuantizeLinear/DequantizeLinear that uses it: for mnist-12 this takes the
+    9,692-byte model of session 12 to 8,952. Activations keep their names (validate matches a layer to its
+    fp32 twin by name), and so do graph inputs and outputs (an initializer that is also a graph input
+    can be fed by name) and every name a subgraph reads; new names avoid every name defined at any
+    depth. Bytes only: no value and no node changes. Returns the model and the number of names changed."""
     m = copy.deepcopy(model)
     inits = {t.name for t in m.graph.initializer}
     fixed = {i.name for i in m.graph.input} | {o.name for o in m.graph.output} | subgraph_reads(m)
     order = list(dict.fromkeys(i for n in m.graph.node for i in n.input if i in inits and i not in fixed))
-    taken = (fixed | inits | {o for n in m.graph.node for o in n.output}) - set(order)
+    taken = (all_names(m) - set(order)) | all_names(m, top_level=False)
     rename: dict[str, str] = {}
     groups: dict[str, str] = {}
     k = 0
@@ -233,18 +241,27 @@ def compact_constants(model: onnx.ModelProto) -> onnx.ModelProto:
                 stem, suffix = name[: -len(s)], s
                 break
         if stem not in groups:
-            while any(f"c{k}{s}" in taken for s in ("", *_QPARAM_SUFFIXES)):
+            while any(f"c{k}{s}" in taken for s in ("", ".dq", *_QPARAM_SUFFIXES)):
                 k += 1
             groups[stem] = f"c{k}"
             k += 1
         rename[name] = groups[stem] + suffix  # unique: names are, and the suffix is part of the name
+    taken |= set(rename.values())
+    for n in m.graph.node:  # a weight's DequantizeLinear output: named after its constant's group
+        if n.op_type == "DequantizeLinear" and n.input[0] in rename and n.output[0] not in fixed:
+            new = rename[n.input[0]].rsplit(".", 1)[0] + ".dq"
+            if new != n.output[0] and new not in taken:
+                taken.discard(n.output[0])
+                taken.add(new)
+                rename[n.output[0]] = new
+                n.output[0] = new
     for t in m.graph.initializer:
         t.name = rename.get(t.name, t.name)
     for vi in m.graph.value_info:
         vi.name = rename.get(vi.name, vi.name)
     for n in m.graph.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
-    return m
+    return m, sum(old != new for old, new in rename.items())
 
 
 # list-valued attributes whose ONNX default (when absent) is this value on every spatial axis
@@ -300,7 +317,9 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         notes.append(f"opset imports of unused domains dropped ({before} -> {len(m.opset_import)})")
     m = compact_names(m)
     m = drop_zero_bias_zero_points(m)
-    m = compact_constants(m)
+    m, renamed = compact_constants(m)
+    if renamed:
+        notes.append(f"{renamed} constant name(s) shortened (c0, c1, ...)")
     m, attrs = drop_default_attributes(m)
     if attrs:
         notes.append(f"{attrs} attribute(s) equal to their ONNX default dropped")

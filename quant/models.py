@@ -380,6 +380,28 @@ def subgraph_reads(model: onnx.ModelProto) -> set[str]:
     return out
 
 
+def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
+    """Every tensor name a model defines or reads, at any depth: node inputs and outputs, graph inputs,
+    outputs, initializers, sparse initializers and value_info of the main graph and of every subgraph
+    (a new name must avoid all of them). ``top_level=False``: the names inside subgraphs only."""
+    out: set[str] = set()
+
+    def walk(g: onnx.GraphProto, record: bool) -> None:
+        if record:
+            out.update(v.name for v in (*g.input, *g.output, *g.value_info))
+            out.update(t.name for t in g.initializer)
+            out.update(t.values.name for t in g.sparse_initializer)
+        for n in g.node:
+            if record:
+                out.update(x for x in (*n.input, *n.output) if x)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    walk(sub, True)
+
+    walk(model.graph, top_level)
+    return out
+
+
 def consumers(model: onnx.ModelProto) -> Counter:
     """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)
     and one for a read inside a subgraph."""

@@ -3,6 +3,7 @@ unused opsets or zero bias zero points — onnxruntime must still run the same i
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant import evaluation, finalize, models
@@ -67,6 +68,8 @@ def test_compact_names_and_zero_points_keep_outputs_and_kernels_and_save_bytes()
     # the all-zero int32 bias zero point is gone (B is c2: no c2.zp), and so are the logits' (float outputs)
     assert names == {"c0.s", "c0.zp", "c1.q", "c1.s", "c1.zp", "c2.q", "c2.s"}
     assert [n.output[0] for n in out.graph.node[:2]] == ["x.q", "x.dq"]  # activations keep their (compact) names
+    assert [n.output[0] for n in out.graph.node[2:4]] == ["c1.dq", "c2.dq"]  # a weight's DequantizeLinear: its group's name
+    assert any("constant name(s) shortened" in n for n in notes)
     assert [n.name for n in out.graph.node if n.op_type != "Gemm"] == [""] * 4 and out.graph.node[-1].name == "fc"
     assert "QGemm" in _executed(out)  # the int8 weight keeps its zero point: onnxruntime fuses only then
     assert [o.domain for o in out.opset_import] == [""] and any("opset imports" in n for n in notes)
@@ -120,10 +123,11 @@ def test_drop_identity_requantization_keeps_a_pair_that_changes_the_scale():
 
 def _with_an_if_reading_an_outer_constant() -> onnx.ModelProto:
     """y = If(cond, then: p + K, else: p - K) * W, p = MaxPool(Conv(x)): W is also a graph input
-    (overridable), K is read only inside the branches, the Conv's output is called ``c0`` (a name
-    compact_constants would pick) and the Conv and MaxPool carry explicit default attributes."""
+    (overridable), K (``K_scale``, a name compact_names would shorten) is read only inside the branches,
+    the Conv's output is called ``c0`` and the then-branch defines ``c2`` (names compact_constants would
+    pick), and the Conv and MaxPool carry explicit default attributes."""
     c = lambda a, n: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
-    then = helper.make_graph([helper.make_node("Add", ["p", "K_scale"], ["t"])], "then", [],
+    then = helper.make_graph([helper.make_node("Add", ["p", "K_scale"], ["c2"]), helper.make_node("Identity", ["c2"], ["t"])], "then", [],
                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 4, 3, 3])])
     other = helper.make_graph([helper.make_node("Sub", ["p", "K_scale"], ["e"])], "else", [],
                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 4, 3, 3])])
@@ -153,17 +157,44 @@ def _run_if(m, x, cond, w=None):
 
 def test_compact_constants_renames_only_constants_and_keeps_what_is_read_by_name():
     m = _with_an_if_reading_an_outer_constant()
-    out = finalize.compact_constants(m)
-    # the Conv's constants get c1.q (its suffix kept) and c2 (c0 is an activation's name); W (a graph
-    # input) and K_scale (read inside the If's branches) keep their names; activations keep theirs
-    assert [t.name for t in out.graph.initializer] == ["c1.q", "c2", "K_scale", "W"]
-    assert list(out.graph.node[0].input) == ["x", "c1.q", "c2"] and [n.output[0] for n in out.graph.node] == ["c0", "p", "b", "y"]
+    out, renamed = finalize.compact_constants(m)
+    onnx.checker.check_model(out)
+    # the Conv's constants get c1.q (its suffix kept) and c3 (c0 is an activation's name, c2 a name the
+    # then-branch defines); W (a graph input) and K_scale (read inside the If's branches) keep their
+    # names; activations keep theirs
+    assert renamed == 2 and [t.name for t in out.graph.initializer] == ["c1.q", "c3", "K_scale", "W"]
+    assert list(out.graph.node[0].input) == ["x", "c1.q", "c3"] and [n.output[0] for n in out.graph.node] == ["c0", "p", "b", "y"]
+    named = finalize.compact_names(m)  # INC-style names too: K_scale is read by name inside the branches
+    assert "K_scale" in {t.name for t in named.graph.initializer}
     x = np.random.default_rng(7).normal(size=(3, 1, 6, 6)).astype(np.float32)
     for cond in (True, False):
         assert np.array_equal(_run_if(m, x, cond), _run_if(out, x, cond))
         assert np.array_equal(_run_if(m, x, cond, np.float32([2.0])), _run_if(out, x, cond, np.float32([2.0])))
+        assert np.array_equal(_run_if(m, x, cond), _run_if(named, x, cond))
     assert len(models.serialize(out)) < len(models.serialize(m))
-    assert models.serialize(finalize.compact_constants(out)) == models.serialize(out)
+    assert finalize.compact_constants(out)[1] == 0
+
+
+def test_compact_constants_avoids_sparse_initializer_and_value_info_names():
+    """A dense constant must not take the name of a sparse initializer or of a value_info entry:
+    onnxruntime would read one constant for both (it only warns) and outputs would change."""
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.float32([5.0]), "c0"),
+                                       numpy_helper.from_array(np.int64([1]), "c0_idx"), [2])
+    nodes = [helper.make_node("Add", ["x", "K"], ["h"]), helper.make_node("Add", ["h", "c0"], ["c1"]),
+             helper.make_node("Mul", ["c1", "L"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(np.float32([1.0, 2.0]), "K"), numpy_helper.from_array(np.float32([3.0, 4.0]), "L")],
+                          value_info=[helper.make_tensor_value_info("c1", TensorProto.FLOAT, [2])], sparse_initializer=[sparse])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    out, _ = finalize.compact_constants(m)
+    onnx.checker.check_model(out)
+    assert [t.name for t in out.graph.initializer] == ["c2", "c3"]
+    x = np.float32([1.0, 1.0])
+    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
+    assert np.array_equal(run(out), run(m)) and np.array_equal(run(m), np.float32([6.0, 32.0]))
 
 
 def test_drop_unused_initializers_keeps_a_constant_read_only_inside_a_subgraph():
@@ -176,6 +207,7 @@ def test_drop_unused_initializers_keeps_a_constant_read_only_inside_a_subgraph()
 def test_drop_default_attributes_is_exact_and_keeps_every_other_attribute():
     m = _with_an_if_reading_an_outer_constant()
     out, n = finalize.drop_default_attributes(m)
+    onnx.checker.check_model(out)
     attrs = lambda mm: [sorted(a.name for a in node.attribute) for node in mm.graph.node[:2]]  # noqa: E731
     # Conv: group=1, dilations/strides all 1 and auto_pad NOTSET go, its pads [1,1,1,1] stay;
     # MaxPool: pads all 0, auto_pad, ceil_mode 0 and storage_order 0 go, its strides [2,2] stay
@@ -184,3 +216,47 @@ def test_drop_default_attributes_is_exact_and_keeps_every_other_attribute():
     assert np.array_equal(_run_if(m, x, True), _run_if(out, x, True))
     assert _executed(out) == _executed(m)
     assert finalize.drop_default_attributes(out) == (out, 0)
+
+
+@pytest.mark.parametrize("opset, axis, dropped", [(11, -1, False), (11, 1, True), (13, -1, True), (13, 1, False)])
+def test_drop_default_attributes_reads_the_default_of_the_models_opset(opset, axis, dropped):
+    """Softmax's default axis is 1 up to opset 12 and -1 from 13: dropping axis=-1 from an opset-11
+    Softmax would change its output."""
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=axis)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    out, n = finalize.drop_default_attributes(m)
+    assert n == int(dropped) and len(out.graph.node[0].attribute) == int(not dropped)
+    x = np.random.default_rng(9).normal(size=(2, 3, 4)).astype(np.float32)
+    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
+    assert np.array_equal(run(out), run(m))
+
+
+def test_drop_identity_requantization_keeps_a_pair_an_if_body_reads():
+    """x -> Q -> DQ -> MaxPool -> Q -> DQ -> d; d feeds a MaxPool (an exact op: the pair would go) and an
+    If branch reads d by name: removing the pair would leave the branch reading a missing tensor."""
+    then = helper.make_graph([helper.make_node("Relu", ["d"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 1, 2, 2])])
+    other = helper.make_graph([helper.make_node("Neg", ["d"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 1, 2, 2])])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("MaxPool", ["xd"], ["p"], kernel_shape=[1, 1]),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"]), helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["d"]),
+             helper.make_node("MaxPool", ["d"], ["y"], kernel_shape=[1, 1]),
+             helper.make_node("If", ["cond"], ["b"], then_branch=then, else_branch=other)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2]),
+                                       helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, 2, 2])],
+                          [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    out, pairs = finalize.drop_identity_requantization(m)
+    assert pairs == 0
+    finished, _ = finalize.finish(m)
+    onnx.checker.check_model(finished)
+    feeds = {"x": np.float32([[[[0.3, -0.2], [1.0, 0.05]]]]), "cond": np.array(False)}
+    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, feeds)  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(run(m), run(finished)))
