@@ -132,6 +132,8 @@ def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+# INC's names for a quantized tensor's constants -> compact_names' suffixes (one constant group per tensor)
+_INC_TO_SHORT = (("_quantized", ".q"), ("_zero_point", ".zp"), ("_scale", ".s"))
 _INC_SUFFIXES = ("_QuantizeLinear", "_quantized", "_QuantizeInput", "_dequantized", "_DequantizeLinear")
 
 
@@ -165,7 +167,7 @@ def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
         return name
 
     for t in m.graph.initializer:  # INC's quantized weights and quantization parameters
-        for suffix, short in (("_quantized", ".q"), ("_zero_point", ".zp"), ("_scale", ".s")):
+        for suffix, short in _INC_TO_SHORT:
             if t.name.endswith(suffix) and t.name not in fixed and len(t.name) > len(suffix):
                 taken.discard(t.name)
                 rename[t.name] = t.name = fresh(t.name[: -len(suffix)] + short)
@@ -214,7 +216,7 @@ def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-_QPARAM_SUFFIXES = (".q", ".s", ".zp")  # compact_names' suffixes: one constant group per quantized tensor
+_QPARAM_SUFFIXES = tuple(short for _, short in _INC_TO_SHORT)
 
 
 def compact_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -119,6 +119,19 @@ def _inline_external_data(model: onnx.ModelProto, p: Path, role: str, file_bytes
     return {str(target.relative_to(base)): size for target, size in sizes.items()}
 
 
+def _node_graphs(n: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The subgraphs a node holds directly (If branches, Loop/Scan bodies)."""
+    return [g for a in n.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+
+
+def _subgraphs(g: onnx.GraphProto):
+    """Every subgraph under ``g``, at any depth."""
+    for n in g.node:
+        for sub in _node_graphs(n):
+            yield sub
+            yield from _subgraphs(sub)
+
+
 def _all_tensors(model: onnx.ModelProto):
     """Every tensor of the model: initializers (sparse ones too) and node attributes, in subgraphs and functions."""
 
@@ -136,8 +149,8 @@ def _all_tensors(model: onnx.ModelProto):
             yield from a.tensors
             for s in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
                 yield from (s.values, s.indices)
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                yield from of_graph(g)
+        for g in _node_graphs(n):
+            yield from of_graph(g)
 
     yield from of_graph(model.graph)
     for f in model.functions:
@@ -367,16 +380,9 @@ def subgraph_reads(model: onnx.ModelProto) -> set[str]:
     """Names read inside the subgraphs of control-flow nodes (If/Loop/Scan bodies), at any depth: such a
     body may read an outer tensor by name, so these names must neither be renamed nor dropped."""
     out: set[str] = set()
-
-    def walk(g: onnx.GraphProto) -> None:
-        for n in g.node:
-            for a in n.attribute:
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    out.update(i for sn in sub.node for i in sn.input if i)
-                    out.update(o.name for o in sub.output)
-                    walk(sub)
-
-    walk(model.graph)
+    for sub in _subgraphs(model.graph):
+        out.update(i for n in sub.node for i in n.input if i)
+        out.update(o.name for o in sub.output)
     return out
 
 
@@ -385,20 +391,11 @@ def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
     outputs, initializers, sparse initializers and value_info of the main graph and of every subgraph
     (a new name must avoid all of them). ``top_level=False``: the names inside subgraphs only."""
     out: set[str] = set()
-
-    def walk(g: onnx.GraphProto, record: bool) -> None:
-        if record:
-            out.update(v.name for v in (*g.input, *g.output, *g.value_info))
-            out.update(t.name for t in g.initializer)
-            out.update(t.values.name for t in g.sparse_initializer)
-        for n in g.node:
-            if record:
-                out.update(x for x in (*n.input, *n.output) if x)
-            for a in n.attribute:
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    walk(sub, True)
-
-    walk(model.graph, top_level)
+    for g in ([model.graph] if top_level else []) + list(_subgraphs(model.graph)):
+        out.update(v.name for v in (*g.input, *g.output, *g.value_info))
+        out.update(t.name for t in g.initializer)
+        out.update(t.values.name for t in g.sparse_initializer)
+        out.update(x for n in g.node for x in (*n.input, *n.output) if x)
     return out
 
 
