@@ -162,7 +162,8 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             m, note = prepare.make_batch_dynamic(lm.proto, sigs[k], lm.path)
             if note:
                 run_bytes[k] = models.serialize(m)
-                prepare.check_same_outputs(lm.raw, run_bytes[k], x_test[:128], sigs[k].input_name, 64, lm.path)
+                prepare.check_same_outputs(lm.raw, run_bytes[k], x_test[:128], sigs[k].input_name, 64, lm.path,
+                                           hint="run it without --dynamic_batch")
                 sigs[k] = models.signature(m, lm.path, sigs[k].input_name)
                 entries[k]["rewritten"] = note + "; outputs checked identical image by image on 128 test images"
                 log(f"[benchmark] {lm.path}: {note}")

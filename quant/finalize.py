@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .errors import QuantError, first_line
 from .models import LAYOUT_ONLY, all_names, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
 
 
@@ -325,4 +326,8 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     m, attrs = drop_default_attributes(m)
     if attrs:
         notes.append(f"{attrs} attribute(s) equal to their ONNX default dropped")
+    try:  # never write a file other ONNX tools refuse (onnxruntime loads some invalid graphs, e.g. unsorted ones)
+        onnx.checker.check_model(m)
+    except Exception as e:
+        raise QuantError(f"the finished int8 model fails the ONNX checker: {first_line(e)}") from None
     return m, notes

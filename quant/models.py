@@ -8,6 +8,7 @@ is inlined so that what onnxruntime runs is self-contained.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -398,6 +399,61 @@ def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
         out.update(x for n in g.node for x in (*n.input, *n.output) if x)
     return out
 
+
+
+
+def sort_nodes(model: onnx.ModelProto) -> int:
+    """Put the main graph's nodes in an order where every node comes after the producers of what it
+    reads, its subgraphs' reads of outer tensors included (in place; returns how many nodes moved).
+    neural-compressor sorts its candidates without those reads: an If whose body reads a pool's output
+    landed before the pool, and onnxruntime 1.31's optimizers then abort the process (a C++ assertion,
+    no exception). Stable: among the nodes ready at a step, the earliest in the current order goes
+    first, so an already valid order is kept as it is (the default model's bytes do not change)."""
+    import heapq
+
+    nodes = list(model.graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    deps: list[set[int]] = []
+    for k, n in enumerate(nodes):
+        reads = {i for i in n.input if i}
+        for sub in _node_graphs(n):
+            reads |= {i for g in [sub, *_subgraphs(sub)] for x in g.node for i in x.input if i}
+        deps.append({producer[r] for r in reads if r in producer and producer[r] != k})
+    users: dict[int, list[int]] = {}
+    for k, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(k)
+    waiting = [len(d) for d in deps]
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for u in users.get(k, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(nodes):  # a cycle: leave the graph to the checker, which names it
+        return 0
+    moved = sum(1 for pos, k in enumerate(order) if pos != k)
+    if moved:
+        copies = [copy.deepcopy(nodes[k]) for k in order]
+        del model.graph.node[:]
+        model.graph.node.extend(copies)
+    return moved
+
+def fresh_name(model: onnx.ModelProto, base: str, taken: set[str] | None = None) -> str:
+    """``base``, or ``base_<k>`` with the first k that makes it a name the model uses nowhere: no tensor
+    at any depth (a subgraph may not define a name its outer graph defines) and no top-level node.
+    ``taken``: those names computed once by the caller for many new names (the new one is added to it)."""
+    if taken is None:
+        taken = all_names(model) | {n.name for n in model.graph.node}
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
 
 def consumers(model: onnx.ModelProto) -> Counter:
     """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)

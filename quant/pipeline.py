@@ -120,7 +120,7 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
         if note:
             steps.append(note)
             check(model)
-    result = tuning.tune(model, c, loader, evaluator, verbose=verbose, log=log)
+    result = tuning.tune(model, c, loader, lambda b: evaluator(b, f"{fp32_path} (int8)"), verbose=verbose, log=log)
     finished, notes = finalize.finish(result.model) if cfg.quantization.kernel_aware else (result.model, [])
     return _Quantized(result, finished, steps, notes)
 
@@ -163,7 +163,8 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     def check(model):  # a rewritten graph must give the user's fp32 outputs on real images
         rsig = models.signature(model, fp32.path, sig.input_name)
         prepare.check_same_outputs(fp32.raw, models.serialize(model), x_test[:256], sig.input_name,
-                                   evaluation.effective_batch(rsig.fixed_batch, 64), fp32.path)
+                                   evaluation.effective_batch(rsig.fixed_batch, 64), fp32.path,
+                                   hint="--no-dynamic_batch keeps its fixed batch" if dynamic and sig.fixed_batch else "")
 
     prep, plan = _prepare(fp32, sig, cfg, dynamic, check, log)
     prepared_sig = models.signature(prep.model, fp32.path, sig.input_name)

@@ -24,10 +24,13 @@ from onnx import helper
 
 from .config import suggest
 from .errors import ConfigError
+from .models import subgraph_reads
 
 CONV_SYM_INPUT_ALIGN = 4
 CONV_SYM_MIN_OUTPUT_CHANNELS = 16
 CONV_SYM_DEPTHWISE_GROUP_ALIGN = 16
+# ops whose output neural-compressor's QDQ quantizer removes or renames (see make)
+_INC_RENAMES = ("Conv", "MatMul", "Gemm", "Relu", "Clip")
 
 
 @dataclass
@@ -58,10 +61,20 @@ def conv_reason(weight_shape: list[int], group: int) -> str | None:
 
 
 def make(model: onnx.ModelProto) -> Plan:
-    """The plan for a prepared fp32 model (node names as INC will see them)."""
+    """The plan for a prepared fp32 model (node names as INC will see them). Besides the kernel rules, a
+    compute layer or a Relu/Clip whose output an If/Loop/Scan body reads stays fp32: neural-compressor's
+    quantizer does not see reads inside subgraphs; it drops a Relu/Clip that follows an int8 layer (the
+    body's tensor is gone: onnxruntime refuses the model) and gives the layer's output name to the
+    DequantizeLinear after it (the body then reads the clipped, quantized tensor instead of the layer's
+    output). Measured in session 14; pools, reshapes and transposes read by a body came out right."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
     plan = Plan()
+    in_bodies = subgraph_reads(model)
     for n in model.graph.node:
+        read = next((o for o in n.output if o in in_bodies), None)
+        if read is not None and n.op_type in _INC_RENAMES:
+            plan.keep_fp32[n.name or n.output[0]] = f"its output {read} is read inside an If/Loop/Scan body, which neural-compressor does not see"
+            continue
         if n.op_type not in ("Conv", "MatMul", "Gemm"):
             continue
         name = n.name or n.output[0]

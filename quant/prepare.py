@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from . import rewrites
 from .errors import ModelError, first_line
-from .models import Signature, graph_inputs, opset_of
+from .models import Signature, consumers, fresh_name, graph_inputs, opset_of
 
 # QLinearConv exists since opset 10 and INC's adaptor wants 11, but MaxPool on int8 tensors needs 12: at opset 11
 # mnist-8 quantized with a DequantizeLinear/QuantizeLinear pair around each MaxPool (11,082 bytes vs 10,124).
@@ -95,10 +95,7 @@ def make_batch_dynamic(model: onnx.ModelProto, sig: Signature, path: str = "mode
     del m.graph.value_info[:]  # stale fixed shapes; shape inference recomputes them
     inits = {t.name: t for t in m.graph.initializer}
     consts = {n.output[0]: n for n in m.graph.node if n.op_type == "Constant" and n.output}
-    users: dict[str, int] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    users = consumers(m)  # reads inside If/Loop bodies count: a shape they read too gets a copy
     act = _activation_tensors(m)
     rewritten = []
     for n in m.graph.node:
@@ -115,7 +112,7 @@ def make_batch_dynamic(model: onnx.ModelProto, sig: Signature, path: str = "mode
             continue
         new = shape.copy()
         new[0] = 0 if -1 in shape[1:] else -1  # 0 = copy the input's batch dimension
-        tensor = numpy_helper.from_array(new.astype(shape.dtype), f"{name}_dynamic_batch" if users.get(name, 0) > 1 else name)
+        tensor = numpy_helper.from_array(new.astype(shape.dtype), fresh_name(m, f"{name}_dynamic_batch") if users[name] > 1 else name)
         if tensor.name == name and name in inits:
             inits[name].CopyFrom(tensor)
         else:
@@ -134,14 +131,22 @@ def make_batch_dynamic(model: onnx.ModelProto, sig: Signature, path: str = "mode
 
 
 def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_name: str, batch: int, path: str = "model",
-                       atol: float = 1e-5, rtol: float = 1e-6) -> float:
+                       atol: float = 1e-5, rtol: float = 1e-6, hint: str = "") -> float:
     """Run ``x`` image by image through ``reference`` and in batches of ``batch`` through
     ``candidate``; raise ModelError unless the outputs agree within ``atol + rtol * max|reference|``
-    (rewrites may change float summation order, which moves the last bits). Returns the largest difference."""
+    (rewrites may change float summation order, which moves the last bits), or when the candidate fails
+    to run (e.g. a Reshape to the old fixed batch that the batch rewrite cannot see, inside an If body).
+    ``hint`` ends that message. Returns the largest difference."""
     from .evaluation import make_session, predict
 
     ref = predict(make_session(reference, name=path), x, input_name, 1)
-    got = predict(make_session(candidate, name=path), x, input_name, batch)
+    try:
+        got = predict(make_session(candidate, name=path), x, input_name, batch)
+    except ModelError:
+        raise
+    except Exception as e:  # onnxruntime's run-time failures: the original runs, the rewritten one does not
+        raise ModelError(f"{path}: the rewritten model fails at batch {batch} where the original runs: {first_line(e)}"
+                         + (f" ({hint})" if hint else "")) from None
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
     limit = atol + rtol * (float(np.max(np.abs(ref))) if len(x) else 0.0)
     if not diff <= limit:

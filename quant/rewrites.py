@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .models import consumers, drop_unused_initializers, readers
+from .models import all_names, consumers, drop_unused_initializers, fresh_name, readers
 
 # ops that are safe to evaluate ahead of time when all their inputs are constant
 _FOLDABLE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat",
@@ -47,15 +47,6 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 def _inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
-
-
-def _unique(model: onnx.ModelProto, base: str) -> str:
-    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output} | \
-        {i.name for i in model.graph.input} | {n.name for n in model.graph.node}
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return name
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
@@ -78,10 +69,10 @@ def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     if all(n.name for n in model.graph.node):
         return model, None
     m = copy.deepcopy(model)
-    named = []
+    named, taken = [], all_names(m) | {n.name for n in m.graph.node}
     for k, n in enumerate(m.graph.node):
         if not n.name:
-            n.name = _unique(m, f"{n.op_type}_{k}")
+            n.name = fresh_name(m, f"{n.op_type}_{k}", taken)
             named.append(n.name)
     return m, f"named {len(named)} unnamed node(s): {', '.join(named)}"
 
@@ -166,7 +157,7 @@ def fuse_bias(model: onnx.ModelProto, gemm: bool = True) -> tuple[onnx.ModelProt
                 continue
             if len(n.input) > 2 and n.input[2]:
                 bias = (numpy_helper.to_array(inits[n.input[2]]) + bias).astype(np.float32)
-            name = _unique(m, f"{n.name or n.output[0]}_bias")
+            name = fresh_name(m, f"{n.name or n.output[0]}_bias")
             m.graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
             inits[name] = m.graph.initializer[-1]
             del n.input[2:]
@@ -182,7 +173,7 @@ def fuse_bias(model: onnx.ModelProto, gemm: bool = True) -> tuple[onnx.ModelProt
             if not (b.shape in ((k,), (1, k)) or b.size == 1):
                 continue
             bias = np.broadcast_to(b.reshape(-1), (k,)).astype(np.float32)
-            name = _unique(m, f"{n.name or n.output[0]}_bias")
+            name = fresh_name(m, f"{n.name or n.output[0]}_bias")
             m.graph.initializer.append(numpy_helper.from_array(bias, name))
             inits[name] = m.graph.initializer[-1]
             n.op_type = "Gemm"
@@ -219,7 +210,7 @@ def pool_before_relu(model: onnx.ModelProto, after: set[str] | None = None) -> t
         if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
             continue
         x, y = relu.input[0], pool.output[0]
-        mid = _unique(m, f"{x}_pool")
+        mid = fresh_name(m, f"{x}_pool")
         pool.input[0], pool.output[0] = x, mid  # MaxPool(x) -> mid
         relu.input[0], relu.output[0] = mid, y  # Relu(mid) -> y
         i, j = nodes.index(relu), nodes.index(pool)
@@ -370,8 +361,8 @@ def channels_last_flatten(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str 
         permuted = rows.reshape(c, h, w, k).transpose(1, 2, 0, 3).reshape(c * h * w, k)
         new_w = np.ascontiguousarray(permuted.T if trans_b else permuted)
         inits[fc.input[1]].CopyFrom(numpy_helper.from_array(new_w, fc.input[1]))
-        t_out = _unique(m, f"{flat.input[0]}_hwc")
-        t_node = helper.make_node("Transpose", [flat.input[0]], [t_out], name=_unique(m, f"{flat.name or 'flatten'}_hwc"), perm=[0, 2, 3, 1])
+        t_out = fresh_name(m, f"{flat.input[0]}_hwc")
+        t_node = helper.make_node("Transpose", [flat.input[0]], [t_out], name=fresh_name(m, f"{flat.name or 'flatten'}_hwc"), perm=[0, 2, 3, 1])
         flat.input[0] = t_out
         idx = list(m.graph.node).index(flat)
         m.graph.node.insert(idx, t_node)

@@ -34,7 +34,8 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from .errors import AccuracyError, Interrupted, QuantError, first_line, handle_signals, restore_signals
+from .errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
+from .models import sort_nodes
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
 
@@ -201,11 +202,16 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     inc_logger.setLevel(logging.INFO if verbose else logging.ERROR)
     kind, tol = cfg.criterion
     trials: list[Trial] = []
+    failures: list[Exception] = []  # INC logs an eval_func exception and goes on: kept to say why no model came out
 
     def eval_func(model) -> float:
-        proto = model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model)
+        proto = _sorted(model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model))
         t0 = time.perf_counter()
-        acc = eval_fn(proto.SerializeToString())
+        try:
+            acc = eval_fn(proto.SerializeToString())
+        except Exception as e:
+            failures.append(e)
+            raise
         trials.append(Trial(len(trials), acc, time.perf_counter() - t0, *layer_precisions(proto)))
         if len(trials) == 1:
             log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
@@ -262,12 +268,29 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     if stopped:
         raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
     if q is None:
+        if failures and len(trials) <= 1:  # not an accuracy verdict: no int8 candidate could be evaluated at all
+            e = failures[0]
+            if isinstance(e, ModelError):
+                raise ModelError(f"{e} (neural-compressor's int8 candidate; no model written)") from None
+            raise QuantError(f"neural-compressor's int8 candidate could not be evaluated: {type(e).__name__}: {first_line(e)}")
         base = trials[0].accuracy if trials else float("nan")
         best = max((t.accuracy for t in trials[1:]), default=float("nan"))
+        failed = f"; {len(failures)} candidate(s) did not run: {first_line(failures[0])}" if failures else ""
         raise AccuracyError(
             f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
-            f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}; no model written",
+            f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}{failed}; no model written",
             {"baseline_accuracy": base, "best_accuracy": best, "trials": len(trials) - 1},
         )
-    model = q.model if hasattr(q, "model") else q
+    model = _sorted(q.model if hasattr(q, "model") else q)
     return TuneResult(model=model, trials=trials, inc_version=version)
+
+
+def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """INC's model, or a re-sorted copy when INC put a node before a tensor one of its If/Loop bodies
+    reads (models.sort_nodes: onnxruntime aborts on such a graph); INC's own object is not touched."""
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in proto.graph.node for a in n.attribute):
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    sort_nodes(out)
+    return out

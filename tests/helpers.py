@@ -102,6 +102,36 @@ def mnist12_like(batch: int | str = 1, seed: int = 0, opset: int = 12, fitted: b
     return model
 
 
+def read_in_if_body(m: onnx.ModelProto, outer: str, initializer: bool, fixed_shape: list[int] | None = None) -> onnx.ModelProto:
+    """``logits += 0.05 * sum(first 7 values of outer)``, per image, computed inside an If whose branches read ``outer`` by name from the enclosing graph; order-sensitive (a permuted
+    weight or a cropped/transposed activation changes it). ``initializer``: ``outer`` has no batch dimension.
+    ``fixed_shape``: the body flattens with a Reshape to this constant shape (the zoo's ``[1, 256]``) instead."""
+    out = m.graph.output[0].name
+    m.graph.node[-1].output[0] = out + "_pre"
+
+    def branch(tag):
+        nodes = [helper.make_node("Cast", [outer], [f"{tag}_c"], to=TensorProto.FLOAT),
+                 helper.make_node("Flatten", [f"{tag}_c"], [f"{tag}_f"], axis=0 if initializer else 1) if fixed_shape is None
+                 else helper.make_node("Reshape", [f"{tag}_c", f"{tag}_shape"], [f"{tag}_f"]),
+                 helper.make_node("Slice", [f"{tag}_f", f"{tag}_st", f"{tag}_en", f"{tag}_ax"], [f"{tag}_s"]),
+                 helper.make_node("ReduceSum", [f"{tag}_s"], [f"{tag}_r"], axes=[1], keepdims=1),
+                 helper.make_node("Mul", [f"{tag}_r", f"{tag}_k"], [f"{tag}_out"])]
+        consts = [numpy_helper.from_array(np.array(v, dt), f"{tag}_{k}")
+                  for k, v, dt in (("st", [0], np.int64), ("en", [7], np.int64), ("ax", [1], np.int64), ("k", 0.05, np.float32),
+                                   *([("shape", fixed_shape, np.int64)] if fixed_shape else []))]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"{tag}_out", TensorProto.FLOAT, None)], consts)
+
+    # the condition depends on the input (always true for pixels >= 0), so no optimizer can inline the If
+    m.graph.initializer.append(numpy_helper.from_array(np.array(-1.0, np.float32), "cond_floor"))
+    m.graph.node.extend([helper.make_node("ReduceMin", [m.graph.input[0].name], ["cond_min"], name="CondMin", keepdims=0),
+                         helper.make_node("Greater", ["cond_min", "cond_floor"], ["cond"], name="Cond"),
+                         helper.make_node("If", ["cond"], ["term"], name="If", then_branch=branch("then"), else_branch=branch("else")),
+                         helper.make_node("Add", [out + "_pre", "term"], [out], name="AddTerm")])
+    onnx.checker.check_model(m)
+    return m
+
+
+
 def pattern_linear(batch: int | str = "N", layout: str = "flat", softmax: bool = False) -> onnx.ModelProto:
     """A linear classifier that solves ``pattern_images`` exactly (weights = class row masks)."""
     w = np.zeros((28, 28, 10), np.float32)

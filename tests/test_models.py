@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_cli, synth_config
-from helpers import mnist12_like, pattern_linear, save, with_external_data_outside
+from helpers import mnist12_like, pattern_linear, read_in_if_body, save, with_external_data_outside
 from quant import models
 from quant.errors import ModelError
 
@@ -280,3 +280,23 @@ def test_zoo_models(models_dir):
     assert s["int8"]["QLinearConv"] == 2 and s["int8"]["QLinearMatMul"] == 1
     # the zoo int8 dequantizes before the 2nd MaxPool and the Reshape (SOURCES.md)
     assert s["fp32"] == {"MaxPool": 1, "Reshape": 1}
+
+
+def test_sort_nodes_puts_an_if_after_what_its_body_reads_and_keeps_valid_orders():
+    """neural-compressor sorted its candidates without the reads inside If bodies (the If before the pool
+    whose output the body reads: the ONNX checker refuses the file); sort_nodes moves only what must move."""
+    m = read_in_if_body(mnist12_like(batch="N"), "p2", initializer=False)
+    before = m.SerializeToString()
+    assert models.sort_nodes(m) == 0 and m.SerializeToString() == before  # already valid: untouched bytes
+    first = [n for n in m.graph.node if n.name in ("CondMin", "Cond", "If")]  # the If right after its condition,
+    nodes = first + [n for n in m.graph.node if n.name not in ("CondMin", "Cond", "If")]  # before the pool, as INC wrote it
+    shuffled = nodes
+    del m.graph.node[:]
+    m.graph.node.extend(copy.deepcopy(shuffled))
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(m)
+    assert models.sort_nodes(m) > 0
+    onnx.checker.check_model(m)
+    order = [n.name for n in m.graph.node]
+    assert order.index("If") == order.index("Pool2") + 1  # right after the pool its body reads, nothing else moved
+    assert [x for x in order if x != "If"] == [n.name for n in nodes if n.name != "If"]

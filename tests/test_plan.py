@@ -1,7 +1,7 @@
 """Kernel-aware precision plan (quant/plan.py): rules from onnxruntime's int8 conv kernel."""
 
 import pytest
-from helpers import mnist12_like, pattern_linear
+from helpers import mnist12_like, pattern_linear, read_in_if_body
 from onnx import TensorProto, helper
 
 from quant import plan
@@ -36,6 +36,19 @@ def test_fc_layers_are_always_int8_and_a_conv_without_constant_weights_stays_fp3
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     assert plan.make(helper.make_model(g)).keep_fp32 == {"dyn": "weights are not a constant"}
 
+
+
+@pytest.mark.parametrize("outer,kept", [("r2", "Relu2"), ("c2", "Conv2"), ("mm", "MatMul"), ("p2", None), ("W3", None)])
+def test_a_layer_or_relu_an_if_body_reads_stays_fp32(outer, kept):
+    """neural-compressor does not see reads inside If/Loop bodies: it drops a Relu after an int8 layer and
+    gives the layer's output name to its DequantizeLinear (tests/test_tuning.py shows the outcome); pools
+    and constants read by a body are left to it."""
+    p = plan.make(read_in_if_body(mnist12_like(), outer, initializer=outer == "W3"))
+    want = {"Conv1"} | ({kept} if kept else set())
+    assert set(p.keep_fp32) == want
+    if kept:
+        assert f"its output {outer} is read inside an If/Loop/Scan body" in p.keep_fp32[kept]
+        assert kept not in p.int8
 
 def test_user_keep_follows_nodes_a_rewrite_merged_and_refuses_typos():
     from quant import models, prepare

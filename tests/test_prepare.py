@@ -3,7 +3,7 @@
 import numpy as np
 import onnx
 import pytest
-from helpers import mnist12_like, pattern_linear
+from helpers import mnist12_like, pattern_linear, read_in_if_body
 from onnx import numpy_helper
 
 from quant import models, plan, prepare
@@ -25,6 +25,18 @@ def test_dynamic_batch_rewrites_io_and_reshape_and_keeps_outputs_image_by_image(
     x = np.random.default_rng(1).random((37, 1, 28, 28), dtype=np.float32)
     diff = prepare.check_same_outputs(models.serialize(fixed), models.serialize(dyn), x, "Input3", batch=16)
     assert diff <= 1e-5
+
+
+
+def test_dynamic_batch_copies_a_shape_an_if_body_reads_too():
+    """The Reshape's [1, 256] is read by an If body as well: it gets a dynamic copy, the body keeps the
+    original (rewriting it in place changed the body's result)."""
+    fixed = read_in_if_body(mnist12_like(batch=1), "shape", initializer=True)
+    dyn, _ = prepare.make_batch_dynamic(fixed, _sig(fixed))
+    shapes = {t.name: numpy_helper.to_array(t).tolist() for t in dyn.graph.initializer}
+    assert shapes["shape"] == [1, 256] and shapes["shape_dynamic_batch"] == [-1, 256]
+    x = np.random.default_rng(3).random((6, 1, 28, 28), dtype=np.float32)
+    prepare.check_same_outputs(models.serialize(fixed), models.serialize(dyn), x, "Input3", batch=1)
 
 
 def test_dynamic_batch_leaves_dynamic_models_alone_and_uses_0_when_minus1_is_taken():

@@ -4,7 +4,7 @@ synthetic graphs of every classifier shape; the zoo models are covered in test_p
 import numpy as np
 import onnx
 import pytest
-from helpers import CLASSIFIERS, _t, fitted_classifier, mnist12_like, pattern_images, pattern_linear
+from helpers import CLASSIFIERS, _t, fitted_classifier, mnist12_like, pattern_images, pattern_linear, read_in_if_body
 from onnx import TensorProto, helper, numpy_helper
 
 from quant import models, prepare, rewrites
@@ -217,3 +217,53 @@ def test_crop_unread_outputs_shrinks_end_padding_only_as_far_as_the_pool_reads(c
 def test_crop_unread_outputs_leaves_other_shapes_alone(case, conv_attrs, pool_attrs, extra):
     m = _conv_pool((2, 1, 14, 14), conv_attrs, "MaxPool", pool_attrs, ("Relu",), extra_output=extra)
     assert rewrites.crop_unread_outputs(m) == (m, None), case
+
+
+@pytest.mark.parametrize("outer,initializer,untouched", [
+    ("r1", False, "Relu1/Pool1"),        # pool_before_relu would replace the Relu's output by the pooled one
+    ("c1", False, "Conv1+Add1"),         # fuse_bias would drop the conv's own output
+    ("a1", False, None),                 # fused all the same: the Conv takes over the Add's output name
+    ("c2", False, "Conv2+Add2"),         # fuse_bias would drop it; crop_unread_outputs would shrink it
+    ("r2", False, "Conv2 -> Pool2"),     # crop_unread_outputs: the rows no pool reads are read by the body
+    ("flat", False, "Reshape -> MatMul"),  # channels_last_flatten would reorder it
+    ("W3", True, "Reshape -> MatMul"),   # channels_last_flatten would permute its rows
+    ("B1", True, None),                  # fuse_bias folds it into a new bias; the body still reads the original
+])
+def test_rewrites_leave_what_an_if_body_reads_alone(outer, initializer, untouched):
+    """A control-flow body may read any outer tensor by name: no rewrite may rename, remove, reorder or
+    shrink it (consumers() counts such reads); the outputs stay those of the original model."""
+    plain = mnist12_like(batch="N")
+    m = read_in_if_body(mnist12_like(batch="N"), outer, initializer)
+    x = _x(seed=5) - 0.25
+    out, notes = m, []
+    for step in rewrites.ALL:
+        out, note = step(out)
+        notes.append(note or "")
+    out, note = rewrites.pool_before_relu(out)
+    notes.append(note or "")
+    onnx.checker.check_model(out)
+    _same(m, out, x, "Input3")
+    assert outer in models.all_names(out)
+    if untouched:
+        assert untouched not in " ".join(notes), notes
+        # ... and the same rewrite does apply to the model without the If (so the guard, not luck, kept it)
+        plain_notes = []
+        for step in (*rewrites.ALL, rewrites.pool_before_relu):
+            plain, note = step(plain)
+            plain_notes.append(note or "")
+        assert untouched in " ".join(plain_notes)
+
+
+def test_new_names_avoid_the_names_an_if_body_defines():
+    """ONNX forbids an outer graph to define a name a subgraph defines too; a rewrite's new tensor
+    (``a1_pool`` for the swapped MaxPool) must pick another one."""
+    m, _ = rewrites.fuse_bias(read_in_if_body(mnist12_like(batch="N"), "B3", initializer=True))
+    for g in (a.g for n in m.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH):
+        g.node[0].output[0] = g.node[1].input[0] = "a1_pool"  # the body's own Cast output
+        break
+    onnx.checker.check_model(m)
+    out, note = rewrites.pool_before_relu(m, after={"Conv1"})
+    assert note == "MaxPool moved before Relu (they commute): Relu1/Pool1"
+    onnx.checker.check_model(out, full_check=True)
+    assert next(n for n in out.graph.node if n.name == "Pool1").output[0] == "a1_pool_1"
+    _same(m, out, _x(seed=4) - 0.5, "Input3")

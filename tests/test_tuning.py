@@ -279,9 +279,9 @@ def test_inc_timeout_stays_a_timeout_not_an_interrupt(tmp_path, synth_dir, monke
 
     real = evaluation.Evaluator.__call__
 
-    def slow(self, model_bytes):
+    def slow(self, model_bytes, name="model"):
         time.sleep(0.8)
-        return real(self, model_bytes)
+        return real(self, model_bytes, name)
 
     monkeypatch.setattr(evaluation.Evaluator, "__call__", slow)
     try:
@@ -289,6 +289,29 @@ def test_inc_timeout_stays_a_timeout_not_an_interrupt(tmp_path, synth_dir, monke
     except AccuracyError:
         pass
 
+
+
+def test_int8_candidates_that_do_not_run_are_not_called_an_accuracy_miss(tmp_path, synth_dir, monkeypatch):
+    """INC logs an exception of the evaluation and goes on; with no candidate evaluated, the run used to end
+    as "no int8 model met the criterion ... best int8 top-1 nan%" (exit 3). It is the model's problem that
+    onnxruntime gave (exit 4), or a failure of its own (exit 1), naming the int8 candidate."""
+    from quant import evaluation
+    from quant.errors import ModelError, QuantError
+
+    def broken(self, model_bytes, name="model"):
+        raise ModelError(f"{name}: onnxruntime cannot load it: INVALID_GRAPH")
+
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", broken)
+    with pytest.raises(ModelError, match=r"fp32\.onnx \(int8\): onnxruntime cannot load it: INVALID_GRAPH \(neural-compressor's int8 candidate"):
+        _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"max_trials": 2}})
+
+    def odd(self, model_bytes, name="model"):
+        raise ValueError("bad shape")
+
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", odd)
+    with pytest.raises(QuantError, match="int8 candidate could not be evaluated: ValueError: bad shape") as e:
+        _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"max_trials": 2}}, name="b.onnx")
+    assert e.value.exit_code == 1 and not (tmp_path / "b.onnx").exists()
 
 def test_the_api_logs_through_logging_and_writes_only_what_is_asked(tmp_path, synth_dir, caplog):
     import logging
@@ -307,3 +330,30 @@ def test_the_api_logs_through_logging_and_writes_only_what_is_asked(tmp_path, sy
     bench = benchmark.benchmark_models([str(work / "int8.onnx")], str(src), config=cfg, mode="accuracy", data_dir=str(synth_dir))
     assert bench["reports"] is None and sorted(p.name for p in work.iterdir()) == ["int8.onnx", "int8_test_data"]
     assert not list(tmp_path.glob("*.benchmark.*")) and not list(Path.cwd().glob("int8.benchmark.*"))
+
+
+def test_a_model_whose_if_body_reads_an_outer_activation_tunes_and_runs(tmp_path, synth_dir):
+    """Rewrites, INC and the finishing steps keep what an If body reads: the second conv's activation
+    keeps all 14x14 rows (crop_unread_outputs skips it), its Relu stays fp32 by the plan (INC dropped it:
+    onnxruntime refused the int8 model, 'r2' gone) and the body's term is the fp32 model's within
+    quantization error (reading the DequantizeLinear output instead, as INC named it, gave the wrong sign)."""
+    import onnxruntime as ort
+    from helpers import read_in_if_body
+
+    fp32 = read_in_if_body(mnist12_like(), "r2", initializer=False)
+    out, doc = _tune(tmp_path, fp32, synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
+    assert doc["passed"] and "Relu2" in doc["precision_plan"]["keep_fp32"]
+    assert not any("conv outputs no pool reads" in s and "Conv2" in s for s in doc["preparation"]["steps"]), doc["preparation"]
+    m = onnx.load(out)
+    defined = {o for n in m.graph.node for o in n.output} | {t.name for t in m.graph.initializer}
+    assert "r2" in models.subgraph_reads(m) and "r2" in defined
+    # the body's term alone: the If's output exposed in the fp32 and the int8 model
+    x = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
+    terms = []
+    for proto in (fp32, m):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+        probe.graph.output.append(onnx.helper.make_tensor_value_info("term", onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        terms.append(np.concatenate([sess.run(["term"], {"Input3": x[i:i + 1]})[0] for i in range(len(x))]))
+    assert np.all(terms[0] > 0.05) and np.abs(terms[1] - terms[0]).max() < 0.2 * np.abs(terms[0]).min(), terms
