@@ -24,7 +24,7 @@ def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOpti
     so.intra_op_num_threads = threads
     if opt_level != "all":
         so.graph_optimization_level = GRAPH_OPT_LEVELS[opt_level]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: an error reaches us as an exception, said once in the one-line message
     return so
 
 

@@ -27,7 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import QuantError, first_line
-from .models import LAYOUT_ONLY, all_names, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
+from .models import LAYOUT_ONLY, all_names, all_nodes, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
 
 
 def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -125,7 +125,7 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
 
 
 def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
-    used = {n.domain or "" for n in model.graph.node} | {""}
+    used = {n.domain or "" for n in all_nodes(model)} | {""}  # If/Loop bodies' ops need their domains too
     m = copy.deepcopy(model)
     keep = [o for o in m.opset_import if (o.domain or "") in used]
     del m.opset_import[:]

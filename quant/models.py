@@ -133,6 +133,22 @@ def _subgraphs(g: onnx.GraphProto):
             yield from _subgraphs(sub)
 
 
+def node_reads(n: onnx.NodeProto) -> set[str]:
+    """What a node reads: its inputs and every name its If/Loop/Scan bodies read, at any depth (names
+    a body defines itself are never outer names: ONNX forbids a body to reuse them)."""
+    reads = {i for i in n.input if i}
+    for sub in _node_graphs(n):
+        reads |= {i for g in [sub, *_subgraphs(sub)] for x in g.node for i in x.input if i}
+    return reads
+
+
+def all_nodes(model: onnx.ModelProto):
+    """Every node of the model: the main graph's and, at any depth, its If/Loop/Scan bodies'."""
+    yield from model.graph.node
+    for sub in _subgraphs(model.graph):
+        yield from sub.node
+
+
 def _all_tensors(model: onnx.ModelProto):
     """Every tensor of the model: initializers (sparse ones too) and node attributes, in subgraphs and functions."""
 
@@ -253,18 +269,19 @@ def layout_of(sig: Signature) -> str:
 
 # ----------------------------------------------------------------------------- quantization
 def is_quantized(model: onnx.ModelProto) -> bool:
-    if any(n.op_type in QUANT_OPS or n.op_type in QDQ_OPS for n in model.graph.node):
+    """Quantized ops or int8 constants anywhere, If/Loop bodies included."""
+    if any(n.op_type in QUANT_OPS or n.op_type in QDQ_OPS for n in all_nodes(model)):
         return True
-    return any(i.data_type in INT8_TYPES for i in model.graph.initializer)
+    return any(i.data_type in INT8_TYPES for i in _all_tensors(model))
 
 
 def require_fp32(m: LoadedModel) -> None:
     """What tuning needs before any work (exit 4 with a hint): an fp32 model of standard ONNX ops with
     finite weights. INC would otherwise fail deep inside its loop (a traceback or a silently bad model)."""
     if is_quantized(m.proto):
-        ops = sorted({n.op_type for n in m.proto.graph.node if n.op_type in QUANT_OPS | QDQ_OPS})
+        ops = sorted({n.op_type for n in all_nodes(m.proto) if n.op_type in QUANT_OPS | QDQ_OPS})
         raise ModelError(f"{m.path}: is already quantized ({', '.join(ops) or 'int8 weights'}); tuning needs the fp32 model")
-    custom = sorted({f"{n.domain}.{n.op_type}" for n in m.proto.graph.node if n.domain not in ("", "ai.onnx")})
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in all_nodes(m.proto) if n.domain not in ("", "ai.onnx")})
     if custom:
         raise ModelError(f"{m.path}: uses ops outside the standard ONNX domain ({', '.join(custom[:3])}); neural-compressor "
                          "quantizes standard ONNX ops only: export the model with standard ops")
@@ -415,10 +432,7 @@ def sort_nodes(model: onnx.ModelProto) -> int:
     producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
     deps: list[set[int]] = []
     for k, n in enumerate(nodes):
-        reads = {i for i in n.input if i}
-        for sub in _node_graphs(n):
-            reads |= {i for g in [sub, *_subgraphs(sub)] for x in g.node for i in x.input if i}
-        deps.append({producer[r] for r in reads if r in producer and producer[r] != k})
+        deps.append({producer[r] for r in node_reads(n) if r in producer and producer[r] != k})
     users: dict[int, list[int]] = {}
     for k, d in enumerate(deps):
         for j in d:

@@ -87,7 +87,7 @@ def _prepare(fp32, sig, cfg, dynamic: bool, check: Callable, log) -> tuple[prepa
         log(f"[prepare] {step}")
     if prep.steps:
         check(prep.model)
-    plan = plan_mod.make(prep.model) if q.kernel_aware else plan_mod.Plan()
+    plan = plan_mod.make(prep.model, kernel_rules=q.kernel_aware)  # its control-flow rule holds either way
     for name, why in plan.keep_fp32.items():
         log(f"[plan] {name} stays fp32: {why}")
     plan.user_fp32, notes = plan_mod.user_keep(fp32.proto, prep.model, prep.absorbed, q.nodes_to_keep_fp32, q.op_types_to_keep_fp32,
@@ -164,7 +164,8 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         rsig = models.signature(model, fp32.path, sig.input_name)
         prepare.check_same_outputs(fp32.raw, models.serialize(model), x_test[:256], sig.input_name,
                                    evaluation.effective_batch(rsig.fixed_batch, 64), fp32.path,
-                                   hint="--no-dynamic_batch keeps its fixed batch" if dynamic and sig.fixed_batch else "")
+                                   hint="--no-dynamic_batch or model.dynamic_batch: false keeps the fixed batch; the batch rewrite cannot "
+                                        "reach a Reshape inside an If/Loop body" if dynamic and sig.fixed_batch else "")
 
     prep, plan = _prepare(fp32, sig, cfg, dynamic, check, log)
     prepared_sig = models.signature(prep.model, fp32.path, sig.input_name)
@@ -275,7 +276,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "evaluation": {"split": "test", "images": int(len(splits["test"].labels)), "batch_size": batch,
                        "tie_rule": "argmax (first maximum); tied_top1_images counts images whose two largest outputs are equal"},
         "preparation": {"steps": prep.steps, "dynamic_batch": dynamic, "input_shape": [str(d) for d in prepared_sig.input_shape]},
-        "precision_plan": plan.summary() if cfg.quantization.kernel_aware else None,
+        "precision_plan": plan.summary() if cfg.quantization.kernel_aware or plan.keep_fp32 else None,
         "finishing": finish_notes,
         "calibration": cs.summary(),
         "test_data": td,

@@ -29,8 +29,8 @@ from .models import subgraph_reads
 CONV_SYM_INPUT_ALIGN = 4
 CONV_SYM_MIN_OUTPUT_CHANNELS = 16
 CONV_SYM_DEPTHWISE_GROUP_ALIGN = 16
-# ops whose output neural-compressor's QDQ quantizer removes or renames (see make)
-_INC_RENAMES = ("Conv", "MatMul", "Gemm", "Relu", "Clip")
+# activations neural-compressor's QDQ quantizer removes after a quantized layer (see make)
+_INC_REMOVES = ("Relu", "Clip")
 
 
 @dataclass
@@ -60,20 +60,26 @@ def conv_reason(weight_shape: list[int], group: int) -> str | None:
     return None
 
 
-def make(model: onnx.ModelProto) -> Plan:
-    """The plan for a prepared fp32 model (node names as INC will see them). Besides the kernel rules, a
-    compute layer or a Relu/Clip whose output an If/Loop/Scan body reads stays fp32: neural-compressor's
-    quantizer does not see reads inside subgraphs; it drops a Relu/Clip that follows an int8 layer (the
-    body's tensor is gone: onnxruntime refuses the model) and gives the layer's output name to the
-    DequantizeLinear after it (the body then reads the clipped, quantized tensor instead of the layer's
-    output). Measured in session 14; pools, reshapes and transposes read by a body came out right."""
+def make(model: onnx.ModelProto, kernel_rules: bool = True) -> Plan:
+    """The plan for a prepared fp32 model (node names as INC will see them); ``kernel_rules=False``
+    (``quantization.kernel_aware: false``) keeps only the correctness rule below.
+
+    Correctness, whatever the kernels: a Relu or Clip whose input or output an If/Loop/Scan body reads
+    stays fp32. neural-compressor's QDQ quantizer removes a Relu/Clip that follows a quantized layer,
+    assuming the layer's output range was calibrated after it. A body reading the Relu's input gives
+    that tensor a second reader, so its range keeps the negative values, and the main path then runs
+    without its ReLU (the second pool's output went negative, logits off by 0.78 on a review's model);
+    a body reading the Relu's output loses its tensor (onnxruntime refuses the candidate). Measured in
+    session 14; layers, pools, reshapes and constants read by a body came out right and are left to INC."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
     plan = Plan()
     in_bodies = subgraph_reads(model)
     for n in model.graph.node:
-        read = next((o for o in n.output if o in in_bodies), None)
-        if read is not None and n.op_type in _INC_RENAMES:
-            plan.keep_fp32[n.name or n.output[0]] = f"its output {read} is read inside an If/Loop/Scan body, which neural-compressor does not see"
+        read = next((t for t in (*n.input, *n.output) if t in in_bodies), None) if n.op_type in _INC_REMOVES else None
+        if read is not None:
+            plan.keep_fp32[n.name or n.output[0]] = f"{read} is read inside an If/Loop/Scan body, which neural-compressor does not see"
+            continue
+        if not kernel_rules:
             continue
         if n.op_type not in ("Conv", "MatMul", "Gemm"):
             continue

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from . import rewrites
 from .errors import ModelError, first_line
-from .models import Signature, consumers, fresh_name, graph_inputs, opset_of
+from .models import Signature, consumers, fresh_name, graph_inputs, node_reads, opset_of
 
 # QLinearConv exists since opset 10 and INC's adaptor wants 11, but MaxPool on int8 tensors needs 12: at opset 11
 # mnist-8 quantized with a DequantizeLinear/QuantizeLinear pair around each MaxPool (11,082 bytes vs 10,124).
@@ -72,10 +72,10 @@ def upgrade_opset(model: onnx.ModelProto, target: int, path: str = "model") -> t
 
 
 def _activation_tensors(model: onnx.ModelProto) -> set[str]:
-    """Tensors computed from the graph's (non-initializer) inputs."""
+    """Tensors computed from the graph's (non-initializer) inputs, through If/Loop bodies' reads too."""
     reach = {i.name for i in graph_inputs(model)}
     for n in model.graph.node:  # nodes are topologically sorted in a valid ONNX graph
-        if any(i in reach for i in n.input if i):
+        if any(i in reach for i in node_reads(n)):
             reach.update(o for o in n.output if o)
     return reach
 
@@ -150,7 +150,8 @@ def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
     limit = atol + rtol * (float(np.max(np.abs(ref))) if len(x) else 0.0)
     if not diff <= limit:
-        raise ModelError(f"{path}: the rewritten model's outputs differ from the original by {diff:g} (> {limit:g})")
+        raise ModelError(f"{path}: the rewritten model's outputs differ from the original by {diff:g} (> {limit:g})"
+                         + (f" ({hint})" if hint else ""))
     return diff
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .models import all_names, consumers, drop_unused_initializers, fresh_name, readers
+from .models import all_names, consumers, drop_unused_initializers, fresh_name, readers, subgraph_reads
 
 # ops that are safe to evaluate ahead of time when all their inputs are constant
 _FOLDABLE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat",
@@ -106,7 +106,7 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]
     if not folded:
         return model, None
     outputs = {o for n in folded for o in n.output}
-    used = {i for n in keep for i in n.input} | {o.name for o in m.graph.output}
+    used = {i for n in keep for i in n.input} | {o.name for o in m.graph.output} | subgraph_reads(m)
     for o in outputs & used:
         m.graph.initializer.append(numpy_helper.from_array(const[o], o))
     del m.graph.node[:]

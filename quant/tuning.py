@@ -182,8 +182,13 @@ class _INCLogFilter(logging.Filter):
     its records below ``level`` out of our output (``--verbose`` lowers it to INFO)."""
 
     level = logging.ERROR
+    candidate_failed = False  # set by _tune's eval_func: _tune then says why in its own one-line error
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.level > logging.INFO:  # not --verbose: no copy of an error _tune raises itself
+            msg = str(record.msg)
+            if msg.startswith("Unexpected exception") or (self.candidate_failed and "Not found any quantized model" in msg):
+                return False
         return record.levelno >= self.level
 
 
@@ -211,6 +216,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
             acc = eval_fn(proto.SerializeToString())
         except Exception as e:
             failures.append(e)
+            _INC_FILTER.candidate_failed = True
             raise
         trials.append(Trial(len(trials), acc, time.perf_counter() - t0, *layer_precisions(proto)))
         if len(trials) == 1:
@@ -254,8 +260,10 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         raise KeyboardInterrupt
 
     previous = handle_signals(on_stop)
+    _INC_FILTER.candidate_failed = False
     try:
-        q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
+        with _no_printed_tracebacks(not verbose):
+            q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
     except (KeyboardInterrupt, Interrupted, QuantError):
         raise
     except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
@@ -283,6 +291,22 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         )
     model = _sorted(q.model if hasattr(q, "model") else q)
     return TuneResult(model=model, trials=trials, inc_version=version)
+
+
+@contextlib.contextmanager
+def _no_printed_tracebacks(active: bool) -> Iterator[None]:
+    """INC's fit() prints the traceback of an exception it swallows (``traceback.print_exc()`` straight to
+    stderr, not through its logger); _tune keeps the exception and raises it as one line, so without
+    --verbose that print is dropped."""
+    import traceback
+
+    saved = traceback.print_exc
+    if active:
+        traceback.print_exc = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        traceback.print_exc = saved
 
 
 def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:

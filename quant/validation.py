@@ -267,10 +267,14 @@ def _run_all(model_bytes: bytes, x: np.ndarray, input_name: str, batch: int, nam
     sess = evaluation.make_session(model_bytes, opt_level="basic", name=name)
     names = [o.name for o in sess.get_outputs()]
     chunks: dict[str, list] = {k: [] for k in names}
+    per_image = set(names)  # tensors with one row per image: a scalar (an If's condition) or a shape is not one
     for i in range(0, len(x), batch):
-        for k, v in zip(names, sess.run(names, {input_name: x[i:i + batch]})):
+        xb = x[i:i + batch]
+        for k, v in zip(names, sess.run(names, {input_name: xb})):
             chunks[k].append(v)
-    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+            if np.ndim(v) == 0 or np.shape(v)[0] != len(xb):
+                per_image.discard(k)
+    return {k: np.concatenate(v, axis=0) for k, v in chunks.items() if k in per_image}
 
 
 def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
@@ -320,6 +324,8 @@ def layer_errors(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, in
     q_vals = _run_all(_with_outputs(int8, {k: v["elem_type"] for k, v in acts.items()}), x, input_name, batch_int8, name)
     rows = []
     for tensor, p in acts.items():
+        if tensor not in q_vals:  # not one row per image (a scalar): nothing to compare layer by layer
+            continue
         q = q_vals[tensor]
         deq = q.astype(np.float64) if p.get("dequantized") else (q.astype(np.float64) - p["zero_point"]) * p["scale"]
         aligned = {k: a for k, a in ((k, _aligned(v, deq.shape)) for k, v in fp_vals.items()) if a is not None}

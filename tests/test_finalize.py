@@ -260,3 +260,18 @@ def test_drop_identity_requantization_keeps_a_pair_an_if_body_reads():
     feeds = {"x": np.float32([[[[0.3, -0.2], [1.0, 0.05]]]]), "cond": np.array(False)}
     run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, feeds)  # noqa: E731
     assert all(np.array_equal(a, b) for a, b in zip(run(m), run(finished)))
+
+
+def test_drop_unused_opsets_keeps_a_domain_only_an_if_body_uses():
+    """A com.microsoft op inside a body needs its opset import (dropping it made the finished model fail
+    the ONNX checker: exit 1 on a model tuning had accepted)."""
+    from helpers import mnist12_like, read_in_if_body
+
+    m = read_in_if_body(mnist12_like(batch="N"), "p2", initializer=False)
+    body = next(a.g for n in m.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+    body.node.insert(1, helper.make_node("Gelu", [body.node[0].output[0]], ["then_gelu"], domain="com.microsoft"))
+    body.node[2].input[0] = "then_gelu"
+    m.opset_import.extend([helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("ai.onnx.ml", 3)])
+    out = finalize.drop_unused_opsets(m)
+    assert sorted(o.domain for o in out.opset_import) == ["", "com.microsoft"]
+    onnx.checker.check_model(out)

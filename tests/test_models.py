@@ -2,6 +2,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -300,3 +301,28 @@ def test_sort_nodes_puts_an_if_after_what_its_body_reads_and_keeps_valid_orders(
     order = [n.name for n in m.graph.node]
     assert order.index("If") == order.index("Pool2") + 1  # right after the pool its body reads, nothing else moved
     assert [x for x in order if x != "If"] == [n.name for n in nodes if n.name != "If"]
+
+
+
+@pytest.mark.parametrize("op,domain,words", [
+    ("Gelu", "com.microsoft", "ops outside the standard ONNX domain (com.microsoft.Gelu)"),
+    ("QuantizeLinear", "", "is already quantized (DequantizeLinear, QuantizeLinear)"),
+])
+def test_require_fp32_looks_inside_if_bodies(op, domain, words, tmp_path):
+    """An op inside an If body counts like one at the top level (a com.microsoft op in a body used to pass
+    the check and end as exit 1 when the finished model lost its opset import)."""
+    m = read_in_if_body(mnist12_like(), "p2", initializer=False)
+    body = next(a.g for n in m.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+    if op == "Gelu":
+        body.node.insert(1, helper.make_node("Gelu", [body.node[0].output[0]], ["then_gelu"], domain=domain))
+        body.node[2].input[0] = "then_gelu"
+        m.opset_import.append(helper.make_opsetid(domain, 1))
+    else:
+        body.initializer.extend([numpy_helper.from_array(np.array(0.1, np.float32), "then_qs"),
+                                 numpy_helper.from_array(np.array(0, np.uint8), "then_qz")])
+        body.node.insert(1, helper.make_node("QuantizeLinear", [body.node[0].output[0], "then_qs", "then_qz"], ["then_q"]))
+        body.node.insert(2, helper.make_node("DequantizeLinear", ["then_q", "then_qs", "then_qz"], ["then_dq"]))
+        body.node[3].input[0] = "then_dq"
+    lm = models.load(save(m, tmp_path / "m.onnx"))
+    with pytest.raises(ModelError, match=re.escape(words)):
+        models.require_fp32(lm)

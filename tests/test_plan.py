@@ -38,17 +38,18 @@ def test_fc_layers_are_always_int8_and_a_conv_without_constant_weights_stays_fp3
 
 
 
-@pytest.mark.parametrize("outer,kept", [("r2", "Relu2"), ("c2", "Conv2"), ("mm", "MatMul"), ("p2", None), ("W3", None)])
-def test_a_layer_or_relu_an_if_body_reads_stays_fp32(outer, kept):
-    """neural-compressor does not see reads inside If/Loop bodies: it drops a Relu after an int8 layer and
-    gives the layer's output name to its DequantizeLinear (tests/test_tuning.py shows the outcome); pools
-    and constants read by a body are left to it."""
-    p = plan.make(read_in_if_body(mnist12_like(), outer, initializer=outer == "W3"))
-    want = {"Conv1"} | ({kept} if kept else set())
-    assert set(p.keep_fp32) == want
+@pytest.mark.parametrize("outer,kept", [("r2", "Relu2"), ("a2", "Relu2"), ("c2", None), ("mm", None), ("p2", None), ("W3", None)])
+def test_a_relu_whose_input_or_output_an_if_body_reads_stays_fp32(outer, kept):
+    """neural-compressor does not see reads inside If/Loop bodies: it drops a Relu after a quantized layer
+    even when a body reads the Relu's input (whose range then keeps its negative values: the main path
+    loses its ReLU) or its output (then gone); layers, pools and constants read by a body are left to it."""
+    m = read_in_if_body(mnist12_like(), outer, initializer=outer == "W3")
+    p = plan.make(m)
+    assert set(p.keep_fp32) == {"Conv1"} | ({kept} if kept else set())
     if kept:
-        assert f"its output {outer} is read inside an If/Loop/Scan body" in p.keep_fp32[kept]
-        assert kept not in p.int8
+        assert p.keep_fp32[kept].startswith(f"{outer} is read inside an If/Loop/Scan body")
+        assert set(plan.make(m, kernel_rules=False).keep_fp32) == {kept}  # a correctness rule: kernel_aware: false too
+    assert set(p.int8) == {"Conv2", "MatMul"}
 
 def test_user_keep_follows_nodes_a_rewrite_merged_and_refuses_typos():
     from quant import models, prepare

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import mnist12_like, pattern_linear, read_in_if_body
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from quant import models, plan, prepare
 from quant.errors import ModelError
@@ -38,6 +38,22 @@ def test_dynamic_batch_copies_a_shape_an_if_body_reads_too():
     x = np.random.default_rng(3).random((6, 1, 28, 28), dtype=np.float32)
     prepare.check_same_outputs(models.serialize(fixed), models.serialize(dyn), x, "Input3", batch=1)
 
+
+
+def test_dynamic_batch_follows_the_activation_through_an_if_body():
+    """The pool's output reaches the Reshape only through an If whose body reads it by name: the
+    Reshape is on the activation path all the same and gets the dynamic batch (review, session 14)."""
+    m = mnist12_like(batch=1)
+    k = [n.name for n in m.graph.node].index("Reshape")
+    m.graph.node[k].input[0] = "p2_if"
+    body = [helper.make_graph([helper.make_node("Identity", ["p2"], [f"{t}_o"])], t, [],
+                              [helper.make_tensor_value_info(f"{t}_o", TensorProto.FLOAT, None)]) for t in ("then", "else")]
+    m.graph.initializer.append(numpy_helper.from_array(np.array(True), "always"))
+    m.graph.node.insert(k, helper.make_node("If", ["always"], ["p2_if"], name="PassIf", then_branch=body[0], else_branch=body[1]))
+    dyn, note = prepare.make_batch_dynamic(m, _sig(m))
+    assert "Reshape shapes rewritten: Reshape" in note
+    x = np.random.default_rng(4).random((7, 1, 28, 28), dtype=np.float32)
+    prepare.check_same_outputs(models.serialize(m), models.serialize(dyn), x, "Input3", batch=7)
 
 def test_dynamic_batch_leaves_dynamic_models_alone_and_uses_0_when_minus1_is_taken():
     dyn = pattern_linear(batch="N", layout="NCHW")

@@ -267,3 +267,18 @@ def test_new_names_avoid_the_names_an_if_body_defines():
     onnx.checker.check_model(out, full_check=True)
     assert next(n for n in out.graph.node if n.name == "Pool1").output[0] == "a1_pool_1"
     _same(m, out, _x(seed=4) - 0.5, "Input3")
+
+
+
+def test_fold_constants_keeps_a_folded_value_only_an_if_body_reads():
+    """A constant node whose output only a body reads is folded into an initializer that stays (its
+    ``used`` set counts the body's reads; the value used to be dropped: the model no longer loaded)."""
+    m = mnist12_like(batch="N")
+    m.graph.initializer.extend([numpy_helper.from_array(np.full((2, 4), 3.0, np.float32), "k1"),
+                                numpy_helper.from_array(np.full((2, 4), 0.5, np.float32), "k2")])
+    m.graph.node.insert(0, helper.make_node("Mul", ["k1", "k2"], ["kprod"], name="KMul"))
+    m = read_in_if_body(m, "kprod", initializer=True)
+    out, note = rewrites.fold_constants(m)
+    assert "KMul" in note and "kprod" in {t.name for t in out.graph.initializer}
+    onnx.checker.check_model(out)
+    _same(m, out, _x(seed=6), "Input3")

@@ -292,23 +292,33 @@ def test_inc_timeout_stays_a_timeout_not_an_interrupt(tmp_path, synth_dir, monke
 
 
 def test_int8_candidates_that_do_not_run_are_not_called_an_accuracy_miss(tmp_path, synth_dir, monkeypatch):
-    """INC logs an exception of the evaluation and goes on; with no candidate evaluated, the run used to end
-    as "no int8 model met the criterion ... best int8 top-1 nan%" (exit 3). It is the model's problem that
-    onnxruntime gave (exit 4), or a failure of its own (exit 1), naming the int8 candidate."""
+    """INC logs an exception of the evaluation and goes on; when its fp32 baseline ran but no int8
+    candidate did, the run used to end as "no int8 model met the criterion ... best int8 top-1 nan%"
+    (exit 3). It is the model's problem that onnxruntime gave (exit 4), or a failure of its own (exit 1),
+    naming the int8 candidate, and INC's copy of the traceback is not printed without --verbose."""
     from quant import evaluation
     from quant.errors import ModelError, QuantError
 
-    def broken(self, model_bytes, name="model"):
-        raise ModelError(f"{name}: onnxruntime cannot load it: INVALID_GRAPH")
+    real = evaluation.Evaluator.__call__
 
-    monkeypatch.setattr(evaluation.Evaluator, "__call__", broken)
-    with pytest.raises(ModelError, match=r"fp32\.onnx \(int8\): onnxruntime cannot load it: INVALID_GRAPH \(neural-compressor's int8 candidate"):
+    def after_the_baseline(exc):
+        calls = []
+
+        def call(self, model_bytes, name="model"):
+            calls.append(name)
+            if len(calls) == 1:  # INC's fp32 baseline
+                return real(self, model_bytes, name)
+            raise exc(name)
+        return call, calls
+
+    call, calls = after_the_baseline(lambda name: ModelError(f"{name}: onnxruntime cannot load it: INVALID_GRAPH"))
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", call)
+    with pytest.raises(ModelError, match=r"fp32\.onnx \(int8\): onnxruntime cannot load it: INVALID_GRAPH \(neural-compressor's int8 candidate") as e:
         _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"max_trials": 2}})
+    assert e.value.exit_code == 4 and len(calls) >= 2
 
-    def odd(self, model_bytes, name="model"):
-        raise ValueError("bad shape")
-
-    monkeypatch.setattr(evaluation.Evaluator, "__call__", odd)
+    call, calls = after_the_baseline(lambda name: ValueError("bad shape"))
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", call)
     with pytest.raises(QuantError, match="int8 candidate could not be evaluated: ValueError: bad shape") as e:
         _tune(tmp_path, mnist12_like(), synth_dir, {"tuning": {"max_trials": 2}}, name="b.onnx")
     assert e.value.exit_code == 1 and not (tmp_path / "b.onnx").exists()
@@ -332,28 +342,35 @@ def test_the_api_logs_through_logging_and_writes_only_what_is_asked(tmp_path, sy
     assert not list(tmp_path.glob("*.benchmark.*")) and not list(Path.cwd().glob("int8.benchmark.*"))
 
 
-def test_a_model_whose_if_body_reads_an_outer_activation_tunes_and_runs(tmp_path, synth_dir):
-    """Rewrites, INC and the finishing steps keep what an If body reads: the second conv's activation
-    keeps all 14x14 rows (crop_unread_outputs skips it), its Relu stays fp32 by the plan (INC dropped it:
-    onnxruntime refused the int8 model, 'r2' gone) and the body's term is the fp32 model's within
-    quantization error (reading the DequantizeLinear output instead, as INC named it, gave the wrong sign)."""
+@pytest.mark.parametrize("outer,kernel_aware", [("r2", True), ("a2", True), ("a2", False)])
+def test_a_model_whose_if_body_reads_an_outer_activation_tunes_and_runs(outer, kernel_aware, tmp_path, synth_dir):
+    """Rewrites, INC and the finishing steps keep what an If body reads. The body reads the second Relu's
+    output (r2) or its input (a2): the plan keeps that Relu fp32 (with kernel_aware: false too), since INC
+    drops a Relu after an int8 conv: r2 was then gone (onnxruntime refused the candidate), and with a2 read
+    twice its range kept the negative values, so the main path ran without its ReLU (the pool's output went
+    negative). The conv keeps all 14x14 rows (crop_unread_outputs skips it), the written file passes the
+    ONNX checker (INC had sorted the If before its body's producer) and the body's term is the fp32 one."""
     import onnxruntime as ort
     from helpers import read_in_if_body
 
-    fp32 = read_in_if_body(mnist12_like(), "r2", initializer=False)
-    out, doc = _tune(tmp_path, fp32, synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
+    fp32 = read_in_if_body(mnist12_like(), outer, initializer=False)
+    out, doc = _tune(tmp_path, fp32, synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3},
+                                                 "quantization": {"kernel_aware": kernel_aware}})
     assert doc["passed"] and "Relu2" in doc["precision_plan"]["keep_fp32"]
     assert not any("conv outputs no pool reads" in s and "Conv2" in s for s in doc["preparation"]["steps"]), doc["preparation"]
     m = onnx.load(out)
+    onnx.checker.check_model(m)
     defined = {o for n in m.graph.node for o in n.output} | {t.name for t in m.graph.initializer}
-    assert "r2" in models.subgraph_reads(m) and "r2" in defined
-    # the body's term alone: the If's output exposed in the fp32 and the int8 model
+    assert outer in models.subgraph_reads(m) and {outer, "p2"} <= defined
     x = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
-    terms = []
-    for proto in (fp32, m):
+    got = {}
+    for key, proto in (("fp32", fp32), ("int8", m)):  # the If's term and the second pool's output, image by image
         probe = onnx.ModelProto()
         probe.CopyFrom(proto)
-        probe.graph.output.append(onnx.helper.make_tensor_value_info("term", onnx.TensorProto.FLOAT, None))
+        probe.graph.output.extend([onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in ("term", "p2")])
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        terms.append(np.concatenate([sess.run(["term"], {"Input3": x[i:i + 1]})[0] for i in range(len(x))]))
-    assert np.all(terms[0] > 0.05) and np.abs(terms[1] - terms[0]).max() < 0.2 * np.abs(terms[0]).min(), terms
+        runs = [sess.run(["term", "p2"], {"Input3": x[i:i + 1]}) for i in range(len(x))]
+        got[key] = [np.concatenate([r[j] for r in runs]) for j in (0, 1)]
+    (t32, p32), (t8, p8) = got["fp32"], got["int8"]
+    assert p32.min() >= 0 and p8.min() >= 0, p8.min()  # the ReLU before the pool is still there
+    assert np.all(t32 > 0.05) and np.abs(t8 - t32).max() < 0.2 * np.abs(t32).min(), (t32, t8)

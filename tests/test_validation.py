@@ -6,7 +6,7 @@ import re
 import numpy as np
 import onnx
 import pytest
-from helpers import mnist12_like, pattern_linear, save
+from helpers import mnist12_like, pattern_linear, read_in_if_body, save
 from onnx import TensorProto, helper, numpy_helper
 
 from quant import models, validation
@@ -329,3 +329,15 @@ def test_validate_json_on_failure_keeps_the_exit_code(models_dir, mnist_dir, tmp
     assert doc["passed"] is False and doc["exit_code"] == 3
     assert [c["verdict"].split(":")[0] for c in doc["checks"] if c["status"] == "fail"] == ["FAIL input range", "FAIL accuracy"]
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: validation FAILED")
+
+
+def test_layer_by_layer_runs_keep_only_tensors_with_a_row_per_image():
+    """An If's condition is a scalar (and a shape has no batch dimension): validate's per-layer check
+    stacks tensors image batch by batch, which ended in "zero-dimensional arrays cannot be concatenated"
+    (exit 1) on any model with an If; such tensors are now left out of the comparison."""
+    m = read_in_if_body(mnist12_like(batch="N"), "p2", initializer=False)
+    names = {"cond_min": TensorProto.FLOAT, "cond": TensorProto.BOOL, "p2": TensorProto.FLOAT, "term": TensorProto.FLOAT}
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    vals = validation._run_all(validation._with_outputs(m, names), x, "Input3", 2, "m")
+    assert {"p2", "term", "Plus214_Output_0"} <= set(vals) and not {"cond_min", "cond"} & set(vals)
+    assert vals["p2"].shape == (5, 16, 4, 4) and vals["term"].shape == (5, 1)
