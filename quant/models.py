@@ -417,15 +417,13 @@ def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
     return out
 
 
-
-
 def sort_nodes(model: onnx.ModelProto) -> int:
     """Put the main graph's nodes in an order where every node comes after the producers of what it
     reads, its subgraphs' reads of outer tensors included (in place; returns how many nodes moved).
     neural-compressor sorts its candidates without those reads: an If whose body reads a pool's output
-    landed before the pool, and onnxruntime 1.31's optimizers then abort the process (a C++ assertion,
-    no exception). Stable: among the nodes ready at a step, the earliest in the current order goes
-    first, so an already valid order is kept as it is (the default model's bytes do not change)."""
+    landed before the pool. onnxruntime loads such a graph, but the ONNX checker (and so other tools)
+    refuses it. Stable: among the nodes ready at a step, the earliest in the current order goes first,
+    so an already valid order is kept as it is (the default model's bytes do not change)."""
     import heapq
 
     nodes = list(model.graph.node)
@@ -457,6 +455,7 @@ def sort_nodes(model: onnx.ModelProto) -> int:
         model.graph.node.extend(copies)
     return moved
 
+
 def fresh_name(model: onnx.ModelProto, base: str, taken: set[str] | None = None) -> str:
     """``base``, or ``base_<k>`` with the first k that makes it a name the model uses nowhere: no tensor
     at any depth (a subgraph may not define a name its outer graph defines) and no top-level node.
@@ -468,6 +467,7 @@ def fresh_name(model: onnx.ModelProto, base: str, taken: set[str] | None = None)
         name, k = f"{base}_{k}", k + 1
     taken.add(name)
     return name
+
 
 def consumers(model: onnx.ModelProto) -> Counter:
     """How many times each tensor is read: node inputs, plus one for a graph output (its name must stay)

@@ -208,6 +208,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     kind, tol = cfg.criterion
     trials: list[Trial] = []
     failures: list[Exception] = []  # INC logs an eval_func exception and goes on: kept to say why no model came out
+    swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
 
     def eval_func(model) -> float:
         proto = _sorted(model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model))
@@ -262,7 +263,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     previous = handle_signals(on_stop)
     _INC_FILTER.candidate_failed = False
     try:
-        with _no_printed_tracebacks(not verbose):
+        with _swallowed_exceptions(swallowed, print_them=verbose):
             q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
     except (KeyboardInterrupt, Interrupted, QuantError):
         raise
@@ -276,7 +277,10 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     if stopped:
         raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
     if q is None:
-        if failures and len(trials) <= 1:  # not an accuracy verdict: no int8 candidate could be evaluated at all
+        if len(trials) <= 1 and (failures or swallowed):  # not an accuracy verdict: no int8 candidate was evaluated
+            if not failures:  # INC itself failed (fit() caught and printed it)
+                e = swallowed[0]
+                raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {first_line(e)}")
             e = failures[0]
             if isinstance(e, ModelError):
                 raise ModelError(f"{e} (neural-compressor's int8 candidate; no model written)") from None
@@ -294,15 +298,22 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
 
 
 @contextlib.contextmanager
-def _no_printed_tracebacks(active: bool) -> Iterator[None]:
-    """INC's fit() prints the traceback of an exception it swallows (``traceback.print_exc()`` straight to
-    stderr, not through its logger); _tune keeps the exception and raises it as one line, so without
-    --verbose that print is dropped."""
+def _swallowed_exceptions(record: list, print_them: bool) -> Iterator[None]:
+    """INC's fit() catches every exception of its loop and prints its traceback (``traceback.print_exc()``
+    straight to stderr, not through its logger), then reports "no model met the goal". The exception is
+    recorded here instead, so _tune can say what went wrong in one line; --verbose prints it as before."""
+    import sys
     import traceback
 
     saved = traceback.print_exc
-    if active:
-        traceback.print_exc = lambda *a, **k: None
+
+    def keep(*args, **kwargs):
+        if sys.exc_info()[1] is not None:
+            record.append(sys.exc_info()[1])
+        if print_them:
+            saved(*args, **kwargs)
+
+    traceback.print_exc = keep
     try:
         yield
     finally:
@@ -311,7 +322,7 @@ def _no_printed_tracebacks(active: bool) -> Iterator[None]:
 
 def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
     """INC's model, or a re-sorted copy when INC put a node before a tensor one of its If/Loop bodies
-    reads (models.sort_nodes: onnxruntime aborts on such a graph); INC's own object is not touched."""
+    reads (models.sort_nodes: the ONNX checker refuses such a graph); INC's own object is not touched."""
     if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in proto.graph.node for a in n.attribute):
         return proto
     out = onnx.ModelProto()
