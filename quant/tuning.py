@@ -182,12 +182,12 @@ class _INCLogFilter(logging.Filter):
     its records below ``level`` out of our output (``--verbose`` lowers it to INFO)."""
 
     level = logging.ERROR
-    candidate_failed = False  # set by _tune's eval_func: _tune then says why in its own one-line error
+    run_failed = False  # an exception was caught inside INC's loop: _tune then says why in its own one-line error
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.level > logging.INFO:  # not --verbose: no copy of an error _tune raises itself
             msg = str(record.msg)
-            if msg.startswith("Unexpected exception") or (self.candidate_failed and "Not found any quantized model" in msg):
+            if msg.startswith("Unexpected exception") or (self.run_failed and "Not found any quantized model" in msg):
                 return False
         return record.levelno >= self.level
 
@@ -217,7 +217,6 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
             acc = eval_fn(proto.SerializeToString())
         except Exception as e:
             failures.append(e)
-            _INC_FILTER.candidate_failed = True
             raise
         trials.append(Trial(len(trials), acc, time.perf_counter() - t0, *layer_precisions(proto)))
         if len(trials) == 1:
@@ -261,7 +260,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         raise KeyboardInterrupt
 
     previous = handle_signals(on_stop)
-    _INC_FILTER.candidate_failed = False
+    _INC_FILTER.run_failed = False
     try:
         with _swallowed_exceptions(swallowed, print_them=verbose):
             q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
@@ -310,6 +309,7 @@ def _swallowed_exceptions(record: list, print_them: bool) -> Iterator[None]:
     def keep(*args, **kwargs):
         if sys.exc_info()[1] is not None:
             record.append(sys.exc_info()[1])
+            _INC_FILTER.run_failed = True  # INC's "Not found any quantized model" line would only repeat it
         if print_them:
             saved(*args, **kwargs)
 
