@@ -207,7 +207,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     inc_logger.setLevel(logging.INFO if verbose else logging.ERROR)
     kind, tol = cfg.criterion
     trials: list[Trial] = []
-    failures: list[Exception] = []  # INC logs an eval_func exception and goes on: kept to say why no model came out
+    failures: list[Exception] = []  # INC catches an eval_func exception and ends its loop with no model: kept to say why
     swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
 
     def eval_func(model) -> float:

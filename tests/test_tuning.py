@@ -292,7 +292,7 @@ def test_inc_timeout_stays_a_timeout_not_an_interrupt(tmp_path, synth_dir, monke
 
 
 def test_int8_candidates_that_do_not_run_are_not_called_an_accuracy_miss(tmp_path, synth_dir, monkeypatch):
-    """INC logs an exception of the evaluation and goes on; when its fp32 baseline ran but no int8
+    """INC catches an exception of the evaluation and ends its loop; when its fp32 baseline ran but no int8
     candidate did, the run used to end as "no int8 model met the criterion ... best int8 top-1 nan%"
     (exit 3). It is the model's problem that onnxruntime gave (exit 4), or a failure of its own (exit 1),
     naming the int8 candidate, and INC's copy of the traceback is not printed without --verbose."""
