@@ -133,13 +133,19 @@ def _subgraphs(g: onnx.GraphProto):
             yield from _subgraphs(sub)
 
 
+def _body_reads(body: onnx.GraphProto) -> set[str]:
+    """The names a body and the bodies inside it read: node inputs, and graph outputs (a body may output an
+    outer tensor as it is). Names a body defines itself are never outer names: ONNX forbids the reuse."""
+    out: set[str] = set()
+    for g in [body, *_subgraphs(body)]:
+        out.update(i for n in g.node for i in n.input if i)
+        out.update(o.name for o in g.output)
+    return out
+
+
 def node_reads(n: onnx.NodeProto) -> set[str]:
-    """What a node reads: its inputs and every name its If/Loop/Scan bodies read, at any depth (names
-    a body defines itself are never outer names: ONNX forbids a body to reuse them)."""
-    reads = {i for i in n.input if i}
-    for sub in _node_graphs(n):
-        reads |= {i for g in [sub, *_subgraphs(sub)] for x in g.node for i in x.input if i}
-    return reads
+    """What a node reads: its inputs and every name its If/Loop/Scan bodies read, at any depth."""
+    return {i for i in n.input if i}.union(*(_body_reads(sub) for sub in _node_graphs(n)))
 
 
 def all_nodes(model: onnx.ModelProto):
@@ -397,11 +403,7 @@ def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 def subgraph_reads(model: onnx.ModelProto) -> set[str]:
     """Names read inside the subgraphs of control-flow nodes (If/Loop/Scan bodies), at any depth: such a
     body may read an outer tensor by name, so these names must neither be renamed nor dropped."""
-    out: set[str] = set()
-    for sub in _subgraphs(model.graph):
-        out.update(i for n in sub.node for i in n.input if i)
-        out.update(o.name for o in sub.output)
-    return out
+    return set().union(*(_body_reads(sub) for n in model.graph.node for sub in _node_graphs(n)))
 
 
 def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
@@ -456,12 +458,17 @@ def sort_nodes(model: onnx.ModelProto) -> int:
     return moved
 
 
+def taken_names(model: onnx.ModelProto) -> set[str]:
+    """What a new name must avoid: every tensor name at any depth and the top-level node names."""
+    return all_names(model) | {n.name for n in model.graph.node}
+
+
 def fresh_name(model: onnx.ModelProto, base: str, taken: set[str] | None = None) -> str:
     """``base``, or ``base_<k>`` with the first k that makes it a name the model uses nowhere: no tensor
     at any depth (a subgraph may not define a name its outer graph defines) and no top-level node.
-    ``taken``: those names computed once by the caller for many new names (the new one is added to it)."""
+    ``taken``: :func:`taken_names` computed once by the caller for many new names (the new one is added to it)."""
     if taken is None:
-        taken = all_names(model) | {n.name for n in model.graph.node}
+        taken = taken_names(model)
     name, k = base, 1
     while name in taken:
         name, k = f"{base}_{k}", k + 1

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .models import all_names, consumers, drop_unused_initializers, fresh_name, readers, subgraph_reads
+from .models import consumers, drop_unused_initializers, fresh_name, readers, subgraph_reads, taken_names
 
 # ops that are safe to evaluate ahead of time when all their inputs are constant
 _FOLDABLE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Concat",
@@ -69,7 +69,7 @@ def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     if all(n.name for n in model.graph.node):
         return model, None
     m = copy.deepcopy(model)
-    named, taken = [], all_names(m) | {n.name for n in m.graph.node}
+    named, taken = [], taken_names(m)
     for k, n in enumerate(m.graph.node):
         if not n.name:
             n.name = fresh_name(m, f"{n.op_type}_{k}", taken)

@@ -326,3 +326,15 @@ def test_require_fp32_looks_inside_if_bodies(op, domain, words, tmp_path):
     lm = models.load(save(m, tmp_path / "m.onnx"))
     with pytest.raises(ModelError, match=re.escape(words)):
         models.require_fp32(lm)
+
+
+def test_node_reads_and_subgraph_reads_count_a_body_that_outputs_an_outer_tensor():
+    """A branch may output an outer tensor as it is, with no node: that is a read too, for the sort and
+    the batch rewrite (node_reads) as for the renaming guards (subgraph_reads), which share one walk."""
+    passthrough = helper.make_graph([], "then", [], [helper.make_tensor_value_info("p2", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["p1"], ["e_o"])], "else", [],
+                              [helper.make_tensor_value_info("e_o", TensorProto.FLOAT, None)])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=passthrough, else_branch=other)
+    assert models.node_reads(node) == {"cond", "p2", "p1", "e_o"}
+    g = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert models.subgraph_reads(helper.make_model(g)) == {"p2", "p1", "e_o"}
