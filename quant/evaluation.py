@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from . import ortbugs
 from .errors import InputError, ModelError, first_line
 
 GRAPH_OPT_LEVELS = {
@@ -28,8 +29,27 @@ def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOpti
     return so
 
 
+def refuse_aborting(model: bytes, name: str = "model", opt_level: str = "all") -> None:
+    """Stop (exit 4) before onnxruntime loads a model whose loading would abort the whole process
+    (:mod:`quant.ortbugs`): there would be no exception to turn into a message."""
+    if opt_level == "disable" or not isinstance(model, (bytes, bytearray)) or b"DequantizeLinear" not in model:
+        return  # paths are loaded as bytes before they get here
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model)
+    except Exception:
+        return  # onnxruntime refuses it with an exception, which make_session says in one line
+    found = ortbugs.hazards(proto)
+    if found:
+        raise ModelError(f"{name}: onnxruntime {ort.__version__} would abort the process loading it (its QDQ propagation "
+                         f"cannot reach into a subgraph): {found[0]}; a QuantizeLinear/DequantizeLinear pair on that "
+                         "read avoids it (mnist-quant adds one to the models it writes)")
+
+
 def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: str = "model") -> ort.InferenceSession:
     """An onnxruntime CPU session from serialized model bytes."""
+    refuse_aborting(model, name, opt_level)
     try:
         return ort.InferenceSession(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"])
     except Exception as e:
@@ -109,6 +129,7 @@ def onnxruntime_graph(model_bytes: bytes, name: str = "model"):
         path = os.path.join(d, "optimized.onnx")
         so = session_options(1, "extended")
         so.optimized_model_filepath = path
+        refuse_aborting(model_bytes, name)
         try:
             ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:

@@ -16,6 +16,9 @@
   onnxruntime runs the same kernels (tested on the executed graph); the file loses ~500 bytes.
 - :func:`drop_unused_opsets`: INC saves its model through onnxruntime, which lists every domain it
   knows in ``opset_import``; only the domains that nodes use are kept.
+- :func:`loadable`: a body that reads a tensor onnxruntime's QDQ propagation reaches gets its own exact
+  QuantizeLinear/DequantizeLinear pair (:mod:`quant.ortbugs`: without it, loading the model aborts the
+  process). Also applied to INC's plain result (``kernel_aware: false``), which gets no other touch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import ortbugs
 from .errors import QuantError, first_line
 from .models import LAYOUT_ONLY, all_names, all_nodes, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
 
@@ -304,6 +308,18 @@ def drop_default_attributes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
     return (m, dropped) if dropped else (model, 0)
 
 
+def loadable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with :func:`quant.ortbugs.mend` applied, and a note when it changed something; stops
+    (exit 1) if a hazard is left, so no file that makes onnxruntime abort is ever written."""
+    m, mended = ortbugs.mend(model)
+    left = ortbugs.hazards(m)
+    if left:
+        raise QuantError(f"the int8 model would make onnxruntime abort the process: {left[0]}")
+    notes = [f"QuantizeLinear/DequantizeLinear pair given to a body's read, without which onnxruntime aborts loading the model "
+             f"(exact): {', '.join(sorted({h.tensor for h in mended}))}"] if mended else []
+    return m, notes
+
+
 def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """All finishing touches, with a note for each that changed something."""
     notes = []
@@ -318,6 +334,8 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     m = drop_unused_opsets(m)
     if len(m.opset_import) < before:
         notes.append(f"opset imports of unused domains dropped ({before} -> {len(m.opset_import)})")
+    m, mended = loadable(m)
+    notes += mended
     m = compact_names(m)
     m = drop_zero_bias_zero_points(m)
     m, renamed = compact_constants(m)
@@ -330,4 +348,6 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         onnx.checker.check_model(m)
     except Exception as e:
         raise QuantError(f"the finished int8 model fails the ONNX checker: {first_line(e)}") from None
+    if ortbugs.hazards(m):  # the renaming steps after loadable() must not undo it
+        raise QuantError(f"the finished int8 model would make onnxruntime abort the process: {ortbugs.hazards(m)[0]}")
     return m, notes

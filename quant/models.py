@@ -120,38 +120,43 @@ def _inline_external_data(model: onnx.ModelProto, p: Path, role: str, file_bytes
     return {str(target.relative_to(base)): size for target, size in sizes.items()}
 
 
-def _node_graphs(n: onnx.NodeProto) -> list[onnx.GraphProto]:
+def node_graphs(n: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The subgraphs a node holds directly (If branches, Loop/Scan bodies)."""
     return [g for a in n.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
 
 
-def _subgraphs(g: onnx.GraphProto):
+def subgraphs(g: onnx.GraphProto):
     """Every subgraph under ``g``, at any depth."""
     for n in g.node:
-        for sub in _node_graphs(n):
+        for sub in node_graphs(n):
             yield sub
-            yield from _subgraphs(sub)
+            yield from subgraphs(sub)
 
 
 def _body_reads(body: onnx.GraphProto) -> set[str]:
     """The names a body and the bodies inside it read: node inputs, and graph outputs (a body may output an
     outer tensor as it is). Names a body defines itself are never outer names: ONNX forbids the reuse."""
     out: set[str] = set()
-    for g in [body, *_subgraphs(body)]:
+    for g in [body, *subgraphs(body)]:
         out.update(i for n in g.node for i in n.input if i)
         out.update(o.name for o in g.output)
     return out
 
 
+def body_reads(n: onnx.NodeProto) -> set[str]:
+    """Every name a node's If/Loop/Scan bodies read, at any depth (onnxruntime's implicit inputs)."""
+    return set().union(*(_body_reads(sub) for sub in node_graphs(n)))
+
+
 def node_reads(n: onnx.NodeProto) -> set[str]:
     """What a node reads: its inputs and every name its If/Loop/Scan bodies read, at any depth."""
-    return {i for i in n.input if i}.union(*(_body_reads(sub) for sub in _node_graphs(n)))
+    return {i for i in n.input if i} | body_reads(n)
 
 
 def all_nodes(model: onnx.ModelProto):
     """Every node of the model: the main graph's and, at any depth, its If/Loop/Scan bodies'."""
     yield from model.graph.node
-    for sub in _subgraphs(model.graph):
+    for sub in subgraphs(model.graph):
         yield from sub.node
 
 
@@ -172,7 +177,7 @@ def _all_tensors(model: onnx.ModelProto):
             yield from a.tensors
             for s in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
                 yield from (s.values, s.indices)
-        for g in _node_graphs(n):
+        for g in node_graphs(n):
             yield from of_graph(g)
 
     yield from of_graph(model.graph)
@@ -403,7 +408,7 @@ def readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 def subgraph_reads(model: onnx.ModelProto) -> set[str]:
     """Names read inside the subgraphs of control-flow nodes (If/Loop/Scan bodies), at any depth: such a
     body may read an outer tensor by name, so these names must neither be renamed nor dropped."""
-    return set().union(*(_body_reads(sub) for n in model.graph.node for sub in _node_graphs(n)))
+    return set().union(*(_body_reads(sub) for n in model.graph.node for sub in node_graphs(n)))
 
 
 def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
@@ -411,7 +416,7 @@ def all_names(model: onnx.ModelProto, top_level: bool = True) -> set[str]:
     outputs, initializers, sparse initializers and value_info of the main graph and of every subgraph
     (a new name must avoid all of them). ``top_level=False``: the names inside subgraphs only."""
     out: set[str] = set()
-    for g in ([model.graph] if top_level else []) + list(_subgraphs(model.graph)):
+    for g in ([model.graph] if top_level else []) + list(subgraphs(model.graph)):
         out.update(v.name for v in (*g.input, *g.output, *g.value_info))
         out.update(t.name for t in g.initializer)
         out.update(t.values.name for t in g.sparse_initializer)

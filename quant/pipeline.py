@@ -121,7 +121,7 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
             steps.append(note)
             check(model)
     result = tuning.tune(model, c, loader, lambda b: evaluator(b, f"{fp32_path} (int8)"), verbose=verbose, log=log)
-    finished, notes = finalize.finish(result.model) if cfg.quantization.kernel_aware else (result.model, [])
+    finished, notes = finalize.finish(result.model) if cfg.quantization.kernel_aware else finalize.loadable(result.model)
     return _Quantized(result, finished, steps, notes)
 
 

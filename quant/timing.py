@@ -29,6 +29,7 @@ METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a pl
 
 def plain_session(model: bytes, threads: int = 1, **extra) -> ort.InferenceSession:
     """``evaluation.session_options`` (defaults but the thread count) plus ``extra`` settings such as profiling."""
+    evaluation.refuse_aborting(model)
     so = evaluation.session_options(threads)
     for k, v in extra.items():
         setattr(so, k, v)

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from .errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
+from . import ortbugs
 from .models import sort_nodes
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
@@ -212,6 +213,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
 
     def eval_func(model) -> float:
         proto = _sorted(model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model))
+        proto, _ = ortbugs.mend(proto)  # a copy onnxruntime can load (the written model is mended by finalize)
         t0 = time.perf_counter()
         try:
             acc = eval_fn(proto.SerializeToString())

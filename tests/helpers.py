@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
 from pathlib import Path
@@ -130,6 +131,24 @@ def read_in_if_body(m: onnx.ModelProto, outer: str, initializer: bool, fixed_sha
     onnx.checker.check_model(m)
     return m
 
+
+def qdq_before(m: onnx.ModelProto, node: str, scale: float = 0.05, zero_point: int = 0) -> onnx.ModelProto:
+    """A QuantizeLinear/DequantizeLinear pair (uint8, one-element scale) in front of ``node``'s first input:
+    with ``read_in_if_body(.., "p2")`` and ``node="Pool2"``, the graph shape that makes onnxruntime 1.31
+    abort while loading (quant.ortbugs)."""
+    n = next(x for x in m.graph.node if x.name == node)
+    src = n.input[0]
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{node}_qs"),
+                                numpy_helper.from_array(np.array(zero_point, np.uint8), f"{node}_qz")])
+    pair = [helper.make_node("QuantizeLinear", [src, f"{node}_qs", f"{node}_qz"], [f"{src}_q"], name=f"{node}_Q"),
+            helper.make_node("DequantizeLinear", [f"{src}_q", f"{node}_qs", f"{node}_qz"], [f"{src}_dq"], name=f"{node}_DQ")]
+    n.input[0] = f"{src}_dq"
+    nodes = [copy.deepcopy(x) for x in m.graph.node]
+    at = next(k for k, x in enumerate(nodes) if x.name == node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[:at] + pair + nodes[at:])
+    onnx.checker.check_model(m)
+    return m
 
 
 def pattern_linear(batch: int | str = "N", layout: str = "flat", softmax: bool = False) -> onnx.ModelProto:

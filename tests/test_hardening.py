@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, synth_config
-from helpers import idx_bytes, mnist12_like, read_in_if_body, save, with_external_data_outside
+from helpers import idx_bytes, mnist12_like, qdq_before, read_in_if_body, save, with_external_data_outside
 from quant import config, data
 from quant.errors import ConfigError, DataError, QuantError
 
@@ -510,6 +510,16 @@ def test_models_tuning_cannot_use_are_refused_with_a_hint(case, tmp_path, synth_
     m, words = _sanity_model(case)
     r, out = _command("run_tuning.sh", save(m, tmp_path / "m.onnx"), tmp_path, synth_dir, synth_config(tmp_path))
     _one_line_error(r, 4, words, case)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", ["run_benchmark.sh", "validate"])
+def test_an_int8_model_that_would_make_onnxruntime_abort_is_refused_in_one_line(cmd, tmp_path, synth_dir):
+    """DequantizeLinear -> MaxPool whose output an If body reads: onnxruntime 1.31 aborts the process while
+    loading it (quant.ortbugs), so the commands would die with no message; they refuse it first."""
+    m = qdq_before(read_in_if_body(mnist12_like(), "p2", initializer=False), "Pool2")
+    r, out = _command(cmd, save(m, tmp_path / "m.onnx"), tmp_path, synth_dir, synth_config(tmp_path))
+    _one_line_error(r, 4, ["m.onnx", "would abort the process", "'p2'"], cmd)
     assert list(out.iterdir()) == []
 
 

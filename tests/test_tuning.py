@@ -391,3 +391,39 @@ def test_a_model_whose_if_body_reads_an_outer_activation_tunes_and_runs(outer, k
     (t32, p32), (t8, p8) = got["fp32"], got["int8"]
     assert p32.min() >= 0 and p8.min() >= 0, p8.min()  # the ReLU before the pool is still there
     assert np.all(t32 > 0.05) and np.abs(t8 - t32).max() < 0.2 * np.abs(t32).min(), (t32, t8)
+
+
+@pytest.mark.parametrize("kernel_aware", [True, False])
+def test_keeping_fp32_a_pool_whose_output_an_if_body_reads_tunes_instead_of_aborting(kernel_aware, tmp_path, synth_dir):
+    """INC's candidate then has DequantizeLinear -> MaxPool -> p2 with p2 read by the If body: onnxruntime
+    1.31 aborts the whole process loading that (quant.ortbugs). Each candidate is evaluated mended, the
+    written model is mended (a QuantizeLinear/DequantizeLinear pair on the body's read) and loads in a
+    plain process."""
+    import subprocess
+    import sys
+
+    from helpers import read_in_if_body
+    from quant import ortbugs
+
+    fp32 = read_in_if_body(mnist12_like(), "p2", initializer=False)
+    out, doc = _tune(tmp_path, fp32, synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3},
+                                                 "quantization": {"nodes_to_keep_fp32": ["Pool2"], "kernel_aware": kernel_aware}})
+    assert doc["passed"] and any("body's read" in s and "p2" in s for s in doc["finishing"]), doc["finishing"]
+    m = onnx.load(out)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    (read,) = models.subgraph_reads(m) & set(producer)  # the body reads the pair's output, not p2
+    dq = producer[read]
+    assert dq.op_type == "DequantizeLinear" and producer[dq.input[0]].op_type == "QuantizeLinear" and producer[dq.input[0]].input[0] == "p2"
+    assert ortbugs.hazards(m) == []
+    unmended = onnx.ModelProto()
+    unmended.CopyFrom(m)
+    for b in (a.g for n in unmended.graph.node for a in n.attribute if a.HasField("g")):
+        for bn in b.node:
+            bn.input[:] = ["p2" if i == read else i for i in bn.input]
+    keep = [n for n in unmended.graph.node if read not in n.output and dq.input[0] not in n.output]  # and the pair goes
+    del unmended.graph.node[:]
+    unmended.graph.node.extend(keep)
+    assert ortbugs.hazards(unmended), "the test no longer builds the shape onnxruntime aborts on"
+    r = subprocess.run([sys.executable, "-c", f"import onnxruntime as o; o.InferenceSession({str(out)!r}, providers=['CPUExecutionProvider'])"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

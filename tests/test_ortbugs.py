@@ -1,0 +1,146 @@
+"""quant.ortbugs: the QDQ graph shape that makes onnxruntime abort while loading, found and mended.
+
+Whether onnxruntime aborts is asked of onnxruntime itself, in a child process, so these tests follow
+the pinned onnxruntime: if a new version fixes the bug (or moves it), they say so."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T, helper as h, numpy_helper as nh
+
+from helpers import mnist12_like, qdq_before, read_in_if_body
+from quant import evaluation, finalize, ortbugs
+from quant.errors import ModelError
+
+
+def _body(tag: str, reads: str) -> onnx.GraphProto:
+    return h.make_graph([h.make_node("ReduceSum", [reads], [f"{tag}_out"], keepdims=0)], tag, [],
+                        [h.make_tensor_value_info(f"{tag}_out", T.FLOAT, [])])
+
+
+def _graph(ops=("MaxPool",), side=None, body_reads=None, out_too=False, per_channel=False, nested=False):
+    """X -> QuantizeLinear -> DequantizeLinear -> ops... -> t, an If whose branches read ``body_reads``
+    (default: t) and a Relu on t as the main output. ``side``: "fanout" (a second reader of the
+    DequantizeLinear's output) or "q" (t also feeds a QuantizeLinear)."""
+    n = 8 if per_channel else 1
+    inits = [nh.from_array(np.full(n, 0.05, np.float32).reshape(() if n == 1 else (n,)), "s"),
+             nh.from_array(np.full(n, 128, np.uint8).reshape(() if n == 1 else (n,)), "z"),
+             nh.from_array(np.array([1, 8, 16], np.int64), "shape"), nh.from_array(np.array(0.0, np.float32), "zero")]
+    axis = {"axis": 1} if per_channel else {}
+    nodes = [h.make_node("QuantizeLinear", ["X", "s", "z"], ["xq"], **axis), h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], **axis)]
+    cur = "xd"
+    for k, op in enumerate(ops):
+        attrs = {"MaxPool": {"kernel_shape": [1, 1]}, "Transpose": {"perm": [0, 1, 3, 2]}}.get(op, {})
+        nodes.append(h.make_node(op, [cur, "shape"] if op == "Reshape" else [cur], [f"t{k}"], name=f"{op}{k}", **attrs))
+        cur = f"t{k}"
+    t_shape = [1, 8, 16] if "Reshape" in ops else [1, 8, 4, 4]
+    outs = [h.make_tensor_value_info("term", T.FLOAT, []), h.make_tensor_value_info("main", T.FLOAT, t_shape)]
+    if side == "fanout":
+        nodes.append(h.make_node("Relu", ["xd"], ["side"]))
+    if side == "q":
+        nodes += [h.make_node("QuantizeLinear", [cur, "s", "z"], ["sq"]), h.make_node("DequantizeLinear", ["sq", "s", "z"], ["side"])]
+    if side:
+        outs.append(h.make_tensor_value_info("side", T.FLOAT, t_shape if side == "q" else [1, 8, 4, 4]))
+    if out_too:
+        outs.append(h.make_tensor_value_info(cur, T.FLOAT, t_shape))
+    reads = body_reads or cur
+    then = _body("tb", reads)
+    if nested:  # the read is two Ifs deep
+        inner = h.make_node("If", ["cond"], ["inner"], then_branch=_body("ti", reads), else_branch=_body("ei", reads))
+        then = h.make_graph([inner], "tb", [], [h.make_tensor_value_info("inner", T.FLOAT, [])])
+    nodes += [h.make_node("ReduceMax", ["X"], ["mx"], keepdims=0), h.make_node("Greater", ["mx", "zero"], ["cond"]),
+              h.make_node("If", ["cond"], ["term"], name="If", then_branch=then, else_branch=_body("eb", reads)),
+              h.make_node("Relu", [cur], ["main"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("X", T.FLOAT, [1, 8, 4, 4])], outs, inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+CASES = {  # name: (model, onnxruntime 1.31.1 aborts loading it)
+    "MaxPool": (lambda: _graph(), True),
+    "Transpose": (lambda: _graph(("Transpose",)), True),
+    "Reshape": (lambda: _graph(("Reshape",)), True),
+    "chain Transpose, MaxPool": (lambda: _graph(("Transpose", "MaxPool")), True),
+    "read two Ifs deep": (lambda: _graph(nested=True), True),
+    "DequantizeLinear read twice": (lambda: _graph(side="fanout"), True),
+    "also a graph output": (lambda: _graph(out_too=True), True),
+    "Relu (not propagated across)": (lambda: _graph(("Relu",)), False),
+    "Relu before MaxPool": (lambda: _graph(("Relu", "MaxPool")), False),
+    "body reads the DequantizeLinear": (lambda: _graph(body_reads="xd"), False),
+    "group with a QuantizeLinear": (lambda: _graph(side="q"), False),
+    "per-channel scale": (lambda: _graph(per_channel=True), False),
+    "mnist-12-like, QDQ before Pool2, If reads p2": (lambda: qdq_before(read_in_if_body(mnist12_like(), "p2", initializer=False), "Pool2"), True),
+    "mnist-12-like, If reads p2, no QDQ": (lambda: read_in_if_body(mnist12_like(), "p2", initializer=False), False),
+}
+
+
+def _aborts(model: onnx.ModelProto, tmp_path) -> bool:
+    p = tmp_path / "m.onnx"
+    onnx.save(model, p)
+    r = subprocess.run([sys.executable, "-c", f"import onnxruntime as o; o.InferenceSession({str(p)!r}, providers=['CPUExecutionProvider'])"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, -6, 134), r.stderr  # loads, or SIGABRT
+    return r.returncode != 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hazards_match_what_onnxruntime_does_and_mend_makes_it_load(case, tmp_path):
+    model, aborts = CASES[case][0](), CASES[case][1]
+    found = ortbugs.hazards(model)
+    assert _aborts(model, tmp_path) is aborts, "onnxruntime changed: revisit quant/ortbugs.py"
+    assert bool(found) is aborts, found
+    mended, fixed = ortbugs.mend(model)
+    assert fixed == found and ortbugs.hazards(mended) == []
+    if not aborts:
+        assert mended is model
+        return
+    onnx.checker.check_model(mended)
+    assert not _aborts(mended, tmp_path)
+    # exact: the same outputs as the original run without the propagation that aborts
+    name, shape = model.graph.input[0].name, [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"], disabled_optimizers=["QDQPropagationTransformer"])
+    b = ort.InferenceSession(mended.SerializeToString(), providers=["CPUExecutionProvider"])
+    for _ in range(8):
+        x = {name: (rng.normal(size=shape) + 0.3).astype(np.float32)}
+        for u, v in zip(a.run(None, x), b.run(None, x)):
+            assert np.array_equal(u, v)
+
+
+def test_hazard_names_where_and_mend_gives_each_read_its_own_pair():
+    m = _graph(("Transpose", "MaxPool"))
+    (hz,) = ortbugs.hazards(m)
+    assert (hz.dequantize, hz.op, hz.tensor, hz.reader) == ("DequantizeLinear->xd", "MaxPool1", "t1", "If")
+    assert "'t1'" in str(hz) and "'If'" in str(hz)
+    mended, _ = ortbugs.mend(m)
+    pair = [n for n in mended.graph.node if n.output[0] in ("t1.q", "t1.dq")]
+    assert [n.op_type for n in pair] == ["QuantizeLinear", "DequantizeLinear"] and all(list(n.input[1:]) == ["s", "z"] for n in pair)
+    if_node = next(n for n in mended.graph.node if n.op_type == "If")
+    assert all(n.input[0] == "t1.dq" for a in if_node.attribute for n in a.g.node)  # both branches read the pair
+    assert [n.input[0] for n in mended.graph.node if n.op_type == "Relu"] == ["t1"]  # the main path is untouched
+
+
+def test_sessions_refuse_such_a_model_with_a_message_instead_of_aborting():
+    model = _graph().SerializeToString()
+    with pytest.raises(ModelError, match=r"m\.onnx: onnxruntime .* would abort the process loading it .*'t0' the body of 'If' reads"):
+        evaluation.make_session(model, name="m.onnx")
+    with pytest.raises(ModelError, match="would abort"):
+        evaluation.onnxruntime_graph(model, name="m.onnx")
+    from quant import timing
+    with pytest.raises(ModelError, match="would abort"):
+        timing.plain_session(model)
+    evaluation.make_session(model, opt_level="disable")  # no optimizer, no abort: allowed
+
+
+def test_finalize_mends_what_it_writes_and_says_so():
+    m = qdq_before(read_in_if_body(mnist12_like(), "p2", initializer=False), "Pool2")
+    out, notes = finalize.loadable(m)
+    assert ortbugs.hazards(out) == [] and notes and "p2" in notes[0]
+    out2, notes2 = finalize.finish(m)
+    assert ortbugs.hazards(out2) == [] and any("body's read" in s for s in notes2)
+    assert finalize.loadable(out) == (out, [])
