@@ -1,7 +1,8 @@
 """Finishing touches on INC's int8 model, before it is evaluated and written.
 
 - :func:`float_outputs`: a graph output that INC quantized (``op -> QuantizeLinear -> DequantizeLinear
-  -> output``) is taken straight from the op instead: onnxruntime then runs the classifier head as an
+  -> output``, or ``-> Softmax -> output`` and other fp32 tail ops) is taken straight from the op
+  instead: onnxruntime then runs the classifier head as an
   int8 QGemm / MatMulIntegerToFloat with float logits. Quantized logits (INC's scale for mnist-12 is
   ~0.44) tie the top-1 class on some images, so the accuracy depended on the tie rule.
 - :func:`compact_names`, :func:`compact_constants`, :func:`drop_zero_bias_zero_points` and
@@ -34,26 +35,48 @@ from .errors import QuantError, first_line
 from .models import LAYOUT_ONLY, all_names, all_nodes, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
 
 
+# ops INC leaves in fp32 between a classifier head and the graph output (softmax heads, a bias or a term
+# added to the logits, a flatten): a pair in front of them quantizes the logits just the same
+_OUTPUT_TAIL = frozenset({"Softmax", "LogSoftmax", "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
+                          "Add", "Sub", "Mul", "Div", "Sigmoid", "Cast"})
+
+
+def _output_pairs(m: onnx.ModelProto, producers: dict) -> list[onnx.NodeProto]:
+    """The DequantizeLinear nodes reached backwards from the graph outputs through ``_OUTPUT_TAIL`` ops
+    only (so nothing between them and the output is re-quantized), in output order."""
+    found, seen = [], set()
+    todo = [o.name for o in reversed(m.graph.output)]
+    while todo:
+        t = todo.pop()
+        n = producers.get(t)
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op_type == "DequantizeLinear":
+            found.append(n)
+        elif n.op_type in _OUTPUT_TAIL and n.domain in ("", "ai.onnx"):
+            todo.extend(reversed([i for i in n.input if i]))
+    return found
+
+
 def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """Remove the QuantizeLinear/DequantizeLinear pair in front of each graph output; returns the
-    names of the outputs that became float."""
+    """Remove the QuantizeLinear/DequantizeLinear pair between an op and each graph output, directly or
+    through fp32 tail ops (``_OUTPUT_TAIL``: a softmax head's logits are quantized in front of the
+    Softmax); returns the names of the tensors that became float."""
     m = copy.deepcopy(model)
     producers = {o: n for n in m.graph.node for o in n.output}
     uses = consumers(m)
     removed, changed = set(), []
-    for out in m.graph.output:
-        dq = producers.get(out.name)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            continue
+    for dq in _output_pairs(m, producers):
         q = producers.get(dq.input[0])
         if q is None or q.op_type != "QuantizeLinear" or uses.get(q.output[0], 0) != 1:
             continue
         src = producers.get(q.input[0])
         if src is None or uses.get(q.input[0], 0) != 1 or src.op_type in ("DequantizeLinear", "QuantizeLinear"):
             continue
-        src.output[list(src.output).index(q.input[0])] = out.name
+        src.output[list(src.output).index(q.input[0])] = dq.output[0]
         removed.update((id(q), id(dq)))
-        changed.append(out.name)
+        changed.append(dq.output[0])
     if not changed:
         return model, []
     keep = [n for n in m.graph.node if id(n) not in removed]
@@ -325,7 +348,8 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     notes = []
     m, outs = float_outputs(model)
     if outs:
-        notes.append(f"float outputs (QuantizeLinear/DequantizeLinear pair before them removed): {', '.join(outs)}")
+        notes.append(f"float outputs (the QuantizeLinear/DequantizeLinear pair between the last int8 op and the output removed): "
+                     f"{', '.join(outs)}")
     m, pairs = drop_identity_requantization(m)
     if pairs:
         notes.append(f"{pairs} QuantizeLinear/DequantizeLinear pair(s) that re-quantized a pool/transpose/reshape output "

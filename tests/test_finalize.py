@@ -57,6 +57,49 @@ def test_float_outputs_removes_the_output_pair_and_onnxruntime_runs_a_float_qgem
     assert finalize.float_outputs(out) == (out, [])
 
 
+def _with_tail(m: onnx.ModelProto, tail: str) -> onnx.ModelProto:
+    """The FC head's output goes on through fp32 ops before the graph output, as INC leaves them:
+    a softmax head, or a term added to the logits."""
+    m.graph.output[0].name = "probs"
+    if tail == "softmax":
+        m.graph.node.append(helper.make_node("Softmax", ["y"], ["probs"], name="softmax", axis=-1))
+    else:  # y + 2 * (a per-class term on the logits' 0.3 grid), then a Flatten
+        m.graph.initializer.extend([numpy_helper.from_array(np.float32(2), "k"),
+                                    numpy_helper.from_array((0.3 * (np.arange(10) % 3)).astype(np.float32), "term")])
+        m.graph.node.extend([helper.make_node("Mul", ["term", "k"], ["term2"]), helper.make_node("Add", ["y", "term2"], ["yt"]),
+                             helper.make_node("Flatten", ["yt"], ["probs"])])
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("tail", ["softmax", "add a term"])
+def test_float_outputs_reaches_the_head_through_fp32_tail_ops(tail):
+    """A softmax head's logits were quantized in front of the Softmax (the Keras-style classifier had 38 tied
+    test images in int8, 0 in fp32); a term added to the logits had the same pair in front of the Add."""
+    m = _with_tail(_qdq_fc(), tail)
+    x = np.random.default_rng(3).random((200, 16), dtype=np.float32)
+    out, changed = finalize.float_outputs(m)
+    assert changed == ["y"] and not any(n.op_type == "QuantizeLinear" and n.input[0] == "y_QuantizeInput" for n in out.graph.node)
+    assert "QGemm" in _executed(out)  # the head is still one int8 kernel, now with float output
+    q, f = _run(m, x), _run(out, x)
+    top2 = lambda a: np.sort(a, axis=1)[:, -2:]  # noqa: E731
+    assert np.sum(top2(q)[:, 0] == top2(q)[:, 1]) > 0 and np.sum(top2(f)[:, 0] == top2(f)[:, 1]) == 0  # ties gone
+    ref = _run(_with_tail(_qdq_fc(), tail), x)
+    assert np.array_equal(q, ref)  # float_outputs did not touch its input
+
+
+def test_float_outputs_does_not_go_past_a_requantized_or_int8_op():
+    """A pair that feeds an int8 op (another Gemm) or a tail that is re-quantized is not an output pair."""
+    m = _qdq_fc()
+    m.graph.output[0].name = "z"
+    w2 = numpy_helper.from_array(np.eye(10, dtype=np.int8), "W2")
+    m.graph.initializer.extend([w2, numpy_helper.from_array(np.float32(0.1), "W2s"), numpy_helper.from_array(np.int8(0), "W2z")])
+    m.graph.node.extend([helper.make_node("DequantizeLinear", ["W2", "W2s", "W2z"], ["W2d"]),
+                         helper.make_node("Gemm", ["y", "W2d"], ["z"], name="fc2")])
+    onnx.checker.check_model(m)
+    assert finalize.float_outputs(m) == (m, [])
+
+
 def test_compact_names_and_zero_points_keep_outputs_and_kernels_and_save_bytes():
     m, _ = finalize.float_outputs(_qdq_fc())
     out, notes = finalize.finish(_qdq_fc())
