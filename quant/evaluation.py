@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,22 +33,52 @@ def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOpti
     return so
 
 
+_LOAD_IN_CHILD = ("import sys, onnxruntime as o\n"
+                  "so = o.SessionOptions(); so.log_severity_level = 4; so.graph_optimization_level = o.GraphOptimizationLevel(int(sys.argv[1]))\n"
+                  "o.InferenceSession(sys.stdin.buffer.read(), so, providers=['CPUExecutionProvider'])\n")
+_CRASH_SIGNALS = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
+_probed: dict[tuple[str, str], str | None] = {}  # (sha256, level) -> how a load in a child process died, or None
+
+
+def _crash_in_child(model: bytes, opt_level: str) -> str | None:
+    """Load the model in a child process, as :func:`make_session` would; how it crashed, or None when it
+    loaded or failed with an ordinary exception (which make_session then says in one line)."""
+    key = (hashlib.sha256(model).hexdigest(), opt_level)
+    if key not in _probed:
+        try:
+            r = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, str(int(GRAPH_OPT_LEVELS[opt_level]))], input=model,
+                               capture_output=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            r = None
+        crashed = r is not None and r.returncode < 0 and -r.returncode in _CRASH_SIGNALS
+        last = (r.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if crashed else ""
+        last = last[last.rfind("Assertion"):] if "Assertion" in last else last[-200:]  # not the C++ template's signature
+        _probed[key] = f"{signal.Signals(-r.returncode).name}: {last}" if crashed else None
+    return _probed[key]
+
+
 def refuse_aborting(model: bytes, name: str = "model", opt_level: str = "all") -> None:
-    """Stop (exit 4) before onnxruntime loads a model whose loading would abort the whole process
-    (:mod:`quant.ortbugs`): there would be no exception to turn into a message."""
+    """Stop (exit 4) before onnxruntime loads a model whose loading would end the whole process (a C++
+    assertion: no exception to turn into a message; :mod:`quant.ortbugs`). A QDQ model with an
+    If/Loop/Scan body or a local function is first loaded in a child process (once per model and
+    level); a model without them, like every model of the default command, costs one parse."""
     if opt_level == "disable" or not isinstance(model, (bytes, bytearray)) or b"DequantizeLinear" not in model:
         return  # paths are loaded as bytes before they get here
     import onnx
 
     try:
-        proto = onnx.load_from_string(model)
+        proto = onnx.load_from_string(bytes(model))
     except Exception:
         return  # onnxruntime refuses it with an exception, which make_session says in one line
-    found = ortbugs.hazards(proto)
-    if found:
-        raise ModelError(f"{name}: onnxruntime {ort.__version__} would abort the process loading it (its QDQ propagation "
-                         f"cannot reach into a subgraph): {found[0]}; a QuantizeLinear/DequantizeLinear pair on that "
-                         "read avoids it (mnist-quant adds one to the models it writes)")
+    if not proto.functions and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                       for n in proto.graph.node for a in n.attribute):
+        return
+    crash = _crash_in_child(bytes(model), opt_level)
+    if crash:
+        found = ortbugs.hazards(proto)
+        why = (f"{found[0]} (onnxruntime's QDQ propagation cannot reach into a subgraph; a QuantizeLinear/DequantizeLinear "
+               "pair on that read avoids it)") if found else crash
+        raise ModelError(f"{name}: onnxruntime {ort.__version__} aborts the process loading it (tried in a child process): {why}")
 
 
 def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: str = "model") -> ort.InferenceSession:

@@ -53,16 +53,22 @@ class _Site:
 
 
 def _one_element_constants(g: onnx.GraphProto) -> set[str]:
-    """Names of one-element constants defined in ``g``: initializers and Constant nodes (onnxruntime turns
-    Constant nodes into initializers when it loads the model)."""
-    out = {t.name for t in g.initializer if _size(t) == 1}
+    """Names of one-element constants defined in ``g``: initializers (not ones a graph input may override,
+    which onnxruntime does not treat as constant), sparse ones, and Constant nodes (onnxruntime turns
+    them into initializers when it loads the model)."""
+    inputs = {i.name for i in g.input}
+    out = {t.name for t in g.initializer if _size(t) == 1 and t.name not in inputs}
+    out.update(t.values.name for t in g.sparse_initializer if _size(t) == 1 and t.values.name not in inputs)
     for n in g.node:
-        if n.op_type == "Constant" and n.domain in _STANDARD:
-            out.update(n.output[0] for a in n.attribute if a.name == "value" and _size(a.t) == 1)
+        if n.op_type == "Constant" and n.domain in _STANDARD and n.attribute:
+            a = n.attribute[0]
+            if (a.name == "value" and _size(a.t) == 1) or a.name in ("value_float", "value_int") or \
+                    (a.name in ("value_floats", "value_ints") and len(a.floats) + len(a.ints) == 1):
+                out.add(n.output[0])
     return out
 
 
-def _size(t: onnx.TensorProto) -> int:
+def _size(t: onnx.TensorProto | onnx.SparseTensorProto) -> int:
     k = 1
     for d in t.dims:
         k *= d
@@ -82,7 +88,7 @@ def _edges(g: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, bool]]]:
     return edges
 
 
-def _sites(g: onnx.GraphProto, outer_constants: set[str], found: list[_Site]) -> None:
+def _sites(g: onnx.GraphProto, outer_constants: set[str], found: list[_Site], opset: int) -> None:
     """onnxruntime 1.31's walk, without changing anything, at any depth. ``EnsureUniqueDQForNodeUnit``
     first gives every node that reads a DequantizeLinear's output its own copy of it (reads inside a
     body keep the original), so each such node starts a propagation when the DequantizeLinear has
@@ -101,6 +107,8 @@ def _sites(g: onnx.GraphProto, outer_constants: set[str], found: list[_Site]) ->
             p = todo.pop()
             if p.op_type not in PROPAGATED_ACROSS or p.domain not in _STANDARD or id(p) in seen or not p.output:
                 continue
+            if p.op_type == "MaxPool" and opset < 12:  # onnxruntime propagates across MaxPool-12 and later only (measured)
+                continue
             seen.add(id(p))
             group = edges.get(p.output[0], [])
             if any(not in_body and n.op_type == "QuantizeLinear" and n.domain in _QDQ_DOMAINS for n, in_body in group):
@@ -112,7 +120,7 @@ def _sites(g: onnx.GraphProto, outer_constants: set[str], found: list[_Site]) ->
                     todo.append(reader)
     for n in g.node:
         for sub in node_graphs(n):
-            _sites(sub, constants, found)
+            _sites(sub, constants, found, opset)
 
 
 def _label(n: onnx.NodeProto) -> str:
@@ -121,7 +129,8 @@ def _label(n: onnx.NodeProto) -> str:
 
 def _find(model: onnx.ModelProto) -> list[_Site]:
     found: list[_Site] = []
-    _sites(model.graph, set(), found)
+    opset = next((o.version for o in model.opset_import if o.domain in _STANDARD), 1)
+    _sites(model.graph, set(), found, opset)
     return found
 
 
@@ -143,26 +152,59 @@ def _rename_reads(body: onnx.GraphProto, old: str, new: str) -> None:
                 o.name = new
 
 
+_ZERO_POINT_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor at any depth, as ONNX shape inference sees it."""
+    try:
+        m = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        m = model
+    out: dict[str, int] = {}
+    for g in [m.graph, *subgraphs(m.graph)]:
+        out.update((t.name, t.data_type) for t in g.initializer)
+        out.update((v.name, v.type.tensor_type.elem_type) for v in (*g.input, *g.output, *g.value_info) if v.type.HasField("tensor_type"))
+    return out
+
+
 def mend(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Hazard]]:
     """A copy of ``model`` in which every hazard's body read goes through its own exact
     QuantizeLinear/DequantizeLinear pair (see the module's docstring), with the hazards mended; the
-    model itself when there are none."""
+    model itself when there are none. The pair has the DequantizeLinear's scale, zero point and
+    attributes; without a zero point, one of zero in the quantized tensor's type is added (a
+    QuantizeLinear without one would give uint8). A site whose quantized type is not known or not
+    8/16-bit integer is left, and so is reported by :func:`hazards` afterwards."""
     if not _find(model):
         return model, []
     out = onnx.ModelProto()
     out.CopyFrom(model)
     taken = taken_names(out)
     mended: list[Hazard] = []
+    left: set[Hazard] = set()
     while True:  # one site per pass, found again in the changed graph; each pass removes one body edge
-        found = _find(out)
+        found = [f for f in _find(out) if f.hazard not in left]
         if not found:
             return out, mended
         s = found[0]
+        d = s.dequantize
+        scale_zp = [d.input[1], d.input[2] if len(d.input) > 2 and d.input[2] else ""]
+        if not scale_zp[1]:
+            kind = _elem_types(out).get(d.input[0])
+            if kind not in _ZERO_POINT_TYPES:
+                left.add(s.hazard)
+                continue
+            if kind != onnx.TensorProto.UINT8:
+                scale_zp[1] = fresh_name(out, s.hazard.tensor + ".zp", taken)
+                s.graph.initializer.append(helper.make_tensor(scale_zp[1], kind, [], [0]))
+        inputs = [x for x in scale_zp if x]
         q = fresh_name(out, s.hazard.tensor + ".q", taken)
         dq = fresh_name(out, s.hazard.tensor + ".dq", taken)
-        scale_zp = list(s.dequantize.input[1:3])
-        pair = [helper.make_node("QuantizeLinear", [s.hazard.tensor, *scale_zp], [q], name=q, domain=s.dequantize.domain),
-                helper.make_node("DequantizeLinear", [q, *scale_zp], [dq], name=dq, domain=s.dequantize.domain)]
+        attrs = [a for a in d.attribute]
+        pair = [helper.make_node("QuantizeLinear", [s.hazard.tensor, *inputs], [q], name=q, domain=d.domain),
+                helper.make_node("DequantizeLinear", [q, *inputs], [dq], name=dq, domain=d.domain)]
+        pair[0].attribute.extend(a for a in attrs if a.name in ("axis", "block_size"))
+        pair[1].attribute.extend(attrs)
         for sub in node_graphs(s.reader):
             _rename_reads(sub, s.hazard.tensor, dq)
         nodes = [copy.deepcopy(n) for n in s.graph.node]

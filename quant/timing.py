@@ -27,9 +27,9 @@ METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a pl
           "model after each side job (profiled round, GEMM sample) before the next timed round")
 
 
-def plain_session(model: bytes, threads: int = 1, **extra) -> ort.InferenceSession:
+def plain_session(model: bytes, threads: int = 1, name: str = "model", **extra) -> ort.InferenceSession:
     """``evaluation.session_options`` (defaults but the thread count) plus ``extra`` settings such as profiling."""
-    evaluation.refuse_aborting(model)
+    evaluation.refuse_aborting(model, name)
     so = evaluation.session_options(threads)
     for k, v in extra.items():
         setattr(so, k, v)
@@ -146,7 +146,7 @@ class OpProfiler:
         self._results: dict[str, list[dict]] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="mnist-quant-prof-")
         try:
-            self.sessions = {k: plain_session(model, threads, enable_profiling=True,
+            self.sessions = {k: plain_session(model, threads, name=k, enable_profiling=True,
                                               profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
                              for i, (k, (model, *_)) in enumerate(targets.items())}
             self._units = [Timed(k, self.sessions[k], feed(name, x), len(x), calls) for k, (_, name, x, calls) in targets.items()]
@@ -160,7 +160,7 @@ class OpProfiler:
         """Measured rounds (after one warm-up round) a model's profiled session holds under MAX_EVENTS:
         a one-call profile counts the session's set-up events and the events of one call (every event
         from the call's ``model_run`` on)."""
-        probe = plain_session(model, threads, enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"probe{i}"))
+        probe = plain_session(model, threads, name=list(self.targets)[i], enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"probe{i}"))
         probe.run(None, {name: x})
         events = _profile_events(probe)
         start = min((e["ts"] for e in events if e.get("name") == "model_run"), default=None)
