@@ -9,10 +9,13 @@ a C++ assertion ends the process (no exception, so no message can be given after
 with ``nodes_to_keep_fp32: [<a pool whose output an If body reads>]``). Any program that loads such
 a file aborts the same way, so:
 
-- :func:`hazards` finds the shape in a model (sessions refuse it first: ``evaluation``);
+- :func:`hazards` finds the shape in the graph as written (onnxruntime's earlier rewrites, such as
+  removing an Identity or folding a scale, can make more graphs take that shape: so sessions load a
+  QDQ model with subgraphs in a child process first, ``evaluation.refuse_aborting``; this module
+  then names the tensor and the body in the message);
 - :func:`mend` gives each such body read its own QuantizeLinear/DequantizeLinear pair with the
-  propagated DequantizeLinear's scale and zero point. onnxruntime does not propagate into an edge
-  that ends in a QuantizeLinear, so the body's edge is gone; and the pair is exact (the tensor holds
+  propagated DequantizeLinear's scale and zero point. onnxruntime leaves alone an edge group with an
+  edge into a QuantizeLinear, so nothing reaches the body; and the pair is exact (the tensor holds
   dequantized values, which the ops above only select or move, so quantizing them with the same
   scale and zero point gives back the same integers, and dequantizing them the same floats).
 """
