@@ -372,6 +372,7 @@ def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         onnx.checker.check_model(m)
     except Exception as e:
         raise QuantError(f"the finished int8 model fails the ONNX checker: {first_line(e)}") from None
-    if ortbugs.hazards(m):  # the renaming steps after loadable() must not undo it
-        raise QuantError(f"the finished int8 model would make onnxruntime abort the process: {ortbugs.hazards(m)[0]}")
+    left = ortbugs.hazards(m)  # the renaming steps after loadable() must not undo it
+    if left:
+        raise QuantError(f"the finished int8 model would make onnxruntime abort the process: {left[0]}")
     return m, notes

@@ -304,16 +304,19 @@ def require_fp32(m: LoadedModel) -> None:
                                  "weights cannot be calibrated: re-export it from a healthy checkpoint")
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor at any depth (If/Loop/Scan bodies too), as ONNX shape inference
+    sees it; initializers by their own type."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:
         inferred = model
     types = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        types[vi.name] = vi.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
+    for g in [inferred.graph, *subgraphs(inferred.graph)]:
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            types[vi.name] = vi.type.tensor_type.elem_type
+        for init in g.initializer:
+            types[init.name] = init.data_type
     return types
 
 
@@ -327,7 +330,7 @@ def op_precisions(model: onnx.ModelProto) -> dict[str, list[str]]:
     (e.g. the bias Add of onnxruntime's own QDQ models); guessing from a QDQ file's DQ/Q groups
     would call it int8.
     """
-    types = _elem_types(model)
+    types = elem_types(model)
     inits = {i.name for i in model.graph.initializer}
     res = {"int8": [], "fp32": [], "convert": []}
     for n in model.graph.node:

@@ -23,12 +23,13 @@ a file aborts the same way, so:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import onnx
 from onnx import helper
 
-from .models import body_reads, fresh_name, node_graphs, subgraphs, taken_names
+from .models import body_reads, elem_types, fresh_name, node_graphs, subgraphs, taken_names
 
 PROPAGATED_ACROSS = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
 _STANDARD = ("", "ai.onnx")
@@ -60,22 +61,15 @@ def _one_element_constants(g: onnx.GraphProto) -> set[str]:
     which onnxruntime does not treat as constant), sparse ones, and Constant nodes (onnxruntime turns
     them into initializers when it loads the model)."""
     inputs = {i.name for i in g.input}
-    out = {t.name for t in g.initializer if _size(t) == 1 and t.name not in inputs}
-    out.update(t.values.name for t in g.sparse_initializer if _size(t) == 1 and t.values.name not in inputs)
+    out = {t.name for t in g.initializer if math.prod(t.dims) == 1 and t.name not in inputs}
+    out.update(t.values.name for t in g.sparse_initializer if math.prod(t.dims) == 1 and t.values.name not in inputs)
     for n in g.node:
         if n.op_type == "Constant" and n.domain in _STANDARD and n.attribute:
             a = n.attribute[0]
-            if (a.name == "value" and _size(a.t) == 1) or a.name in ("value_float", "value_int") or \
+            if (a.name == "value" and math.prod(a.t.dims) == 1) or a.name in ("value_float", "value_int") or \
                     (a.name in ("value_floats", "value_ints") and len(a.floats) + len(a.ints) == 1):
                 out.add(n.output[0])
     return out
-
-
-def _size(t: onnx.TensorProto | onnx.SparseTensorProto) -> int:
-    k = 1
-    for d in t.dims:
-        k *= d
-    return k
 
 
 def _edges(g: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, bool]]]:
@@ -158,19 +152,6 @@ def _rename_reads(body: onnx.GraphProto, old: str, new: str) -> None:
 _ZERO_POINT_TYPES = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor at any depth, as ONNX shape inference sees it."""
-    try:
-        m = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        m = model
-    out: dict[str, int] = {}
-    for g in [m.graph, *subgraphs(m.graph)]:
-        out.update((t.name, t.data_type) for t in g.initializer)
-        out.update((v.name, v.type.tensor_type.elem_type) for v in (*g.input, *g.output, *g.value_info) if v.type.HasField("tensor_type"))
-    return out
-
-
 def mend(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Hazard]]:
     """A copy of ``model`` in which every hazard's body read goes through its own exact
     QuantizeLinear/DequantizeLinear pair (see the module's docstring), with the hazards mended; the
@@ -193,7 +174,7 @@ def mend(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Hazard]]:
         d = s.dequantize
         scale_zp = [d.input[1], d.input[2] if len(d.input) > 2 and d.input[2] else ""]
         if not scale_zp[1]:
-            kind = _elem_types(out).get(d.input[0])
+            kind = elem_types(out).get(d.input[0])
             if kind not in _ZERO_POINT_TYPES:
                 left.add(s.hazard)
                 continue
@@ -203,7 +184,7 @@ def mend(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Hazard]]:
         inputs = [x for x in scale_zp if x]
         q = fresh_name(out, s.hazard.tensor + ".q", taken)
         dq = fresh_name(out, s.hazard.tensor + ".dq", taken)
-        attrs = [a for a in d.attribute]
+        attrs = list(d.attribute)
         pair = [helper.make_node("QuantizeLinear", [s.hazard.tensor, *inputs], [q], name=q, domain=d.domain),
                 helper.make_node("DequantizeLinear", [q, *inputs], [dq], name=dq, domain=d.domain)]
         pair[0].attribute.extend(a for a in attrs if a.name in ("axis", "block_size"))

@@ -316,7 +316,7 @@ def layer_errors(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, in
     whose fused Relu makes its output the fp32 Relu's), by value: the fp32 tensor of the same shape
     it agrees with best. Each row says which (``matched_by``).
     """
-    types = models._elem_types(fp32)
+    types = models.elem_types(fp32)
     fp_names = {o: TensorProto.FLOAT for n in fp32.graph.node for o in n.output if o and types.get(o) == TensorProto.FLOAT}
     fp_names.update({i.name: TensorProto.FLOAT for i in models.graph_inputs(fp32)})
     fp_vals = _run_all(_with_outputs(fp32, fp_names), x, input_name, batch_fp32, name)
