@@ -157,8 +157,9 @@ def mend(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Hazard]]:
     QuantizeLinear/DequantizeLinear pair (see the module's docstring), with the hazards mended; the
     model itself when there are none. The pair has the DequantizeLinear's scale, zero point and
     attributes; without a zero point, one of zero in the quantized tensor's type is added (a
-    QuantizeLinear without one would give uint8). A site whose quantized type is not known or not
-    8/16-bit integer is left, and so is reported by :func:`hazards` afterwards."""
+    QuantizeLinear without one would give uint8). A site whose quantized type (the DequantizeLinear's
+    input, else its zero point) is not known or not 8/16-bit integer, such as int32, is left, since no
+    QuantizeLinear gives that type back; :func:`hazards` reports it afterwards."""
     if not _find(model):
         return model, []
     out = onnx.ModelProto()
@@ -173,11 +174,12 @@ def mend(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Hazard]]:
         s = found[0]
         d = s.dequantize
         scale_zp = [d.input[1], d.input[2] if len(d.input) > 2 and d.input[2] else ""]
+        types = elem_types(out)
+        kind = types.get(d.input[0]) or types.get(scale_zp[1])
+        if kind not in _ZERO_POINT_TYPES:  # e.g. int32: no QuantizeLinear gives it back
+            left.add(s.hazard)
+            continue
         if not scale_zp[1]:
-            kind = elem_types(out).get(d.input[0])
-            if kind not in _ZERO_POINT_TYPES:
-                left.add(s.hazard)
-                continue
             if kind != onnx.TensorProto.UINT8:
                 scale_zp[1] = fresh_name(out, s.hazard.tensor + ".zp", taken)
                 s.graph.initializer.append(helper.make_tensor(scale_zp[1], kind, [], [0]))

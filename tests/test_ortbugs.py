@@ -14,7 +14,7 @@ from onnx import TensorProto as T, helper as h, numpy_helper as nh
 
 from helpers import mnist12_like, qdq_before, read_in_if_body
 from quant import evaluation, finalize, ortbugs
-from quant.errors import ModelError
+from quant.errors import ModelError, QuantError
 
 
 def _body(tag: str, reads: str) -> onnx.GraphProto:
@@ -216,3 +216,28 @@ def test_finalize_mends_what_it_writes_and_says_so():
     out2, notes2 = finalize.finish(m)
     assert ortbugs.hazards(out2) == [] and any("body's read" in s for s in notes2)
     assert finalize.loadable(out) == (out, [])
+
+
+def test_an_int32_site_is_left_for_the_refusal_not_mended_into_an_invalid_quantizelinear(tmp_path):
+    """A DequantizeLinear of an int32 tensor (zero point int32) has no QuantizeLinear that gives its integers
+    back (QuantizeLinear makes 8/16-bit types): mend leaves the site, so hazards still names it and
+    finishing refuses to write it, instead of writing a QuantizeLinear with an int32 zero point."""
+    m = _graph()
+    g = m.graph
+    g.input[0].type.tensor_type.elem_type = T.INT32
+    g.node[0].op_type, g.node[0].input[:] = "Identity", ["X"]  # X (int32) -> xq, read by the DequantizeLinear
+    del g.node[0].input[1:]
+    z = next(i for i in g.initializer if i.name == "z")
+    z.CopyFrom(nh.from_array(np.array(0, np.int32), "z"))
+    k = next(k for k, n in enumerate(g.node) if n.op_type == "ReduceMax")  # the condition, from the int32 input
+    g.node[k].output[0] = "mxi"
+    g.node.insert(k + 1, h.make_node("Cast", ["mxi"], ["mx"], to=T.FLOAT))
+    onnx.checker.check_model(m)
+    assert _aborts(m, tmp_path)
+    found = ortbugs.hazards(m)
+    assert [x.tensor for x in found] == ["t0"]
+    mended, fixed = ortbugs.mend(m)
+    assert fixed == [] and ortbugs.hazards(mended) == found
+    assert not any(n.op_type == "QuantizeLinear" for n in mended.graph.node)
+    with pytest.raises(QuantError, match="'t0' the body of 'If' reads"):
+        finalize.loadable(m)
