@@ -87,7 +87,7 @@ def _prepare(fp32, sig, cfg, dynamic: bool, check: Callable, log) -> tuple[prepa
         log(f"[prepare] {step}")
     if prep.steps:
         check(prep.model)
-    plan = plan_mod.make(prep.model, kernel_rules=q.kernel_aware)  # its control-flow rule holds either way
+    plan = plan_mod.make(prep.model, kernel_rules=q.kernel_aware, seven_bit=q.reduce_range)  # its correctness rules hold either way
     for name, why in plan.keep_fp32.items():
         log(f"[plan] {name} stays fp32: {why}")
     plan.user_fp32, notes = plan_mod.user_keep(fp32.proto, prep.model, prep.absorbed, q.nodes_to_keep_fp32, q.op_types_to_keep_fp32,

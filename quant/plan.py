@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .config import suggest
 from .errors import ConfigError
@@ -60,11 +62,42 @@ def conv_reason(weight_shape: list[int], group: int) -> str | None:
     return None
 
 
-def make(model: onnx.ModelProto, kernel_rules: bool = True) -> Plan:
-    """The plan for a prepared fp32 model (node names as INC will see them); ``kernel_rules=False``
-    (``quantization.kernel_aware: false``) keeps only the correctness rule below.
+def clip_reason(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto], seven_bit: bool) -> str | None:
+    """Why neural-compressor's removal of this Clip (see :func:`make`) would change what it computes, or
+    None. After the removal only the QuantizeLinear's saturation clamps, over the range calibrated after
+    the Clip, which always contains 0: a lower bound above 0 is lost, and with 7-bit ranges
+    (``reduce_range``: the calibrated range maps to 0..127 while uint8 saturates at 255) so is an upper
+    bound (a ReLU6 then let values up to 12.05 through: measured by a review in session 16)."""
+    bounds = []
+    for k in (1, 2):
+        name = node.input[k] if len(node.input) > k else ""
+        if not name:
+            bounds.append(None)
+        elif name not in consts:
+            return f"its bound {name!r} is not a constant, and neural-compressor would remove it after a quantized layer"
+        else:
+            v = numpy_helper.to_array(consts[name]).astype("float64").reshape(-1)
+            bounds.append(float(v[0]) if v.size == 1 else None)
+    for a in node.attribute:  # Clip before opset 11
+        if a.name in ("min", "max"):
+            bounds[a.name == "max"] = a.f
+    lo, hi = bounds
+    if lo is not None and lo > 0:
+        return (f"its lower bound {lo:g} is above 0: neural-compressor removes a Clip after a quantized layer, and the "
+                "QuantizeLinear's range it relies on always holds 0")
+    if seven_bit and hi is not None and math.isfinite(hi) and hi < 3.4e38:
+        return (f"its upper bound {hi:g} would be lost: neural-compressor removes a Clip after a quantized layer, and with 7-bit "
+                "ranges (reduce_range) the QuantizeLinear saturates at about twice it")
+    return None
 
-    Correctness, whatever the kernels: a Relu or Clip whose input or output an If/Loop/Scan body reads
+
+def make(model: onnx.ModelProto, kernel_rules: bool = True, seven_bit: bool = True) -> Plan:
+    """The plan for a prepared fp32 model (node names as INC will see them); ``kernel_rules=False``
+    (``quantization.kernel_aware: false``) keeps only the correctness rules below. ``seven_bit``:
+    ``quantization.reduce_range``.
+
+    Correctness, whatever the kernels: a Clip whose bounds neural-compressor's removal would lose stays
+    fp32 (:func:`clip_reason`); and a Relu or Clip whose input or output an If/Loop/Scan body reads
     stays fp32. neural-compressor's QDQ quantizer removes a Relu/Clip that follows a quantized layer,
     assuming the layer's output range was calibrated after it. A body reading the Relu's input gives
     that tensor a second reader, so its range keeps the negative values, and the main path then runs
@@ -72,12 +105,19 @@ def make(model: onnx.ModelProto, kernel_rules: bool = True) -> Plan:
     a body reading the Relu's output loses its tensor (onnxruntime refuses the candidate). Measured in
     session 14; layers, pools, reshapes and constants read by a body came out right and are left to INC."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    consts = {t.name: t for t in model.graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     plan = Plan()
     in_bodies = subgraph_reads(model)
     for n in model.graph.node:
         read = next((t for t in (*n.input, *n.output) if t in in_bodies), None) if n.op_type in _INC_REMOVES else None
         if read is not None:
             plan.keep_fp32[n.name or n.output[0]] = f"{read} is read inside an If/Loop/Scan body, which neural-compressor does not see"
+            continue
+        clip = clip_reason(n, consts, seven_bit) if n.op_type == "Clip" else None
+        if clip:
+            plan.keep_fp32[n.name or n.output[0]] = clip
             continue
         if not kernel_rules:
             continue

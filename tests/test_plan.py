@@ -51,6 +51,56 @@ def test_a_relu_whose_input_or_output_an_if_body_reads_stays_fp32(outer, kept):
         assert set(plan.make(m, kernel_rules=False).keep_fp32) == {kept}  # a correctness rule: kernel_aware: false too
     assert set(p.int8) == {"Conv2", "MatMul"}
 
+def _with_clip(lo, hi, bound_from="initializer"):
+    """mnist12_like with its second Relu replaced by Clip(lo, hi) (None: no such bound)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    m = mnist12_like(fitted=False)
+    relu = next(n for n in m.graph.node if n.name == "Relu2")
+    inputs = [relu.input[0]]
+    for tag, v in (("lo", lo), ("hi", hi)):
+        inputs.append("" if v is None else tag)
+        if v is not None and bound_from == "input":
+            m.graph.input.append(helper.make_tensor_value_info(tag, TensorProto.FLOAT, []))
+        elif v is not None:
+            m.graph.initializer.append(numpy_helper.from_array(np.array(v, np.float32), tag))
+    while inputs[-1] == "":
+        inputs.pop()
+    relu.op_type, relu.name = "Clip", "Clip2"
+    del relu.input[:]
+    relu.input.extend(inputs)
+    return m
+
+
+@pytest.mark.parametrize("lo,hi,seven_bit,why", [
+    (0, 6, True, "its upper bound 6 would be lost"),   # ReLU6 with 7-bit ranges (the default reduce_range)
+    (0, 6, False, None),                               # 8-bit: uint8 saturates at the calibrated 6
+    (0, None, True, None),                             # a ReLU written as Clip: the zero point clamps at 0
+    (-1, 1, True, "its upper bound 1 would be lost"),
+    (-1, 1, False, None),
+    (1, None, False, "its lower bound 1 is above 0"),  # the calibrated range always holds 0
+])
+def test_a_clip_whose_bounds_neural_compressor_would_drop_stays_fp32(lo, hi, seven_bit, why):
+    """neural-compressor removes a Clip after a quantized layer and leaves the clamping to the QuantizeLinear;
+    a review's ReLU6 then let values up to 9.45 through (reduce_range: the range maps to 0..127, uint8
+    saturates at 255). A correctness rule: it holds with kernel_aware: false too."""
+    m = _with_clip(lo, hi)
+    for rules in (True, False):
+        p = plan.make(m, kernel_rules=rules, seven_bit=seven_bit)
+        assert (p.keep_fp32.get("Clip2") is None) if why is None else p.keep_fp32["Clip2"].startswith(why), p.keep_fp32
+    assert "Conv2" in plan.make(m, seven_bit=seven_bit).int8
+
+
+def test_a_clip_with_a_bound_that_is_not_a_constant_stays_fp32_and_the_old_attribute_form_is_read():
+    p = plan.make(_with_clip(0, 6, bound_from="input"), seven_bit=False)
+    assert "is not a constant" in p.keep_fp32["Clip2"]
+    old = helper.make_node("Clip", ["a2"], ["r2"], name="Clip2", min=0.0, max=6.0)  # Clip-6
+    assert "upper bound 6" in plan.clip_reason(old, {}, True) and plan.clip_reason(old, {}, False) is None
+    unbounded = helper.make_node("Clip", ["a2"], ["r2"], name="Clip2", min=0.0, max=3.4028234663852886e38)  # Clip-6's default max
+    assert plan.clip_reason(unbounded, {}, True) is None
+
+
 def test_user_keep_follows_nodes_a_rewrite_merged_and_refuses_typos():
     from quant import models, prepare
     from quant.errors import ConfigError

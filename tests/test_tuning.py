@@ -427,3 +427,33 @@ def test_keeping_fp32_a_pool_whose_output_an_if_body_reads_tunes_instead_of_abor
     r = subprocess.run([sys.executable, "-c", f"import onnxruntime as o; o.InferenceSession({str(out)!r}, providers=['CPUExecutionProvider'])"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_relu6_after_an_int8_conv_still_clips_in_the_int8_model(tmp_path, synth_dir):
+    """neural-compressor removes a Clip after a quantized layer and leaves the clamping to the
+    QuantizeLinear, whose uint8 saturation is twice the bound with the default 7-bit ranges: a review's
+    ReLU6 let values up to 9.45 through. The plan keeps such a Clip fp32, so the int8 model clips."""
+    import onnxruntime as ort
+    from helpers import pattern_images
+
+    fp32 = mnist12_like()
+    x = pattern_images(np.arange(50) % 10, np.random.default_rng(3)).astype(np.float32).reshape(-1, 1, 28, 28) / 255
+
+    def values(model, tensor):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run([tensor], {"Input3": x[i:i + 1]})[0] for i in range(len(x))])
+
+    hi = float(np.percentile(values(fp32, "a2"), 99)) / 2  # a bound the data crosses
+    relu = next(n for n in fp32.graph.node if n.name == "Relu2")
+    relu.op_type, relu.name = "Clip", "Clip2"
+    relu.input.extend(["lo", "hi"])
+    fp32.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("lo", 0), ("hi", hi))])
+    out, doc = _tune(tmp_path, fp32, synth_dir, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 3}})
+    m = onnx.load(out)
+    clipped = next(n.input[0] for n in m.graph.node if n.op_type == "MaxPool" and n.output[0] == "p2")  # r2, or what INC put there
+    assert values(fp32, "r2").max() == pytest.approx(hi) and values(m, clipped).max() <= hi * (1 + 1e-6)
+    assert doc["passed"] and "upper bound" in doc["precision_plan"]["keep_fp32"]["Clip2"]
+    assert "Conv2" in doc["precision_plan"]["int8_candidates"] and any(n.op_type == "Clip" for n in m.graph.node)
