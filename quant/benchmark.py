@@ -175,7 +175,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         for k in loaded:
             t0 = time.perf_counter()
             bs = evaluation.effective_batch(sigs[k].fixed_batch, cfg.evaluation.batch_size)
-            outs[k] = evaluation.predict(sessions[k], x_test, sigs[k].input_name, bs)
+            outs[k] = evaluation.predict(sessions[k], x_test, sigs[k].input_name, bs, loaded[k].path)
             log(f"[benchmark] accuracy {loaded[k].path}: {100 * evaluation.accuracy(outs[k], labels):.2f} % ({time.perf_counter() - t0:.1f} s)")
         if "baseline" in outs:
             evaluation.require_above_chance(evaluation.accuracy(outs["baseline"], labels), loaded["baseline"].path,

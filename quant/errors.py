@@ -54,6 +54,15 @@ class ModelError(InputError):
     """An ONNX model that cannot be used for the requested operation."""
 
 
+class RunError(ModelError):
+    """onnxruntime loaded the model but fails running it (e.g. a bias whose length is not the conv's
+    output channels: the ONNX checker passes it). ``detail`` is onnxruntime's message."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
 class AccuracyError(QuantError):
     """The accuracy goal was not met (exit 3). ``details`` carries figures for the report."""
 

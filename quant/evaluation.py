@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import ortbugs
-from .errors import InputError, ModelError, first_line
+from .errors import InputError, ModelError, RunError, first_line
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -91,12 +91,17 @@ def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: s
         raise ModelError(f"{name}: onnxruntime cannot load it: {msg}") from None
 
 
-def predict(sess: ort.InferenceSession, x: np.ndarray, input_name: str, batch_size: int = 1) -> np.ndarray:
-    """Run ``x`` through the session in batches; returns the stacked [N, 10] float32 outputs."""
+def predict(sess: ort.InferenceSession, x: np.ndarray, input_name: str, batch_size: int = 1, name: str = "model") -> np.ndarray:
+    """Run ``x`` through the session in batches; returns the stacked [N, 10] float32 outputs. RunError
+    (exit 4) naming the model when onnxruntime fails running it."""
     outs = []
     run = sess.run
-    for i in range(0, len(x), batch_size):
-        outs.append(run(None, {input_name: x[i:i + batch_size]})[0])
+    try:
+        for i in range(0, len(x), batch_size):
+            outs.append(run(None, {input_name: x[i:i + batch_size]})[0])
+    except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the model, not our code
+        detail = first_line(e)
+        raise RunError(f"{name}: onnxruntime loads it but fails running it: {detail}", detail) from None
     y = np.concatenate(outs, axis=0).astype(np.float32, copy=False)
     return y.reshape(len(x), -1)
 
@@ -135,7 +140,7 @@ class Evaluator:
 
     def outputs(self, model_bytes: bytes, name: str = "model") -> np.ndarray:
         sess = make_session(model_bytes, self.threads, name=name)
-        return predict(sess, self.x, self.input_name, self.batch_size)
+        return predict(sess, self.x, self.input_name, self.batch_size, name)
 
     def __call__(self, model_bytes: bytes, name: str = "model") -> float:
         return accuracy(self.outputs(model_bytes, name), self.labels)

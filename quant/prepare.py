@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 
 from . import rewrites
-from .errors import ModelError, first_line
+from .errors import ModelError, RunError, first_line
 from .models import Signature, consumers, fresh_name, graph_inputs, node_reads, opset_of
 
 # QLinearConv exists since opset 10 and INC's adaptor wants 11, but MaxPool on int8 tensors needs 12: at opset 11
@@ -139,13 +139,11 @@ def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_
     ``hint`` ends that message. Returns the largest difference."""
     from .evaluation import make_session, predict
 
-    ref = predict(make_session(reference, name=path), x, input_name, 1)
+    ref = predict(make_session(reference, name=path), x, input_name, 1, path)
     try:
-        got = predict(make_session(candidate, name=path), x, input_name, batch)
-    except ModelError:
-        raise
-    except Exception as e:  # onnxruntime's run-time failures: the original runs, the rewritten one does not
-        raise ModelError(f"{path}: the rewritten model fails at batch {batch} where the original runs: {first_line(e)}"
+        got = predict(make_session(candidate, name=path), x, input_name, batch, path)
+    except RunError as e:  # the original runs, the rewritten one does not
+        raise ModelError(f"{path}: the rewritten model fails at batch {batch} where the original runs: {e.detail}"
                          + (f" ({hint})" if hint else "")) from None
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
     limit = atol + rtol * (float(np.max(np.abs(ref))) if len(x) else 0.0)

@@ -536,13 +536,14 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     for c in checks:
         log(c.verdict)
     sess_q = evaluation.make_session(int8.raw, name=int8.path)
-    out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq)
+    out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq, int8.path)
     acc_q = evaluation.accuracy(out_q, labels)
-    acc_b = evaluation.accuracy(evaluation.predict(evaluation.make_session(base.raw, name=base.path), x, sig_b.input_name, bb), labels)
+    acc_b = evaluation.accuracy(evaluation.predict(evaluation.make_session(base.raw, name=base.path), x, sig_b.input_name, bb, base.path),
+                                labels)
     evaluation.require_above_chance(acc_b, base.path, cfg.preprocessing_dict(), cfg.dataset.verify_md5)
 
     def accuracy_at(xx: np.ndarray) -> float:
-        return evaluation.accuracy(evaluation.predict(sess_q, xx, sig_q.input_name, bq), labels)
+        return evaluation.accuracy(evaluation.predict(sess_q, xx, sig_q.input_name, bq, int8.path), labels)
 
     idx = testdata.pick_indices(len(x), samples, cfg.quantization.calibration.seed)
     rows = layer_errors(base.proto, int8.proto, x[idx], sig_q.input_name, evaluation.effective_batch(sig_b.fixed_batch, 64),

@@ -778,3 +778,18 @@ def test_calib_never_writes_over_its_manifest_and_leaves_nothing_after_a_failure
     fresh.mkdir()
     r = run_cli("calib", f"--config={cfg}", f"--data_dir={tmp_path / 'nothing'}", cwd=fresh)
     assert r.returncode == 4 and list(fresh.iterdir()) == [], r.stderr  # no empty calib_data/ left behind
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_a_model_onnxruntime_loads_but_cannot_run_is_refused_in_one_line(cmd, tmp_path, synth_dir):
+    """A conv bias of the wrong length passes the ONNX checker and onnxruntime's load, and fails only in
+    session.run (a review's model, session 16): exit 4 naming the model, as for any invalid input model;
+    it used to be exit 1, "unexpected error"."""
+    m = mnist12_like()
+    conv = next(n for n in m.graph.node if n.name == "Conv2")
+    conv.input.append("Bbad")
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(8, np.float32), "Bbad"))  # 16 output channels
+    onnx.checker.check_model(m)
+    r, out = _command(cmd, save(m, tmp_path / "m.onnx"), tmp_path, synth_dir, synth_config(tmp_path))
+    _one_line_error(r, 4, ["m.onnx: onnxruntime loads it but fails running it:", "bias"], cmd)
+    assert list(out.iterdir()) == []
