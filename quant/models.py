@@ -78,7 +78,7 @@ def _external_refs(model: onnx.ModelProto, p: Path, base: Path) -> list[tuple[Te
     """(tensor, data file, offset, length or None) of every external-data tensor, each file inside the model's
     folder ``base`` (symlinks resolved): anything else is refused before it is read."""
     refs = []
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}
@@ -160,7 +160,7 @@ def all_nodes(model: onnx.ModelProto):
         yield from sub.node
 
 
-def _all_tensors(model: onnx.ModelProto):
+def all_tensors(model: onnx.ModelProto):
     """Every tensor of the model: initializers (sparse ones too) and node attributes, in subgraphs and functions."""
 
     def of_graph(g):
@@ -283,7 +283,7 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     """Quantized ops or int8 constants anywhere, If/Loop bodies included."""
     if any(n.op_type in QUANT_OPS or n.op_type in QDQ_OPS for n in all_nodes(model)):
         return True
-    return any(i.data_type in INT8_TYPES for i in _all_tensors(model))
+    return any(i.data_type in INT8_TYPES for i in all_tensors(model))
 
 
 def require_fp32(m: LoadedModel) -> None:
@@ -296,7 +296,7 @@ def require_fp32(m: LoadedModel) -> None:
     if custom:
         raise ModelError(f"{m.path}: uses ops outside the standard ONNX domain ({', '.join(custom[:3])}); neural-compressor "
                          "quantizes standard ONNX ops only: export the model with standard ops")
-    for t in _all_tensors(m.proto):
+    for t in all_tensors(m.proto):
         if t.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
             bad = int(np.count_nonzero(~np.isfinite(numpy_helper.to_array(t).astype(np.float64))))
             if bad:
@@ -354,7 +354,7 @@ def precision_summary(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
 def size_breakdown(model: onnx.ModelProto, file_bytes: int) -> dict:
     """Initializer bytes by dtype and the rest of the file (graph structure, names, metadata)."""
     by_dtype: Counter = Counter()
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         arr = numpy_helper.to_array(t)
         by_dtype[TensorProto.DataType.Name(t.data_type).lower()] += arr.nbytes
     weights = sum(by_dtype.values())

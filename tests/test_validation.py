@@ -133,6 +133,24 @@ def test_portability_verdict_rules(diff, differing, flips, ok_here, ok_exact, st
     assert c.details["accuracy_here"] == ok_here / 1000 and c.details["cpu_int8_flags"] == "avx2"
 
 
+def test_a_portability_warning_names_saturation_only_when_the_weights_can_saturate():
+    """A review's model (session 16) with 7-bit weights was told its difference was 16-bit saturation, which
+    its weights (within +-64) cannot reach: the warning then names onnxruntime's requantization rounding."""
+    from onnx import numpy_helper
+
+    from quant.reference import Agreement
+
+    a = Agreement(1000, 0.019, 951, 3, 30.0, 990, 990)
+    assert "saturate), so outputs differ" in validation.portability_verdict(a, 0.01, "avx2").summary
+    c = validation.portability_verdict(a, 0.01, "avx2", saturates=False)
+    assert c.status == "warn" and "no 16-bit sum can saturate" in c.summary and "rounding" in c.summary
+    m = mnist12_like()
+    m.graph.initializer.append(numpy_helper.from_array(np.array([64, -64, 3], np.int8), "w7"))
+    assert not validation.can_saturate(m)
+    m.graph.initializer.append(numpy_helper.from_array(np.array([65, 0], np.int8), "w8"))
+    assert validation.can_saturate(m)
+
+
 def test_portability_check_skips_an_op_without_reference(monkeypatch):
     from quant import reference
 
