@@ -17,9 +17,8 @@ int8 GEMM (MLAS QGEMM) and are quantized.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import helper, numpy_helper
