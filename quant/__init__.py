@@ -1,10 +1,23 @@
 """mnist-quant: produce and validate int8 ONNX MNIST classifiers with Intel Neural Compressor.
 
-Python API (lazy imports; neural_compressor is only imported when tuning runs)::
+The Python API; each command-line sub-command is a thin call of one of these::
 
-    from quant import tune_model, benchmark_models
+    import quant
+
+    doc = quant.tune_model("mnist-12.onnx", "mnist-12-int8.onnx", data_dir="../shared/data/mnist")
+    quant.benchmark_models(["mnist-12-int8.onnx"], "mnist-12.onnx", max_accuracy_drop=0.01)
+
+- :func:`tune_model` (``tune``), :func:`benchmark_models` (``benchmark``), :func:`validate_model`
+  (``validate``), :func:`package_model` (``package``), :func:`build_calibration_set` (``calib``),
+  :func:`write_test_data` (``write-test-data``), :func:`check_test_data` (``check-test-data``),
+  :func:`fetch` (``fetch``).
+- Errors are :class:`quant.errors.QuantError` subclasses carrying the command line's exit code.
+
+The functions are imported on first use (``neural_compressor`` only when tuning runs), so
+``import quant`` stays cheap.
 """
 
+import importlib as _importlib
 import os as _os
 
 # the one version number: pyproject.toml reads it (tool.setuptools.dynamic); tune writes it into every int8
@@ -17,14 +30,27 @@ __version__ = "0.3.0"
 # onnxruntime; a user who wants it sets ORT_DISABLE_TELEMETRY=0.
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
+# public name -> the module that defines it
+_API = {
+    "tune_model": "pipeline",
+    "benchmark_models": "benchmark",
+    "validate_model": "validation",
+    "package_model": "package",
+    "build_calibration_set": "calib",
+    "write_test_data": "testdata",
+    "check_test_data": "testdata",
+    "fetch": "data",
+}
+__all__ = sorted(_API)
 
-def tune_model(*args, **kwargs):
-    from .pipeline import tune_model as f
 
-    return f(*args, **kwargs)
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(_importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def benchmark_models(*args, **kwargs):
-    from .benchmark import benchmark_models as f
-
-    return f(*args, **kwargs)
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -111,6 +113,10 @@ def build(cfg, train: Split) -> CalibrationSet:
     are used and the resulting array must have the manifest's sha256 (else DataError: the data or
     the preprocessing code changed). Otherwise the set is defined ad hoc from count and seed.
     """
+    if cfg.preprocessing.layout is None:  # no model to read it from: the zoo's [N,1,28,28] (the same bytes in every layout)
+        from .config import replace
+
+        cfg = replace(cfg, {"preprocessing": {"layout": "NCHW"}}, noted=False)
     c = cfg.quantization.calibration
     key = definition_key(c.split, c.sampling_size, c.seed, cfg.preprocessing_dict())
     if c.sampling_size > len(train.labels):
@@ -142,8 +148,8 @@ def write_manifest(path: Path, entries: list[dict], staged: Outputs | None = Non
     """Write the manifest atomically, or stage it with the run's other outputs (``staged``)."""
     doc = {"version": MANIFEST_VERSION,
            "about": "Committed definitions of calibration sets (MNIST train-split indices + preprocessing + sha256 "
-                    "of the resulting float32 array). Pixels are never committed: `python -m quant calib` "
-                    "materializes them into calib_data/*.npy in the working folder and checks the sha256.",
+                    "of the resulting float32 array). Pixels are never committed: `python -m quant calib --output_dir=DIR` "
+                    "materializes a set as DIR/calib-<sha256 prefix>.npy and checks the sha256.",
            "sets": entries}
     text = json.dumps(doc, indent=1)
     text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
@@ -183,3 +189,42 @@ class CalibDataLoader:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
 
 
+
+
+def build_calibration_set(output_dir: str | os.PathLike, config=None, data_dir: str | None = None,
+                          add_to_manifest: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """Materialize the calibration set ``config`` defines (train images picked by count and seed,
+    preprocessed; a null ``preprocessing.layout`` gives NCHW) as ``output_dir/calib-<sha12>.npy``, checked
+    against the manifest's sha256. ``add_to_manifest``: also record it under that name in the manifest
+    the config names (``quantization.calibration.manifest``; never the built-in one); the array and
+    the manifest are committed together. Returns the array's path. Raises UsageError/ConfigError (exit
+    2), DataError (exit 4)."""
+    from . import data, inputs
+    from .errors import UsageError
+    from .fsio import check_distinct, check_writable_target
+
+    cfg = inputs.load_config(config)
+    folder = Path(output_dir)
+    check_writable_target(folder / "calib-0123456789ab.npy", "--output_dir")
+    mpath = manifest_path(cfg)
+    if add_to_manifest:
+        if mpath.resolve() == BUILTIN_MANIFEST.resolve():  # never write into the installed package
+            raise UsageError("--add_to_manifest: set quantization.calibration.manifest to a manifest file of yours "
+                             "(the built-in one is part of the package)")
+        check_writable_target(mpath, "quantization.calibration.manifest")
+    root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
+    cs = build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
+    manifest = ("quantization.calibration.manifest", mpath)
+    check_distinct(reads=[("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)]
+                   + ([] if add_to_manifest else [manifest]),
+                   writes=[("the calibration array", array_path(cs, folder))] + ([manifest] if add_to_manifest else []))
+    log(f"[calib] {cs.definition['count']} {cs.definition['split']} images, {cs.definition['source']}; sha256 {cs.sha256} checked")
+    with Outputs() as staged:  # the array and the manifest entry, committed together
+        out = save_array(cs, folder, staged)
+        if add_to_manifest:
+            entries = [e for e in (read_manifest(mpath) if mpath.exists() else []) if e.get("name") != add_to_manifest]
+            write_manifest(mpath, entries + [manifest_entry(cs, add_to_manifest)], staged)
+        staged.commit()
+    if add_to_manifest:
+        log(f"[calib] recorded as {add_to_manifest!r} in {mpath}")
+    return out

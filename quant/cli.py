@@ -1,36 +1,86 @@
-"""Command line: ``python -m quant {tune,benchmark,validate,check-test-data,write-test-data,fetch,calib,config} ...``
-(the zoo's flag style).
+"""Command line: ``python -m quant SUB-COMMAND --flag=value ...`` (the zoo's underscore flag style).
+
+Each sub-command is a thin call of one function of the Python API (:mod:`quant`), so the command line
+and Python behave alike. One vocabulary across sub-commands: ``--input_model``, ``--baseline_model``,
+``--output_model`` (a file the command produces), ``--output_dir`` (a folder it produces), ``--report``,
+``--data_dir``, ``--config``, ``--json``, and ``--no_X`` for a negation; older spellings still work
+with a one-line deprecation notice (:data:`DEPRECATED`).
+
+Streams: stdout carries the report (Markdown, or JSON with ``--json``); stderr carries progress and
+one closing verdict line (``--json``: nothing but an error line).
 
 Exit codes: 0 success; 1 unexpected error (a bug); 2 usage or config error; 3 accuracy goal not met;
 4 invalid input model or data; 5 the system refused a path (disk full, name too long); 130 Ctrl-C,
-129 SIGHUP, 143 SIGTERM. Errors print one line on stderr (a traceback
-only with --verbose).
+129 SIGHUP, 143 SIGTERM. Errors print one line on stderr (a traceback only with --verbose).
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
+import shlex
 import signal
 import sys
 import traceback
-from pathlib import Path
+from typing import Callable
 
 from . import __version__
-from .cliutil import command_line as _command_line, log as _log
-from .errors import (EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, Interrupted, QuantError, UsageError,
-                     handle_signals, restore_signals)
-
+from .errors import (EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, AccuracyError, Interrupted, QuantError,
+                     UsageError, handle_signals, restore_signals)
 
 PATH_FLAGS = {"--input_model", "--baseline_model", "--output_model", "--config", "--data_dir", "--report", "--models_dir",
-              "--out_dir", "--output_dir", "--test_data", "--output"}
+              "--output_dir", "--test_data"}
+
+# old spelling -> (new spelling, the sub-commands that had it); still accepted, with a one-line notice
+DEPRECATED = {
+    "--output": ("--output_model", ("package",)),
+    "--out_dir": ("--output_dir", ("calib",)),
+    "--no-dynamic_batch": ("--no_dynamic_batch", ("tune", "benchmark")),
+}
+
+COMMON_HELP = {
+    "--input_model": "ONNX model to read",
+    "--baseline_model": "the fp32 model to compare against",
+    "--data_dir": "MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)",
+    "--report": "report path NAME.json: NAME.json, NAME.md and the figures NAME.<figure>.png are written "
+                "(tune: default beside --output_model; benchmark and validate write no files without it)",
+    "--json": "print the report as JSON on stdout instead of Markdown; stderr stays quiet except for an error",
+    "--verbose": "a traceback on errors (the exit code stays the same)",
+    "--no_plots": "no PNG figures beside the report (default: written when matplotlib is installed, "
+                  "pip install 'mnist-quant[plots]')",
+    "--mode": "all (default): size, accuracy and latency side by side, and the gate; "
+              "accuracy: size, accuracy and the gate; performance: size and latency only (no accuracy, no gate)",
+}
+CONFIG_HELP = "YAML config (default: the built-in defaults, identical to mnist.yaml: python -m quant config)"
+CONFIG_DOCUMENTED_HELP = ("YAML config (default: the preprocessing the model documents in its metadata, else the built-in "
+                          "defaults: python -m quant config)")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def command_line() -> str:
+    return shlex.join(["python", "-m", "quant", *sys.argv[1:]])
 
 
 def _path(value: str) -> str:
     if not value.strip():  # "" would mean the working folder to pathlib: never what was meant
         raise argparse.ArgumentTypeError("expected a path, got an empty value")
     return value
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an integer or comma-separated integers") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,41 +106,146 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-COMMON_HELP = {
-    "--input_model": "ONNX model to read",
-    "--config": "YAML config (default: the built-in defaults, identical to mnist.yaml; see python -m quant config)",
-    "--data_dir": "MNIST folder (else config dataset.root, $MNIST_DIR, the user cache)",
-    "--report": "report path; .json and .md are written (default: tune beside the output model; benchmark and validate "
-                "<model>.<kind>.json/.md in the working folder)",
-    "--verbose": "neural-compressor's full logging, and a traceback on errors (the exit code stays the same)",
-    "--mode": "performance: size and latency; accuracy: size, accuracy and the gate; all: everything",
-    "--no_plots": "skip the PNG figures beside the report (default: written when matplotlib is installed, "
-                  "pip install 'mnist-quant[plots]')",
-}
+def renamed(argv: list[str], notice: Callable[[str], None]) -> list[str]:
+    """``argv`` with deprecated flag spellings (:data:`DEPRECATED`) replaced, one notice per flag."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    out, told = [], set()
+    for a in argv:
+        name, eq, value = a.partition("=")
+        new, commands = DEPRECATED.get(name, (None, ()))
+        if new and command in commands:
+            if name not in told:
+                notice(f"warning: {name} is deprecated; use {new}")
+                told.add(name)
+            a = new + eq + value
+        out.append(a)
+    return out
 
 
-def _common(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    p.add_argument("--input_model", required=model_required)
-    p.add_argument("--config", default=None)
+def _common(p: argparse.ArgumentParser, config_help: str = CONFIG_HELP) -> None:
+    p.add_argument("--input_model", required=True)
+    p.add_argument("--config", default=None, help=config_help)
     p.add_argument("--data_dir", default=None)
-    p.add_argument("--report", default=None)
-    p.add_argument("--verbose", action="store_true")
+
+
+def _dynamic_batch(p: argparse.ArgumentParser, help_on: str, default: bool | None) -> None:
+    p.add_argument("--dynamic_batch", dest="dynamic_batch", action="store_const", const=True, default=default, help=help_on)
+    p.add_argument("--no_dynamic_batch", dest="dynamic_batch", action="store_const", const=False, help="the opposite of --dynamic_batch")
+
+
+def _tolerances(p) -> None:
+    from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, RTOL, range_text
+
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (range {range_text(RTOL)}; default {DEFAULT_RTOL:g})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (range {range_text(ATOL)}; default {DEFAULT_ATOL:g})")
+
+
+def _range(key: str) -> str:
+    """Help text for a flag overriding config ``key``: the key's range (:func:`quant.config.check_value` enforces it)."""
+    from .config import leaf, range_text
+
+    return f"range {range_text(leaf(key))}"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PORTABILITY_SAMPLES, SAMPLES, leaf, range_text
+
     parser = _Parser(prog="python -m quant", description="Produce and validate int8 ONNX MNIST classifiers.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"mnist-quant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("tune", help="tune an fp32 model into int8 with neural-compressor", allow_abbrev=False)
     _common(t)
-    t.add_argument("--output_model", required=True, help="where the int8 model is written (atomically)")
+    t.add_argument("--output_model", required=True, help="where the int8 model is written (atomically); its reports and test "
+                   "data go beside it")
+    t.add_argument("--report", default=None)
     t.add_argument("--objective", choices=("accuracy", "performance"), default=None,
                    help="override tuning.objective (performance = latency-aware search)")
-    t.add_argument("--dynamic_batch", action=argparse.BooleanOptionalAction, default=None,
-                   help="give the int8 model a symbolic batch dimension (default: config model.dynamic_batch, true)")
+    _dynamic_batch(t, "give the int8 model a symbolic batch dimension (default: config model.dynamic_batch, true)", None)
     t.add_argument("--no_plots", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.add_argument("--verbose", action="store_true", help="neural-compressor's full logging, and a traceback on errors")
     t.set_defaults(func=cmd_tune)
+
+    b = sub.add_parser("benchmark", help="size, accuracy and latency of int8 vs fp32 side by side; accuracy gate", allow_abbrev=False)
+    b.add_argument("--input_model", action="append", required=True,
+                   help="model to measure; give the flag once per model, or several comma-separated (a value naming an "
+                        "existing file is taken whole, commas and all)")
+    b.add_argument("--config", default=None, help=CONFIG_DOCUMENTED_HELP)
+    b.add_argument("--data_dir", default=None)
+    b.add_argument("--baseline_model", default=None,
+                   help="fp32 model to compare against (measured in the same run); with accuracy measured, every model is gated against it")
+    b.add_argument("--mode", default="all", choices=("all", "accuracy", "performance"))
+    b.add_argument("--max_accuracy_drop", type=float, default=None, help="the gate's budget as a fraction "
+                   f"({_range('tuning.accuracy_criterion')}; default: the config's tuning.accuracy_criterion)")
+    b.add_argument("--batch_size", type=_int_list, default=None, help="images per timed inference; several comma-separated "
+                   f"(e.g. 1,64) are timed in turn ({_range('benchmark.batch_size')} each; default: config benchmark.batch_size)")
+    b.add_argument("--iterations", type=int, default=None,
+                   help=f"timed inferences per model ({_range('benchmark.iterations')}; default: config benchmark.iterations)")
+    b.add_argument("--warmup", type=int, default=None,
+                   help=f"untimed inferences per model first ({_range('benchmark.warmup')}; default: config benchmark.warmup)")
+    b.add_argument("--threads", type=int, default=None,
+                   help=f"onnxruntime intra-op threads ({_range('benchmark.threads')}; default: config benchmark.threads, 1)")
+    b.add_argument("--profile", action="store_true", help="add onnxruntime's per-op kernel times for every model and batch size")
+    _dynamic_batch(b, "rewrite fixed-batch models (the zoo's batch of 1) to a symbolic batch in memory, so all run at "
+                      "--batch_size (default: off)", False)
+    b.add_argument("--report", default=None)
+    b.add_argument("--no_plots", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--verbose", action="store_true")
+    b.set_defaults(func=cmd_benchmark)
+
+    v = sub.add_parser("validate", help="check an int8 model against its fp32 baseline: structure, input range, accuracy, "
+                       "per-layer error, CPU portability, test data", allow_abbrev=False)
+    _common(v, CONFIG_DOCUMENTED_HELP)
+    v.add_argument("--baseline_model", required=True, help="the fp32 model the int8 model was made from")
+    v.add_argument("--test_data", nargs="+", default=None, metavar="DIR",
+                   help="test_data_set_N folders (or folders of them) to check; default: <model>_test_data/ if present")
+    v.add_argument("--samples", type=int, default=SAMPLES.default,
+                   help=f"test images for the per-layer error (range {range_text(SAMPLES)}; default {SAMPLES.default})")
+    v.add_argument("--portability_samples", type=int, default=PORTABILITY_SAMPLES.default,
+                   help="test images for the CPU-portability check against the exact integer reference "
+                        f"(range {range_text(PORTABILITY_SAMPLES)}; default {PORTABILITY_SAMPLES.default}, ~10 ms each)")
+    _tolerances(v)
+    v.add_argument("--report", default=None)
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--verbose", action="store_true")
+    v.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("package", help="zoo-style NAME.tar.gz (NAME/model.onnx + test_data_set_N) and NAME.card.md", allow_abbrev=False)
+    _common(p, CONFIG_DOCUMENTED_HELP)
+    p.add_argument("--output_model", required=True, help="NAME.tar.gz to write; NAME.card.md (the model-card fragment) goes beside it")
+    p.add_argument("--count", type=int, default=None,
+                   help=f"test_data_set folders (range 1..{leaf('output.test_data_sets').max}; default: config output.test_data_sets, 3)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_package)
+
+    c = sub.add_parser("calib", help="materialize the calibration set as a .npy and check its sha256", allow_abbrev=False)
+    c.add_argument("--config", default=None, help=CONFIG_HELP)
+    c.add_argument("--data_dir", default=None)
+    c.add_argument("--output_dir", required=True, help="folder for calib-<sha256 prefix>.npy (created if missing)")
+    c.add_argument("--add_to_manifest", metavar="NAME", default=None,
+                   help="record this set under NAME in the manifest the config names (quantization.calibration.manifest)")
+    c.add_argument("--verbose", action="store_true")
+    c.set_defaults(func=cmd_calib)
+
+    w = sub.add_parser("write-test-data", help="write zoo-style test_data_set_N folders for a model", allow_abbrev=False)
+    _common(w)
+    w.add_argument("--output_dir", required=True, help="the test-data folder, replaced whole (it may hold only earlier test data)")
+    w.add_argument("--count", type=int, default=None,  # the key's range, but 0 (no sets) leaves nothing to write
+                   help=f"number of sets (range 1..{leaf('output.test_data_sets').max}; default: config output.test_data_sets)")
+    w.add_argument("--verbose", action="store_true")
+    w.set_defaults(func=cmd_write_test_data)
+
+    k = sub.add_parser("check-test-data", help="run a model on zoo-style test_data_set_N folders and compare outputs", allow_abbrev=False)
+    k.add_argument("--input_model", required=True)
+    k.add_argument("--test_data", nargs="+", required=True, metavar="DIR", help="test_data_set_N folders or folders of them")
+    k.add_argument("--config", default=None, help="for model.input_name (default: read from the model)")
+    _tolerances(k)
+    k.add_argument("--json", action="store_true")
+    k.add_argument("--verbose", action="store_true")
+    k.set_defaults(func=cmd_check_test_data)
 
     f = sub.add_parser("fetch", help="download MNIST and the zoo's mnist-12.onnx with checksum verification", allow_abbrev=False)
     f.add_argument("--data_dir", default=None, help="MNIST folder (default: $MNIST_DIR or the user cache)")
@@ -98,87 +253,129 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--verbose", action="store_true")
     f.set_defaults(func=cmd_fetch)
 
-    k = sub.add_parser("config", help="print the default config (the packaged mnist.yaml) to start your own from", allow_abbrev=False)
-    k.set_defaults(func=cmd_config)
-
-    c = sub.add_parser("calib", help="materialize the calibration set into calib_data/ and check its sha256", allow_abbrev=False)
-    c.add_argument("--config", default=None)
-    c.add_argument("--data_dir", default=None)
-    c.add_argument("--out_dir", default=None, help="folder for the .npy (default: calib_data/ in the working folder)")
-    c.add_argument("--add_to_manifest", metavar="NAME", default=None,
-                   help="record this set under NAME in the manifest the config names (quantization.calibration.manifest)")
-    c.add_argument("--verbose", action="store_true")
-    c.set_defaults(func=cmd_calib)
-
-    from . import benchmark_cli, package_cli, validate_cli
-
-    benchmark_cli.add_parser(sub)
-    validate_cli.add_parsers(sub, _common)
-    package_cli.add_parser(sub)
+    g = sub.add_parser("config", help="print the default config (the packaged mnist.yaml) to start your own from", allow_abbrev=False)
+    g.set_defaults(func=cmd_config)
     return parser
 
 
-def cmd_tune(args) -> int:
-    from .pipeline import tune_model
+# ------------------------------------------------------------------------------ sub-commands
+def _progress(args) -> Callable[[str], None]:
+    return quiet if getattr(args, "json", False) else log
 
-    doc = tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, reports=True,
-                     report_path=args.report, verbose=args.verbose, log=_log, command=_command_line(),
-                     dynamic_batch=args.dynamic_batch, objective=args.objective, plots=not args.no_plots)
-    print(doc["markdown"])
-    _log(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
+
+def _print_report(doc: dict, args, exit_code: int = 0) -> None:
+    """The report on stdout: Markdown, or with --json the report as JSON (plus the exit code)."""
+    if getattr(args, "json", False):
+        print(json.dumps({k: v for k, v in doc.items() if k not in ("markdown", "card_text")} | {"exit_code": exit_code}, indent=2))
+    else:
+        print(doc.get("markdown", doc.get("card_text", "")), end="" if doc.get("markdown", "").endswith("\n") else "\n")
+
+
+def _reporting(func: Callable[[], dict], args) -> dict:
+    """Run a workflow; a failed gate or check still prints its report before the one-line error."""
+    try:
+        return func()
+    except AccuracyError as e:
+        if isinstance(e.details, dict) and ("markdown" in e.details or "checks" in e.details):
+            _print_report(e.details, args, e.exit_code)
+        raise
+
+
+def cmd_tune(args) -> int:
+    from . import tune_model
+
+    say = _progress(args)
+    doc = _reporting(lambda: tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
+                                        report_path=args.report, reports=True, plots=not args.no_plots,
+                                        dynamic_batch=args.dynamic_batch, objective=args.objective, verbose=args.verbose,
+                                        log=say, command=command_line()), args)
+    _print_report(doc, args)
+    if doc.get("reports"):
+        say(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
+    say(f"PASSED: int8 top-1 {100 * doc['int8']['accuracy']:.2f} % vs fp32 {100 * doc['fp32']['accuracy']:.2f} % "
+        f"(criterion {doc['criterion']['kind']} {doc['criterion']['tolerance']:g}); wrote {args.output_model}")
     return 0
 
 
-def cmd_fetch(args) -> int:
-    from . import data
+def cmd_benchmark(args) -> int:
+    from . import benchmark_models
 
-    root = data.ensure_data_dir(args.data_dir, None, download=True, log=_log)
-    for split in ("train", "test"):
-        s = data.load_split(root, split, verify=True)
-        _log(f"[fetch] {split}: {len(s.labels)} images, md5 verified, in {root}")
-    models_dir = Path(args.models_dir) if args.models_dir else data.default_cache_dir() / "models"
-    path = data.fetch_model("mnist-12.onnx", models_dir, log=_log)
-    print(path)
+    say = _progress(args)
+    given = [m for v in args.input_model for m in ([v] if os.path.isfile(v) else v.split(",")) if m]
+    if not given:
+        raise UsageError("--input_model: at least one model is required")
+    sizes = args.batch_size or [None]
+    doc = _reporting(lambda: benchmark_models(
+        given, args.baseline_model, config=args.config, mode=args.mode, data_dir=args.data_dir, batch_size=sizes[0],
+        extra_batch_sizes=tuple(sizes[1:]), iterations=args.iterations, warmup=args.warmup, threads=args.threads,
+        max_accuracy_drop=args.max_accuracy_drop, report_path=args.report, plots=not args.no_plots,
+        dynamic_batch=args.dynamic_batch, profile=args.profile, log=say, progress=not args.json, command=command_line()), args)
+    _print_report(doc, args)
+    if doc.get("reports"):
+        say(f"[benchmark] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
+    if doc.get("gate"):
+        say(doc["gate"]["verdict"])
+    else:
+        say("no gate: " + ("--mode=performance measures no accuracy" if args.mode == "performance" else "no --baseline_model given"))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from . import validate_model
+
+    say = _progress(args)
+    doc = _reporting(lambda: validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
+                                            report_path=args.report, test_data=args.test_data, samples=args.samples,
+                                            portability_samples=args.portability_samples, rtol=args.rtol, atol=args.atol,
+                                            log=say, command=command_line()), args)
+    _print_report(doc, args)
+    if doc.get("reports"):
+        say(f"[validate] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
+    counts = {}
+    for c in doc["checks"]:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    say("validation PASSED: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def cmd_package(args) -> int:
+    from . import package_model
+
+    say = _progress(args)
+    doc = package_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, count=args.count,
+                        log=say, command=command_line())
+    _print_report(doc, args)
     return 0
 
 
 def cmd_calib(args) -> int:
-    from . import calib, config, data, inputs
-    from .fsio import Outputs, check_distinct, check_writable_target
+    from . import build_calibration_set
 
-    cfg = config.load(args.config)
-    folder = Path(args.out_dir) if args.out_dir else Path("calib_data")
-    default_missing = not args.out_dir and not folder.exists()  # created, after the work, only when the default is used
-    check_writable_target(folder if default_missing else folder / "calib-0123456789ab.npy", "--out_dir")
-    mpath = calib.manifest_path(cfg)
-    if args.add_to_manifest:
-        if mpath.resolve() == calib.BUILTIN_MANIFEST.resolve():  # never write into the installed package
-            raise UsageError("--add_to_manifest: set quantization.calibration.manifest to a manifest file of yours "
-                             "(the built-in one is part of the package)")
-        check_writable_target(mpath, "quantization.calibration.manifest")
-    root = data.ensure_data_dir(args.data_dir, cfg.dataset.root, download=cfg.dataset.download, log=_log)
-    cs = calib.build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
-    manifest = ("quantization.calibration.manifest", mpath)
-    check_distinct(reads=[("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, args.data_dir)]
-                   + ([] if args.add_to_manifest else [manifest]),
-                   writes=[("the calibration array", calib.array_path(cs, folder))] + ([manifest] if args.add_to_manifest else []))
-    _log(f"[calib] {cs.definition['count']} {cs.definition['split']} images, {cs.definition['source']}; sha256 {cs.sha256} checked")
-    if default_missing:
-        folder.mkdir()
-    try:
-        with Outputs() as staged:  # the array and the manifest entry, committed together
-            out = calib.save_array(cs, folder, staged)
-            if args.add_to_manifest:
-                entries = [e for e in (calib.read_manifest(mpath) if mpath.exists() else []) if e.get("name") != args.add_to_manifest]
-                calib.write_manifest(mpath, entries + [calib.manifest_entry(cs, args.add_to_manifest)], staged)
-            staged.commit()
-    except BaseException:
-        if default_missing and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-    if args.add_to_manifest:
-        _log(f"[calib] recorded as {args.add_to_manifest!r} in {mpath}")
-    print(out)
+    print(build_calibration_set(args.output_dir, config=args.config, data_dir=args.data_dir,
+                                add_to_manifest=args.add_to_manifest, log=log))
+    return 0
+
+
+def cmd_write_test_data(args) -> int:
+    from . import write_test_data
+
+    print(write_test_data(args.input_model, args.output_dir, config=args.config, data_dir=args.data_dir, count=args.count, log=log))
+    return 0
+
+
+def cmd_check_test_data(args) -> int:
+    from . import check_test_data
+
+    doc = _reporting(lambda: check_test_data(args.input_model, args.test_data, config=args.config, rtol=args.rtol, atol=args.atol), args)
+    _print_report(doc, args)
+    _progress(args)(doc["verdict"])
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from . import fetch
+
+    print(fetch(args.data_dir, args.models_dir, log=log))
     return 0
 
 
@@ -189,6 +386,7 @@ def cmd_config(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ entry point
 def _one_line(text: str) -> str:
     """A message stays one line even when a path in it holds a line break."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
@@ -203,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(renamed(sys.argv[1:] if argv is None else list(argv), log))
     verbose = getattr(args, "verbose", False)
     # SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C's
     # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal

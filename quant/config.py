@@ -48,11 +48,12 @@ class F:
 SCHEMA: dict[str, Any] = {
     "version": F("scalar", None, nullable=True, doc="accepted for INC-1.x configs; ignored"),
     "model": {
-        "name": F("str", "mnist-12", doc="a label used in reports"),
-        "input_name": F("str", None, nullable=True, doc="input tensor name; detected from the model when null"),
-        "output": F("str", "logits", choices=("logits", "probabilities"), doc="what the model's 10 outputs are; probabilities = ends in Softmax"),
+        "name": F("str", None, nullable=True, doc="a label used in reports and figures; null = the model file's name without .onnx"),
+        "input_name": F("str", None, nullable=True, doc="input tensor name; null = read from the model (its one input)"),
+        "output": F("str", None, nullable=True, choices=("logits", "probabilities"),
+                    doc="what the model's 10 outputs are; null = read from the model (a Softmax head gives probabilities)"),
         "dynamic_batch": F("bool", True, doc="rewrite a fixed batch dimension (the zoo's 1) to a symbolic one before quantizing, "
-                           "outputs checked identical (--dynamic_batch / --no-dynamic_batch)"),
+                           "outputs checked identical (--dynamic_batch / --no_dynamic_batch)"),
     },
     "dataset": {
         "root": F("str", None, nullable=True, doc="MNIST folder (--data_dir overrides it; else $MNIST_DIR, then the user cache)"),
@@ -65,7 +66,8 @@ SCHEMA: dict[str, Any] = {
         "scale": F("fraction", "1/255", min=1e-6, max=1000, doc="pixels (0..255) are multiplied by this"),
         "mean": F("float", 0.0, min=-1e6, max=1e6, doc="subtracted after scaling (far beyond any pixel range at +-1e6)"),
         "std": F("float", 1.0, min=1e-6, max=1e6, doc="divided by after subtracting mean"),
-        "layout": F("str", "NCHW", choices=("NCHW", "NHWC", "flat"), doc="input layout: NCHW [N,1,28,28], NHWC [N,28,28,1], flat [N,784]"),
+        "layout": F("str", None, nullable=True, choices=("NCHW", "NHWC", "flat"),
+                    doc="input layout: NCHW [N,1,28,28], NHWC [N,28,28,1], flat [N,784]; null = read from the model's input shape"),
     },
     "quantization": {
         "approach": F("str", "static", choices=("static",), doc="post-training static quantization"),
@@ -335,11 +337,12 @@ def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None, bas
     return cfg
 
 
-def replace(cfg: Config, changes: dict[str, Any]) -> Config:
+def replace(cfg: Config, changes: dict[str, Any], noted: bool = True) -> Config:
     """A copy of ``cfg`` with ``changes`` (``{"tuning": {"objective": "performance"}}``) merged in and
     every key checked again as in a file (a bad value raises ConfigError, exit 2, naming the key). The
     copy keeps the file's path and sha256; each changed key is added to its notes, which the reports
-    print beside them, so a report says which values did not come from that file."""
+    print beside them, so a report says which values did not come from that file (``noted=False``: values
+    read from the model itself, which the reports list as inferred instead)."""
     def merge(base: dict, new: dict, prefix: str) -> list[str]:
         changed = []
         for k, v in new.items():
@@ -357,7 +360,7 @@ def replace(cfg: Config, changes: dict[str, Any]) -> Config:
     changed = merge(values, changes, "")
     new = Config(_validate(SCHEMA, values, "", cfg.source))
     new.__dict__.update(source=cfg.source, sha256=cfg.sha256,
-                        notes=[*cfg.notes, *(f"{c} (not from the file: a flag or the caller)" for c in changed)])
+                        notes=[*cfg.notes, *(f"{c} (not from the file: a flag or the caller)" for c in changed if noted)])
     return new
 
 

@@ -305,6 +305,18 @@ def fetch_model(name: str, dest_dir: Path, opener: Opener = urllib.request.urlop
     return dest
 
 
+def fetch(data_dir: str | None = None, models_dir: str | None = None, log=print) -> Path:
+    """Download what the toolkit reads, checksum-verified: the four MNIST files into ``data_dir`` (else
+    ``$MNIST_DIR``, else the user cache) and the zoo's mnist-12.onnx into ``models_dir`` (else the user
+    cache). Files already there are verified, not downloaded again. Returns the model's path.
+    Raises DataError/InputError (exit 4) when a download fails or a file's checksum does not match."""
+    root = ensure_data_dir(data_dir, None, download=True, log=log)
+    for split in ("train", "test"):
+        s = load_split(root, split, verify=True)
+        log(f"[fetch] {split}: {len(s.labels)} images, md5 verified, in {root}")
+    return fetch_model("mnist-12.onnx", Path(models_dir) if models_dir else default_cache_dir() / "models", log=log)
+
+
 # ------------------------------------------------------------------------------ preprocessing
 def preprocess(images: np.ndarray, scale: float, mean: float, std: float, layout: str) -> np.ndarray:
     """uint8 [N,28,28] -> float32 model input: ``(pixel * scale - mean) / std`` in ``layout``.

@@ -110,9 +110,13 @@ def check_writable_target(path: str | os.PathLike, what: str) -> Path:
         check_name_length(p, what)
         if p.is_dir():
             raise UsageError(f"{what} {p}: is a directory, expected a file path")
-        if not parent.is_dir():
-            raise UsageError(f"{what} {p}: output folder {parent} does not exist")
-        if not os.access(parent, os.R_OK | os.W_OK | os.X_OK):  # read too: the commit locks the folder
+        if not parent.is_dir():  # missing folders are created when the run writes (Outputs), removed if it writes nothing
+            base = _existing_ancestor(parent)
+            if not base.is_dir():
+                raise UsageError(f"{what} {p}: {base} is not a folder, so output folder {parent} cannot be created")
+            if not os.access(base, os.W_OK | os.X_OK):
+                raise UsageError(f"{what} {p}: output folder {parent} does not exist and {base} is not writable")
+        elif not os.access(parent, os.R_OK | os.W_OK | os.X_OK):  # read too: the commit locks the folder
             raise UsageError(f"{what} {p}: output folder {parent} is not writable (or not readable)")
         if p.exists() and not stat.S_ISREG(os.stat(p).st_mode):  # /dev/null, a FIFO: never replaced by a file
             raise UsageError(f"{what} {p}: exists and is not a regular file")
@@ -121,6 +125,14 @@ def check_writable_target(path: str | os.PathLike, what: str) -> Path:
     except (OSError, ValueError) as e:  # a folder name too long, a NUL byte, ...
         raise UsageError(f"{what} {p}: cannot be written ({getattr(e, 'strerror', None) or e})") from None
     return p
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """The nearest of ``folder`` and its parents that exists (as anything)."""
+    for f in (folder, *folder.parents):
+        if os.path.lexists(f):
+            return f
+    return Path(".")
 
 
 def _key(p: Path):
@@ -184,6 +196,16 @@ class Outputs:
 
     def __init__(self):
         self._staged: list[tuple[Path, Path]] = []  # (temporary, destination)
+        self._made: list[Path] = []  # folders created for an output (missing parents), deepest last
+
+    def _parent(self, p: Path) -> Path:
+        """``p``'s folder, created with its missing parents (recorded: removed again if nothing is committed)."""
+        folder = p.parent if str(p.parent) else Path(".")
+        missing = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
+        for f in reversed(missing):
+            os.mkdir(f, 0o755)
+            self._made.append(f)
+        return folder
 
     def __enter__(self) -> "Outputs":
         return self
@@ -193,7 +215,7 @@ class Outputs:
 
     def bytes(self, path: str | os.PathLike, data: bytes) -> None:
         p = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=self._parent(p))
         self._staged.append((Path(tmp), p))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -207,7 +229,7 @@ class Outputs:
     def folder(self, path: str | os.PathLike) -> Path:
         """An empty temporary folder to fill; it replaces ``path`` whole on commit."""
         p = Path(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=self._parent(p)))
         os.chmod(tmp, 0o755)
         self._staged.append((tmp, p))
         return tmp
@@ -215,7 +237,13 @@ class Outputs:
     def discard(self) -> None:
         for tmp, _ in self._staged:
             _remove(tmp)
-        self._staged = []
+        if self._staged:  # not committed: the folders made for it go too (only while empty: never a user's file)
+            for f in reversed(self._made):
+                try:
+                    os.rmdir(f)
+                except OSError:
+                    pass
+        self._staged, self._made = [], []
 
     def commit(self) -> None:
         """Move every staged output into place. A stop signal arriving meanwhile (on any thread) is

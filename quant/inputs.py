@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import config as config_mod, data, models, provenance
-from .errors import QuantError
+from .errors import ConfigError, QuantError, UsageError
 
 
 def load_config(cfg):
@@ -31,6 +31,47 @@ def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callab
 def test_inputs(cfg, test: data.Split):
     p = cfg.preprocessing
     return data.preprocess(test.images, cfg.scale, p.mean, p.std, p.layout)
+
+
+def model_name(path) -> str:
+    """A model's name for reports and figures: its file name without ``.onnx``."""
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:-5] if name.endswith(".onnx") else name
+
+
+def settle_model(cfg, lm, log: Callable = print, others: tuple = ()):
+    """What the model says about itself, before any work: its input (name and layout), what its outputs
+    are (a Softmax head gives probabilities) and its name (the file name). A config value left null is
+    read from the model and said once (``[model] ...``); a config value the model contradicts is exit 2
+    naming both. ``others`` (more loaded models of the same run, e.g. a baseline) must take the same
+    input layout. Returns ``(cfg, signature, inferred)``: ``cfg`` a copy with the model's values filled
+    in, ``inferred`` what was read from the model (recorded in the reports)."""
+    source = "the built-in defaults" if cfg.source.startswith("<") else cfg.source
+    sig = models.signature(lm.proto, lm.path, cfg.model.input_name)
+    layout = models.layout_of(sig)
+    if cfg.preprocessing.layout not in (None, layout):
+        want = ["N", *models.LAYOUT_SHAPES[cfg.preprocessing.layout]]
+        raise ConfigError(f"{source}: preprocessing.layout is {cfg.preprocessing.layout} ({want}) but {lm.path} input "
+                          f"{sig.input_name!r} has shape {list(sig.input_shape)} ({layout}); remove the key or set it to {layout}")
+    output = "probabilities" if models.output_producer(lm.proto, sig) in ("Softmax", "QLinearSoftmax") else "logits"
+    if cfg.model.output not in (None, output):
+        raise ConfigError(f"{source}: model.output is {cfg.model.output} but {lm.path} output {sig.output_name!r} "
+                          f"{'comes from Softmax' if output == 'probabilities' else 'does not come from Softmax'} ({output}); "
+                          f"remove the key or set it to {output}")
+    facts = {"model": {"input_name": sig.input_name, "output": output, "name": model_name(lm.path)},
+             "preprocessing": {"layout": layout}}
+    inferred = {f"{section}.{k}": v for section, values in facts.items() for k, v in values.items()
+                if getattr(getattr(cfg, section), k) is None}
+    if inferred:
+        cfg = config_mod.replace(cfg, {s: {k: v for k, v in vs.items() if getattr(getattr(cfg, s), k) is None} for s, vs in facts.items()},
+                                 noted=False)
+        log(f"[model] {lm.path}: " + ", ".join(f"{k} {v}" for k, v in inferred.items()) + " (read from the model)")
+    for other in others:
+        osig = models.signature(other.proto, other.path, cfg.model.input_name)
+        if models.layout_of(osig) != layout:
+            raise UsageError(f"{other.path} input {osig.input_name!r} has shape {list(osig.input_shape)} ({models.layout_of(osig)}) "
+                              f"but {lm.path} takes {layout}; one run feeds every model the same images")
+    return cfg, sig, inferred
 
 
 def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable = print) -> dict:

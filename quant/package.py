@@ -35,10 +35,10 @@ SUFFIX = ".tar.gz"
 
 
 def names(output: str | os.PathLike) -> tuple[str, Path, Path]:
-    """(NAME, archive path, card path) for ``--output NAME.tar.gz``."""
+    """(NAME, archive path, card path) for ``--output_model NAME.tar.gz``."""
     p = Path(output)
     if not p.name.endswith(SUFFIX) or not NAME.fullmatch(p.name[:-len(SUFFIX)]):
-        raise UsageError(f"--output {output}: must be NAME.tar.gz with NAME of letters, digits, '.', '_' or '-' (the zoo's form, "
+        raise UsageError(f"--output_model {output}: must be NAME.tar.gz with NAME of letters, digits, '.', '_' or '-' (the zoo's form, "
                          "e.g. mnist-12-int8.tar.gz)")
     name = p.name[:-len(SUFFIX)]
     return name, p, p.with_name(f"{name}.card.md")
@@ -97,10 +97,20 @@ def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, 
     ])
 
 
-def package_model(input_model: str, output: str, config=None, data_dir: str | None = None, count: int | None = None,
+def package_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, count: int | None = None,
                   log: Callable[[str], None] = print, command: str = "python -m quant package") -> dict:
-    """Write ``NAME.tar.gz`` and ``NAME.card.md``; returns a summary dict (paths, md5, sha256, accuracy)."""
+    """Package ``input_model`` the zoo's way: ``output_model`` (``NAME.tar.gz``: ``NAME/model.onnx`` plus
+    ``count`` ``test_data_set_N`` folders of test images run through the model) and the model-card
+    fragment ``NAME.card.md`` beside it (size, md5, sha256, top-1 on the 10,000 test images, the
+    preprocessing and how to reproduce the model).
+
+    ``config``: a YAML path or :class:`quant.config.Config` for the preprocessing; None uses what the
+    model's metadata documents, else the built-in defaults. ``data_dir``: the MNIST folder. Returns a
+    summary dict (paths, bytes, md5, sha256, top-1, the card's text under ``"card_text"``).
+    Raises UsageError/ConfigError (exit 2), InputError/ModelError (exit 4).
+    """
     t0 = time.perf_counter()
+    output = output_model
     name, archive_path, card_path = names(output)
     cfg = inputs.load_config(config)
     if count is None:
@@ -110,12 +120,13 @@ def package_model(input_model: str, output: str, config=None, data_dir: str | No
     elif count < 1:
         raise UsageError(f"--count {count}: must be >= 1 (a zoo package holds test_data_set folders)")
     for p in (archive_path, card_path):
-        check_writable_target(p, "--output")
+        check_writable_target(p, "--output_model")
     if card_path.is_file() and not read_regular_file(card_path, "model card", 1 << 20, UsageError).startswith(CARD_MARK.encode()):
-        raise UsageError(f"--output {output}: {card_path} exists and is not a model card this command wrote; move it or choose another NAME")
+        raise UsageError(f"--output_model {output}: {card_path} exists and is not a model card this command wrote; move it or choose another NAME")
     check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)],
-                   writes=[("--output (archive)", archive_path), ("--output (model card)", card_path)])
+                   writes=[("--output_model (archive)", archive_path), ("--output_model (model card)", card_path)])
     lm = models.load(input_model, "input model")
+    cfg, _, inferred = inputs.settle_model(cfg, lm, log)
     prov = inputs.preprocessing_for(cfg, config is None, [lm], log)
     sig = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
     test = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)["test"]
@@ -137,6 +148,6 @@ def package_model(input_model: str, output: str, config=None, data_dir: str | No
         staged.text(card_path, text)
         staged.commit()
     summary = {"archive": str(archive_path), "card": str(card_path), "bytes": len(archive), "md5": md5, "sha256": sha, "top1": acc, "test_data_sets": n, "preprocessing": cfg.preprocessing_dict(),
-               "preprocessing_source": prov["source"], "warnings": prov["warnings"], "seconds": time.perf_counter() - t0, "card_text": text}
+               "preprocessing_source": prov["source"], "warnings": prov["warnings"], "inferred": inferred, "seconds": time.perf_counter() - t0, "card_text": text}
     log(f"[package] wrote {archive_path} ({len(archive):,} bytes, md5 {summary['md5']}, sha256 {summary['sha256']}) and {card_path}")
     return summary

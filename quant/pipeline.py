@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import onnx
+
 from . import calib, config as config_mod, evaluation, finalize, inputs, models, plan as plan_mod, plots as _plots, prepare, provenance, report, testdata
+from .criterion import Criterion
 from .errors import AccuracyError, UsageError
 from .fsio import Outputs, check_distinct, check_writable_target, sha256_bytes
 
@@ -70,12 +73,12 @@ def _check_outputs(input_model: str, output_model: str, report_path: str | None,
     return _Outputs(output_model, json_path, md_path, td_dir, plot)
 
 
-def _load_fp32(input_model: str, cfg):
+def _load_fp32(input_model: str, cfg, log):
+    """The fp32 model, checked, and the config completed with what the model says about itself."""
     fp32 = models.load(input_model, "input model")
     models.require_fp32(fp32)
-    sig = models.signature(fp32.proto, fp32.path, cfg.model.input_name, cfg.preprocessing.layout)
-    models.check_output_kind(fp32.proto, sig, cfg.model.output, fp32.path)
-    return fp32, sig
+    cfg, sig, inferred = inputs.settle_model(cfg, fp32, log)
+    return cfg, fp32, sig, inferred
 
 
 def _prepare(fp32, sig, cfg, dynamic: bool, check: Callable, log) -> tuple[prepare.Prepared, plan_mod.Plan]:
@@ -120,8 +123,18 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
         if note:
             steps.append(note)
             check(model)
-    result = tuning.tune(model, c, loader, lambda b: evaluator(b, f"{fp32_path} (int8)"), verbose=verbose, log=log)
-    finished, notes = finalize.finish(result.model) if cfg.quantization.kernel_aware else finalize.loadable(result.model)
+    finish = finalize.finish if cfg.quantization.kernel_aware else finalize.loadable
+
+    def accuracy(candidate: bytes) -> float:
+        """INC judges each candidate by the accuracy of the model that would be written: finished, so that
+        every top-1 the tool prints for a model is the one its report gives."""
+        proto = onnx.load_from_string(candidate)
+        if models.is_quantized(proto):  # INC evaluates the fp32 model first
+            candidate = models.serialize(finish(proto)[0])
+        return evaluator(candidate, f"{fp32_path} (int8)")
+
+    result = tuning.tune(model, c, loader, accuracy, verbose=verbose, log=log)
+    finished, notes = finish(result.model)
     return _Quantized(result, finished, steps, notes)
 
 
@@ -129,14 +142,23 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
                verbose: bool = False, log: Callable[[str], None] | None = None, command: str | None = None,
                dynamic_batch: bool | None = None, objective: str | None = None, plots: bool = True,
                reports: bool | None = None) -> dict:
-    """Tune ``input_model`` (fp32) into an int8 model at ``output_model``; returns the report dict.
-    Writes the int8 model and what the config asks for (``output.test_data_sets``). Report files (JSON,
-    Markdown, and with ``plots`` the trials figure) only when asked: ``reports=True`` (the command line),
-    a ``report_path`` or the config's ``output.report``; the report dict is returned either way (its
-    Markdown under ``"markdown"``). Progress goes to ``log``, by default the ``quant`` logger
-    (``logging.getLogger("quant")``, INFO).
+    """Tune ``input_model`` (fp32 ONNX) into an int8 model at ``output_model`` with neural-compressor's
+    accuracy-aware loop on onnxruntime; returns the report dict (its Markdown under ``"markdown"``).
 
-    Raises UsageError/ConfigError (2), InputError (4), AccuracyError (3).
+    - ``config``: a YAML path, a :class:`quant.config.Config` or None (the built-in defaults, identical
+      to mnist.yaml). Keys left null (layout, input name, output kind, model name) are read from the model.
+    - ``data_dir``: the MNIST folder (else the config's ``dataset.root``, ``$MNIST_DIR``, the user cache).
+    - ``report_path``: ``NAME.json`` for the reports (``NAME.md`` and ``NAME.trials.png`` beside it);
+      ``reports``: write them even without a path (beside the model: ``<output>.report.json``). By default
+      report files are written only when a path is given (here or as the config's ``output.report``).
+    - ``dynamic_batch``, ``objective``: override ``model.dynamic_batch`` and ``tuning.objective``.
+    - ``plots``: the trials figure beside the report (needs matplotlib).
+    - ``log``: progress lines (default: the ``quant`` logger at INFO); ``verbose``: INC's own logging.
+    - ``command``: the command line recorded in the report.
+
+    Writes the int8 model and, per ``output.test_data_sets``, ``<output>_test_data/`` beside it, all
+    atomically together. Raises UsageError/ConfigError (exit 2), InputError/ModelError (exit 4),
+    AccuracyError (exit 3: no model met the criterion; nothing written).
     """
     from . import tuning
 
@@ -145,7 +167,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     log = log or LOG.info
     out = _check_outputs(input_model, output_model, report_path, cfg, data_dir, plots,
                          reports=report.wanted(reports, report_path, cfg))
-    fp32, sig = _load_fp32(input_model, cfg)
+    cfg, fp32, sig, inferred = _load_fp32(input_model, cfg, log)
     prov = inputs.preprocessing_for(cfg, False, [fp32], log)  # warns when the fp32 model documents other preprocessing
     dynamic = bool(cfg.model.dynamic_batch if dynamic_batch is None else dynamic_batch)
     # --- data: calibration images (train split) and the preprocessed test set
@@ -164,7 +186,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         rsig = models.signature(model, fp32.path, sig.input_name)
         prepare.check_same_outputs(fp32.raw, models.serialize(model), x_test[:256], sig.input_name,
                                    evaluation.effective_batch(rsig.fixed_batch, 64), fp32.path,
-                                   hint="--no-dynamic_batch or model.dynamic_batch: false keeps the fixed batch; the batch rewrite cannot "
+                                   hint="--no_dynamic_batch or model.dynamic_batch: false keeps the fixed batch; the batch rewrite cannot "
                                         "reach a Reshape inside an If/Loop body" if dynamic and sig.fixed_batch else "")
 
     prep, plan = _prepare(fp32, sig, cfg, dynamic, check, log)
@@ -193,11 +215,11 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     # --- independent re-evaluation of the int8 model on the full test set, against the fp32 baseline above
     int8_out = evaluator.outputs(int8_bytes, output_model)
     int8_acc = evaluation.accuracy(int8_out, labels)
-    kind, tol = cfg.criterion
-    min_acc = fp32_acc * (1 - tol) if kind == "relative" else fp32_acc - tol
-    passed = tuning.meets(cfg.criterion, fp32_acc, int8_acc)
+    crit = Criterion.of(cfg.criterion)
+    min_acc = crit.min_accuracy(fp32_acc)
+    passed = crit.meets(fp32_acc, int8_acc)
     if not passed:  # INC accepted it but the independent re-evaluation does not: never ship it
-        raise AccuracyError(f"int8 top-1 {int8_acc:.2%} vs fp32 {fp32_acc:.2%} misses the {kind} {tol:g} criterion "
+        raise AccuracyError(f"int8 top-1 {int8_acc:.2%} vs fp32 {fp32_acc:.2%} misses the {crit.text()} criterion "
                             f"(needs >= {min_acc:.2%}); no model written")
     # --- outputs: model, test data and reports are staged beside their destinations and committed together
     with Outputs() as staged:
@@ -206,6 +228,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         doc = _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
                           (fp32_acc, int8_acc, min_acc, passed), (evaluation.tied_top1(fp32_out), evaluation.tied_top1(int8_out)),
                           finish_notes, choice, t_start, command, prov)
+        doc["inferred"] = inferred
         if out.plot:
             doc["plots"] = _write_plots(doc, out, staged, log)
         md = report.render_tune(doc)

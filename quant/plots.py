@@ -194,7 +194,12 @@ def _summary(doc: dict):
     lines = [head, _machine_line(doc), _timing_line(doc)]
     gate = doc.get("gate")
     fig.suptitle("\n".join(lines), fontsize=10.5, x=0.01, ha="left")
-    foot = ([(gate["verdict"], GOOD if gate["passed"] else BAD, "bold")] if gate else []) + [(base_note, "#444444", "normal")]
+    verdicts = []  # every model under test has its own verdict: one line each
+    if gate:
+        per_model = gate.get("models") or [{"path": None, "verdict": gate["verdict"], "passed": gate["passed"]}]
+        verdicts = [(m["verdict"] if len(per_model) == 1 else f"{Path(m['path']).name}: {m['verdict']}",
+                     GOOD if m["passed"] else BAD, "bold") for m in per_model]
+    foot = verdicts + [(base_note, "#444444", "normal")]
     height = fig.get_figheight()
     for k, (line, color, weight) in enumerate(foot):  # below the panels, 0.22 in apart
         fig.text(0.01, -0.22 * k / height, line, fontsize=9, color=color, weight=weight, ha="left", va="top")

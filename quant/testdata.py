@@ -11,15 +11,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from .config import DEFAULT_ATOL, DEFAULT_RTOL
-from .errors import DataError, UsageError, first_line
+from .errors import AccuracyError, DataError, UsageError, first_line
 from .evaluation import make_session
-from .fsio import check_name_length, read_regular_file
+from .fsio import check_name_length, check_writable_target, read_regular_file
 
 MAX_TENSOR_BYTES = 64 << 20
 SET_NAME = re.compile(r"test_data_set_\d+")
@@ -47,8 +48,9 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
     folders (an earlier run's output): anything else there would be deleted with it (exit 2)."""
     dest = Path(dest)
     check_name_length(dest, what)
-    if not dest.parent.is_dir():
-        raise UsageError(f"{what} {dest}: parent folder {dest.parent} does not exist")
+    if not dest.parent.is_dir():  # created on commit (fsio.Outputs), like every output's missing folders
+        check_writable_target(dest, what)
+        return
     if not os.access(dest.parent, os.R_OK | os.W_OK | os.X_OK):
         raise UsageError(f"{what} {dest}: parent folder {dest.parent} is not writable")
     if not dest.exists():
@@ -161,3 +163,64 @@ def check_sets(model: bytes, sets: list[Path], input_name: str, output_name: str
         same = bool(np.array_equal(np.argmax(got.reshape(len(got), -1), 1), np.argmax(ref.reshape(len(ref), -1), 1)))
         results.append(SetResult(str(d), float(diff.max()) if diff.size else 0.0, ok, same))
     return results
+
+
+def write_test_data(input_model: str, output_dir: str, config=None, data_dir: str | None = None, count: int | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """Write ``count`` zoo-style ``test_data_set_N`` folders for ``input_model`` into ``output_dir``
+    (replaced whole, atomically; it may hold only earlier test data): test images preprocessed per
+    ``config`` (a YAML path, a :class:`quant.config.Config` or None for the defaults), picked with the
+    calibration seed, and the model's outputs for them. ``count`` None: the config's
+    ``output.test_data_sets``. Returns ``output_dir``. Raises UsageError/ConfigError (exit 2),
+    InputError/ModelError (exit 4)."""
+    from . import config as config_mod, inputs, models
+    from .fsio import Outputs, check_distinct
+
+    if count is not None:
+        config_mod.check_value("output.test_data_sets", count, "--count")
+    cfg = inputs.load_config(config)
+    count = cfg.output.test_data_sets if count is None else count
+    if count < 1:
+        raise UsageError(f"--count {count}: must be >= 1")
+    dest = Path(output_dir)
+    check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)],
+                   writes=[], replaced=[("--output_dir", dest)])
+    check_replaceable(dest, "--output_dir")
+    m = models.load(input_model, "input model")
+    cfg, sig, _ = inputs.settle_model(cfg, m, log)
+    test = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)["test"]
+    x = inputs.test_inputs(cfg, test)[pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
+    with Outputs() as out:
+        n = write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest), m.path)
+        out.commit()
+    log(f"[test-data] wrote {n} test_data_set folders in {dest}")
+    return dest
+
+
+def check_test_data(input_model: str, test_data: list[str], config=None, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> dict:
+    """Run ``input_model`` on zoo-style test data (``test_data_set_N`` folders, or folders of them) and
+    compare with the stored outputs: a set passes when ``|got - ref| <= atol + rtol * |ref|`` everywhere.
+    Returns the report dict (``passed``, ``sets``; its Markdown under ``"markdown"``); raises AccuracyError
+    (exit 3, the report in ``details``) when any set differs, DataError/ModelError (exit 4) on bad input."""
+    from dataclasses import asdict
+
+    from . import config as config_mod, inputs, models
+
+    config_mod.check_flag(config_mod.RTOL, rtol, "--rtol")
+    config_mod.check_flag(config_mod.ATOL, atol, "--atol")
+    cfg = inputs.load_config(config)
+    m = models.load(input_model, "input model")
+    sig = models.signature(m.proto, m.path, cfg.model.input_name)
+    res = check_sets(m.raw, find_sets(test_data), sig.input_name, sig.output_name, rtol, atol, m.path)
+    bad = [r for r in res if not r.passed]
+    verdict = (f"{len(bad)} of {len(res)} test data sets differ beyond rtol {rtol:g}, atol {atol:g} (largest difference "
+               f"{max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder})" if bad
+               else f"{len(res)} test data set(s) reproduced within rtol {rtol:g}, atol {atol:g}")
+    doc = {"kind": "check-test-data", "input_model": m.path, "passed": not bad, "rtol": rtol, "atol": atol,
+           "sets": [asdict(r) for r in res], "verdict": verdict}
+    doc["markdown"] = "\n".join(
+        [f"{'PASS' if r.passed else 'FAIL'}  {r.folder}  max |diff| {r.max_abs_diff:.4g}  same top-1 {r.same_argmax}"
+         + (f"  ({r.detail})" if r.detail else "") for r in res]) + "\n"
+    if bad:
+        raise AccuracyError(verdict, doc)
+    return doc

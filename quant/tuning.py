@@ -36,6 +36,7 @@ import onnx
 
 from .errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
 from . import ortbugs
+from .criterion import Criterion
 from .models import sort_nodes
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
@@ -83,11 +84,6 @@ class TuneResult:
     @property
     def baseline_accuracy(self) -> float:
         return self.trials[0].accuracy
-
-
-def meets(criterion: tuple[str, float], baseline: float, acc: float) -> bool:
-    kind, tol = criterion
-    return acc >= baseline * (1 - tol) - 1e-12 if kind == "relative" else acc >= baseline - tol - 1e-12
 
 
 # INC recipes: keep Gemm a Gemm (INC splits it into MatMul + Add by default, which onnxruntime then runs as
@@ -225,7 +221,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
             log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
         else:
             base = trials[0].accuracy
-            ok = "meets" if meets(cfg.criterion, base, acc) else "misses"
+            ok = "meets" if Criterion.of(cfg.criterion).meets(base, acc) else "misses"
             log(f"[tune] trial {len(trials) - 1}: int8 top-1 {acc:.2%} (drop {base - acc:+.2%}; {ok} the {kind} {tol:g} criterion)")
         return acc
 

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import evaluation, models, report, testdata
+from . import criterion, evaluation, models, report, testdata
 from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag
 from .errors import AccuracyError
 from .fsio import check_distinct, check_writable_target
@@ -107,17 +107,23 @@ def activation_bits(model: onnx.ModelProto, rows: list[dict] | None = None, inpu
     activations: INC's reduce_range calibrates uint8 activations onto 0..127, onnxruntime's
     ``quantize_static(reduce_range=True)`` only the weights. So with 7-bit weights the activations
     count as 8-bit as soon as one of them (other than the input's, which is what is being judged)
-    took a value outside the 7-bit range on the data (``rows`` from :func:`layer_errors`).
+    is calibrated for 8 bits on the data (``rows`` from :func:`layer_errors`): the activations' largest
+    integers sit, in the median over the quantized tensors other than the input's (which is what is
+    being judged), nearer the 8-bit end (255 for uint8) than the 7-bit one (127). A single tensor beyond
+    127 does not decide it: a 7-bit quantizer saturates at the type's end, so test images brighter
+    than the calibration images reach past 127.
     """
     if weight_bits(model) != 7:
         return 8
+    peaks = []  # each tensor's largest integer as a fraction of the way from the 7-bit end to the 8-bit end
     for r in rows or []:
         if r.get("q_max") is None or r.get("source") == input_name:
             continue
-        lo7, hi7 = _qrange(np.uint8 if r["q_dtype"] == "uint8" else np.int8, 7)
-        if r["q_min"] < lo7 or r["q_max"] > hi7:
-            return 8
-    return 7
+        dtype = np.uint8 if r["q_dtype"] == "uint8" else np.int8
+        (lo7, hi7), (lo8, hi8) = _qrange(dtype, 7), _qrange(dtype, 8)
+        up = (r["q_max"] - hi7) / (hi8 - hi7)
+        peaks.append(max(up, (lo7 - r["q_min"]) / (lo7 - lo8)) if lo7 != lo8 else up)  # uint8: 0 is both ranges' bottom
+    return 8 if peaks and float(np.median(peaks)) > 0.5 else 7
 
 
 def input_quantization(model: onnx.ModelProto, input_name: str, bits: int | None = None) -> dict | None:
@@ -179,7 +185,7 @@ def range_check(q: dict | None, x: np.ndarray, preprocessing: dict, accuracy_as_
     dlo, dhi = use["data_range"]
     details = {"quantizer": q, **use, "preprocessing": preprocessing, "accuracy_as_configured": accuracy_as_configured}
     prep = f"scale {preprocessing['scale']}, mean {preprocessing['mean']:g}, std {preprocessing['std']:g}"
-    bits = " 7-bit (reduce_range)" if q.get("bits") == 7 else ""
+    bits = f", 7-bit: integers {q['qmin']}..{q['qmax']}" if q.get("bits") == 7 else ""
     where = (f"the model's input QuantizeLinear (scale {_fmt(q['scale'])}, zero point {q['zero_point']}, {q['dtype']}{bits}) "
              f"covers [{_fmt(lo)}, {_fmt(hi)}]; the configured preprocessing ({prep}) feeds [{_fmt(dlo)}, {_fmt(dhi)}]")
     if use["used_fraction"] >= RANGE_MIN_USE and use["clipped_fraction"] <= RANGE_MAX_CLIPPED:
@@ -516,12 +522,21 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
                    portability_samples: int = PORTABILITY_SAMPLES.default,
                    rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
                    log: Callable[[str], None] | None = None, command: str | None = None, reports: bool | None = None) -> dict:
-    """Validate ``input_model`` (int8) against ``baseline_model`` (fp32); returns the report dict.
+    """Check ``input_model`` (an int8 ONNX model, whoever made it) against ``baseline_model`` (the fp32
+    model it was made from); returns the report dict (its Markdown under ``"markdown"``).
 
-    Raises AccuracyError (exit 3, with the report in ``details``) when any check fails.
+    Checks (each pass / warn / fail / info / skip): structure, the preprocessing the model documents,
+    the input range its input quantizer was calibrated for against the preprocessing in use, accuracy
+    against the baseline (the config's accuracy criterion), tied top-1 outputs, per-layer error on
+    ``samples`` test images, CPU portability against the exact integer reference on
+    ``portability_samples`` images, and zoo test data (``test_data``, else ``<model>_test_data/``
+    beside it, compared within ``rtol``/``atol``).
+
+    ``config``: a YAML path, a Config, or None (the preprocessing the model documents, else the
+    defaults). ``report_path``: ``NAME.json`` (``NAME.md`` beside it); no files without it.
+    Raises AccuracyError (exit 3, the report in ``details``) when any check fails.
     """
-    from .benchmark import accuracy_budget, gate
-    from .inputs import config_file, data_files, load_config, load_splits, preprocessing_for, test_inputs
+    from .inputs import config_file, data_files, load_config, load_splits, preprocessing_for, settle_model, test_inputs
 
     t0 = time.perf_counter()
     check_flag(SAMPLES, samples, "--samples")
@@ -542,10 +557,10 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
     # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
+    cfg, _, inferred = settle_model(cfg, base, log, others=(int8,))  # the fp32 baseline speaks for the input and outputs
     prov = preprocessing_for(cfg, config is None, [int8, base], log)
     sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
     sig_b = models.signature(base.proto, base.path, cfg.model.input_name, cfg.preprocessing.layout)
-    models.check_output_kind(base.proto, sig_b, cfg.model.output, base.path)
     sets = testdata.find_sets(test_data) if test_data else None
     splits = load_splits(cfg, data_dir, splits=("test",), log=log)
     x, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
@@ -553,8 +568,6 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     bb = evaluation.effective_batch(sig_b.fixed_batch, cfg.evaluation.batch_size)
 
     checks = [structure_check(int8, base), documented_check(int8, prov)]
-    for c in checks:
-        log(c.verdict)
     sess_q = evaluation.make_session(int8.raw, name=int8.path)
     out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq, int8.path)
     acc_q = evaluation.accuracy(out_q, labels)
@@ -570,25 +583,20 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
                         evaluation.effective_batch(sig_q.fixed_batch, 64), int8.path)
     bits = activation_bits(int8.proto, rows, sig_q.input_name)
     checks.append(range_check(input_quantization(int8.proto, sig_q.input_name, bits), x, cfg.preprocessing_dict(), acc_q, accuracy_at))
-    log(checks[-1].verdict)
-    budget = accuracy_budget(cfg.criterion, acc_b, None)
-    g = gate(acc_b, acc_q, budget)
+    budget = criterion.budget(cfg.criterion, acc_b)
+    g = criterion.gate(acc_b, acc_q, budget)
     checks.append(Check("accuracy", "pass" if g["passed"] else "fail",
                         f"int8 top-1 {acc_q:.2%} vs fp32 {acc_b:.2%} on {len(labels):,} test images: {g['verdict']} "
                         f"(criterion {cfg.criterion[0]} {cfg.criterion[1]:g})", {"int8": acc_q, "fp32": acc_b, **g}))
-    log(checks[-1].verdict)
     checks.append(tied_check(out_q, labels))
-    log(checks[-1].verdict)
     worst = next((r for r in rows if r["flag"].startswith("worst")), None)
     checks.append(Check("per-layer error", "info" if rows else "skip",
                         (f"{len(rows)} quantized layers over {len(idx)} test images; worst: {worst['node']} ({worst['op']}) "
                          f"SQNR {worst['sqnr_db']:.1f} dB, relative error {worst['relative_error']:.3f}") if worst
                         else "no quantized activation could be matched to an fp32 tensor",
                         {"samples": int(len(idx)), "layers": rows, "low_sqnr_db": LOW_SQNR_DB}))
-    log(checks[-1].verdict)
     pidx = testdata.pick_indices(len(x), portability_samples, cfg.quantization.calibration.seed)
     checks.append(portability_check(int8.proto, sess_q, sig_q.input_name, x[pidx], labels[pidx], budget))
-    log(checks[-1].verdict)
     if sets is None and testdata.default_dir(input_model).is_dir():
         sets = testdata.find_sets([testdata.default_dir(input_model)])
     if sets is None:
@@ -600,7 +608,6 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
                             f"{len(res) - len(bad)} of {len(res)} test_data_set folders reproduced within rtol {rtol:g}, atol {atol:g}"
                             + (f"; largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder}" if bad else ""),
                             {"rtol": rtol, "atol": atol, "sets": [asdict(r) for r in res]}))
-    log(checks[-1].verdict)
     failed = [c for c in checks if c.status == "fail"]
     doc = {"schema_version": report.SCHEMA_VERSION, "kind": "validate", "passed": not failed,
            "input_model": int8.describe(),
@@ -608,6 +615,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
            "preprocessing": cfg.preprocessing_dict(), "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
            "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "preprocessing_source": prov["source"],
            "warnings": prov["warnings"], "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
+           "inferred": inferred,
            "environment": report.environment(), "wall_seconds": time.perf_counter() - t0,
            "command": command or shlex.join(["python", "-m", "quant", *sys.argv[1:]]),
            "reports": {"json": str(json_path), "markdown": str(md_path)} if json_path else None}

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import run_cli, synth_config
 from helpers import mnist12_like, pattern_linear, save
-from quant import benchmark, models, prepare
+from quant import benchmark, criterion, models, prepare
 from quant.errors import AccuracyError, UsageError
 
 
@@ -24,15 +24,22 @@ def test_accuracy_stats_confusion_agreement_diff():
 @pytest.mark.parametrize("crit,base,flag,budget", [(("relative", 0.01), 0.98, None, 0.0098), (("absolute", 0.02), 0.98, None, 0.02),
                                                    (("relative", 0.01), 0.98, 0.001, 0.001)])
 def test_budget(crit, base, flag, budget):
-    assert benchmark.accuracy_budget(crit, base, flag) == pytest.approx(budget)
+    assert criterion.budget(crit, base, flag) == pytest.approx(budget)
 
 
 def test_gate_logic_and_verdict():
-    g = benchmark.gate(0.9890, 0.9880, 0.001)
+    g = criterion.gate(0.9890, 0.9880, 0.001)
     assert g["passed"] and "GATE PASSED" in g["verdict"] and "margin 0.00 pp" in g["verdict"]
-    g = benchmark.gate(0.9890, 0.5452, 0.00989)
+    g = criterion.gate(0.9890, 0.5452, 0.00989)
     assert not g["passed"] and "exceeds budget 0.99 pp by 43.39 pp" in g["verdict"]
-    assert benchmark.gate(0.5, 0.6, 0.0)["passed"]  # improvements always pass
+    assert criterion.gate(0.5, 0.6, 0.0)["passed"]  # improvements always pass
+
+
+@pytest.mark.parametrize("kind,tol,base,acc", [("relative", 0.01, 0.9890, 0.9791), ("relative", 0.01, 0.9890, 0.9792),
+                                               ("absolute", 0.02, 0.98, 0.96), ("absolute", 0.02, 0.98, 0.9599)])
+def test_tuning_and_the_gate_apply_one_criterion(kind, tol, base, acc):
+    c = criterion.Criterion(kind, tol)
+    assert c.meets(base, acc) == criterion.gate(base, acc, c.budget(base))["passed"] == (acc >= c.min_accuracy(base) - 1e-12)
 
 
 def _bench(tmp_path, synth_dir, inputs, baseline=None, **kw):
@@ -147,7 +154,7 @@ def test_our_int8_passes_the_gate_and_performance_mode(tuned_mnist12, models_dir
     assert r.returncode == 0, r.stderr
     assert "GATE PASSED" in r.stderr.strip().splitlines()[-1]
     r = run_cli(f"--input_model={out}", f"--baseline_model={models_dir / 'mnist-12.onnx'}", "--config=mnist.yaml", "--iterations=200",
-                f"--data_dir={mnist_dir}", f"--report={tmp_path}/perf.json", "--no_plots", script="run_benchmark.sh")
+                "--mode=performance", f"--data_dir={mnist_dir}", f"--report={tmp_path}/perf.json", "--no_plots", script="run_benchmark.sh")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "perf.json").read_text())
     assert rep["mode"] == "performance" and rep["model"]["latency_ms"]["n"] == 200 and rep["latency_ratio"] > 0

@@ -60,9 +60,12 @@ def test_output_equal_to_input_refused(tmp_path):
     assert m.read_bytes() == before
 
 
-def test_output_folder_missing(tmp_path):
+def test_a_missing_output_folder_is_created_and_removed_again_when_nothing_is_written(tmp_path):
+    """Every output's missing folders are created when the run writes, and a run that writes nothing
+    leaves none behind (here: a random model fails before its outputs are committed)."""
     m = save(mnist12_like(), tmp_path / "m.onnx")
-    _assert_clean_error(run_cli("tune", f"--input_model={m}", f"--output_model={tmp_path}/no/o.onnx"), 2, "does not exist")
+    _assert_clean_error(run_cli("tune", f"--input_model={m}", f"--output_model={tmp_path}/no/such/o.onnx"), 4, "do not match this model")
+    assert not (tmp_path / "no").exists()
 
 
 def test_quantized_input_refused(tmp_path, synth_dir):

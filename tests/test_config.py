@@ -28,7 +28,7 @@ def test_mnist_yaml_equals_defaults():
 
 def test_defaults_are_the_zoo_preprocessing_and_criterion():
     c = config.defaults()
-    assert c.scale == pytest.approx(1 / 255) and c.preprocessing.layout == "NCHW"
+    assert c.scale == pytest.approx(1 / 255) and c.preprocessing.layout is None  # read from the model
     assert c.criterion == ("relative", 0.01)
     assert c.quantization.calibration.split == "train"
 

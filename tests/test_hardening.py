@@ -501,7 +501,7 @@ def _sanity_model(case: str):
         m.opset_import.append(helper.make_opsetid("com.example", 1))
         return m, ["com.example.Relu", "standard ONNX"]
     if case == "fixed batch inside an If body":  # the batch rewrite cannot see it: refused, with the way out
-        return read_in_if_body(m, "p2", initializer=False, fixed_shape=[1, 256]), ["fails at batch 64", "--no-dynamic_batch or model.dynamic_batch: false"]
+        return read_in_if_body(m, "p2", initializer=False, fixed_shape=[1, 256]), ["fails at batch 64", "--no_dynamic_batch or model.dynamic_batch: false"]
     raise AssertionError(case)
 
 
@@ -618,7 +618,7 @@ FUZZ_COMMANDS = {  # fetch is left out: it downloads
 }
 SWITCHES = {"--dynamic_batch", "--no_plots", "--json"}  # tune's --no_plots too
 REQUIRED = {"tune": ["--input_model", "--output_model"], "benchmark": ["--input_model"], "validate": ["--input_model", "--baseline_model"],
-            "check-test-data": ["--input_model", "--test_data"], "write-test-data": ["--input_model"], "calib": [],
+            "check-test-data": ["--input_model", "--test_data"], "write-test-data": ["--input_model", "--output_dir"], "calib": ["--out_dir"],
             "package": ["--input_model", "--output"]}
 NUMBERS = ["1", "2", "0", "-1", "64", "1,64", "0.5", "1e3", "nan", "inf", "1000000000000", "x", ""]
 GOOD_NUMBER = {"--batch_size": "1,64", "--iterations": "5", "--warmup": "0", "--threads": "1", "--max_accuracy_drop": "0.5",
@@ -764,19 +764,19 @@ def test_calib_never_writes_over_its_manifest_and_leaves_nothing_after_a_failure
     work = tmp_path / "work"
     work.mkdir()
     cfg = synth_config(tmp_path)
-    r = run_cli("calib", f"--config={cfg}", f"--data_dir={synth_dir}", cwd=work)
+    r = run_cli("calib", f"--config={cfg}", f"--data_dir={synth_dir}", "--output_dir=calib_data", cwd=work)
     assert r.returncode == 0, r.stderr
     npy = work / r.stdout.strip()
     manifest = work / "calib_data" / npy.name  # a manifest named like the array calib is about to write
     npy.rename(manifest)
     manifest.write_text('{"sets": []}')
     cfg2 = synth_config(tmp_path, {"quantization": {"calibration": {"manifest": str(manifest), "sampling_size": 50}}})
-    r = run_cli("calib", f"--config={cfg2}", f"--data_dir={synth_dir}", cwd=work)
+    r = run_cli("calib", f"--config={cfg2}", f"--data_dir={synth_dir}", "--output_dir=calib_data", cwd=work)
     _one_line_error(r, 2, ["the calibration array", "is the quantization.calibration.manifest"], "calib")
     assert manifest.read_text() == '{"sets": []}'
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    r = run_cli("calib", f"--config={cfg}", f"--data_dir={tmp_path / 'nothing'}", cwd=fresh)
+    r = run_cli("calib", f"--config={cfg}", f"--data_dir={tmp_path / 'nothing'}", "--output_dir=calib_data", cwd=fresh)
     assert r.returncode == 4 and list(fresh.iterdir()) == [], r.stderr  # no empty calib_data/ left behind
 
 

@@ -90,7 +90,7 @@ def test_bad_output_names_are_refused(out):
 def test_cli_refuses_an_output_that_is_the_model_and_writes_nothing(tmp_path, synth_dir):
     src = save(mnist12_like(), tmp_path / "m.tar.gz")
     before = src.read_bytes()
-    r = run_cli("package", f"--input_model={src}", f"--output={src}", f"--config={synth_config(tmp_path)}", f"--data_dir={synth_dir}")
+    r = run_cli("package", f"--input_model={src}", f"--output_model={src}", f"--config={synth_config(tmp_path)}", f"--data_dir={synth_dir}")
     assert r.returncode == 2 and "error:" in r.stderr and r.stderr.count("\n") == 1
     assert src.read_bytes() == before and not (tmp_path / "m.card.md").exists()
 
@@ -98,7 +98,7 @@ def test_cli_refuses_an_output_that_is_the_model_and_writes_nothing(tmp_path, sy
 @pytest.mark.realdata
 def test_package_of_the_tuned_mnist12(tmp_path, tuned_mnist12, mnist_dir):
     out, _ = tuned_mnist12
-    r = run_cli("package", f"--input_model={out}", f"--output={tmp_path / 'mnist-12-int8.tar.gz'}", f"--data_dir={mnist_dir}")
+    r = run_cli("package", f"--input_model={out}", f"--output_model={tmp_path / 'mnist-12-int8.tar.gz'}", f"--data_dir={mnist_dir}")
     assert r.returncode == 0, r.stderr
     tune = json.loads(out.with_name("mnist-12-int8.report.json").read_text())
     assert f"Made by: `{tune['command']}`" in r.stdout

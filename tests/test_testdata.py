@@ -93,8 +93,11 @@ def test_write_test_data_cli(tmp_path, synth_dir):
     work = tmp_path / "work"
     work.mkdir()
     r = run_cli("write-test-data", f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}", "--count=2", cwd=work)
+    assert r.returncode == 2 and "required: --output_dir" in r.stderr  # written only where a flag points
+    r = run_cli("write-test-data", f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}", "--count=2",
+                "--output_dir=m_test_data", cwd=work)
     assert r.returncode == 0, r.stderr
-    assert not (tmp_path / "m_test_data").exists()  # the default is the working folder, not beside the model
+    assert not (tmp_path / "m_test_data").exists()
     assert sorted(p.name for p in (work / "m_test_data").iterdir()) == ["test_data_set_0", "test_data_set_1"]
     assert run_cli("check-test-data", f"--input_model={m}", "--test_data", str(work / "m_test_data")).returncode == 0
 
