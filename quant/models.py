@@ -382,18 +382,6 @@ def output_producer(model: onnx.ModelProto, sig: Signature) -> str | None:
     return None
 
 
-def check_output_kind(model: onnx.ModelProto, sig: Signature, declared: str, path: str) -> None:
-    """``model.output`` must agree with the graph: probabilities <=> the output comes from Softmax."""
-    op = output_producer(model, sig)
-    softmax = op in ("Softmax", "QLinearSoftmax")
-    if declared == "logits" and softmax:
-        raise ModelError(f"{path}: output {sig.output_name!r} comes from {op} (probabilities) but model.output is logits; "
-                         "set model.output: probabilities")
-    if declared == "probabilities" and not softmax:
-        raise ModelError(f"{path}: output {sig.output_name!r} comes from {op or 'no node'}, not Softmax, "
-                         "but model.output is probabilities; set model.output: logits")
-
-
 # ------------------------------------------------------------------------------ graph helpers
 # ops that only move values around (a quantized tensor passes through them unchanged in value)
 LAYOUT_ONLY = frozenset({"Transpose", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"})

@@ -50,9 +50,10 @@ def test_classifier_tune_validate_benchmark(kind, classifiers, mnist_dir, tmp_pa
     inp = onnx.load(int8).graph.input[0]
     assert inp.type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch honoured
     assert doc["evaluation"]["batch_size"] == 500
-    v = run_cli("validate", f"--input_model={int8}", f"--baseline_model={fp32}", f"--config={cfg}", f"--data_dir={mnist_dir}", cwd=tmp_path)
+    v = run_cli("validate", f"--input_model={int8}", f"--baseline_model={fp32}", f"--config={cfg}", f"--data_dir={mnist_dir}",
+                f"--report={tmp_path / 'v.json'}")
     assert v.returncode == 0, v.stderr + v.stdout
-    vdoc = json.loads((tmp_path / f"{kind}-int8.validate.json").read_text())
+    vdoc = json.loads((tmp_path / "v.json").read_text())
     checks = {c["name"]: c for c in vdoc["checks"]}
     # the CNNs' first conv (1 input channel) stays fp32 by the precision plan: no quantized input to check
     assert checks["input range"]["status"] == ("pass" if kind == "mlp_flat" else "skip") and checks["test data"]["status"] == "pass"
@@ -65,20 +66,20 @@ def test_classifier_tune_validate_benchmark(kind, classifiers, mnist_dir, tmp_pa
 
 
 def test_nhwc_model_with_nchw_config_fails_early_naming_both(classifiers, mnist_dir, tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", {"model": {"output": "probabilities"}})
+    cfg = write_config(tmp_path / "c.yaml", {"model": {"output": "probabilities"}, "preprocessing": {"layout": "NCHW"}})
     out = tmp_path / "x.onnx"
     r = run_cli(f"--input_model={classifiers['keras_nhwc_softmax']}", f"--config={cfg}", f"--output_model={out}",
                 f"--data_dir={mnist_dir}", script="run_tuning.sh")
-    assert r.returncode == 4
-    assert "has shape ['N', 28, 28, 1] but preprocessing.layout is NCHW (['N', 1, 28, 28])" in r.stderr
+    assert r.returncode == 2  # a config value the model contradicts
+    assert "preprocessing.layout is NCHW (['N', 1, 28, 28]) but" in r.stderr and "has shape ['N', 28, 28, 1] (NHWC)" in r.stderr
     assert not out.exists() and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_softmax_model_declared_as_logits_fails_early(classifiers, mnist_dir, tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", {"preprocessing": {"layout": "NHWC"}})
+    cfg = write_config(tmp_path / "c.yaml", {"preprocessing": {"layout": "NHWC"}, "model": {"output": "logits"}})
     r = run_cli(f"--input_model={classifiers['keras_nhwc_softmax']}", f"--config={cfg}", f"--output_model={tmp_path / 'x.onnx'}",
                 f"--data_dir={mnist_dir}", script="run_tuning.sh")
-    assert r.returncode == 4 and "comes from Softmax (probabilities) but model.output is logits" in r.stderr
+    assert r.returncode == 2 and "model.output is logits but" in r.stderr and "comes from Softmax (probabilities)" in r.stderr
 
 
 @pytest.mark.parametrize("name,opset", [("mnist-7.onnx", 7), ("mnist-8.onnx", 8)])

@@ -150,7 +150,7 @@ def test_a_run_leaves_nothing_in_temp_or_home(tmp_path, synth_dir):
     (tmp_path / "tmp").mkdir()
     env = isolated_env(tmp_path)
     q = tmp_path / "int8.onnx"
-    for args in (["tune", f"--output_model={q}"], ["validate", f"--baseline_model={m}", "--samples=20"]):
+    for args in (["tune", f"--output_model={q}"], ["validate", f"--baseline_model={m}", "--samples=20", "--report=reports/v.json"]):
         model = m if args[0] == "tune" else q
         r = subprocess.run([sys.executable, "-m", "quant", *args, f"--input_model={model}", f"--config={cfg}", f"--data_dir={synth_dir}"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -158,7 +158,7 @@ def test_a_run_leaves_nothing_in_temp_or_home(tmp_path, synth_dir):
     home = sorted(str(p.relative_to(tmp_path / "home")) for p in (tmp_path / "home").rglob("*"))
     assert list((tmp_path / "tmp").iterdir()) == []
     assert all(p in (".cache", ".config") or p.startswith((".cache/matplotlib", ".config/matplotlib")) for p in home), home
-    assert (tmp_path / "int8.validate.json").is_file()  # validate's default report: the working folder
+    assert (tmp_path / "reports" / "v.json").is_file()  # the report's folder was created
 
 
 def test_concurrent_runs_to_one_output_leave_one_complete_file(tmp_path, synth_dir):
