@@ -32,13 +32,13 @@ _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # public name -> the module that defines it
 _API = {
-    "tune_model": "pipeline",
-    "benchmark_models": "benchmark",
-    "validate_model": "validation",
-    "package_model": "package",
-    "build_calibration_set": "calib",
-    "write_test_data": "testdata",
-    "check_test_data": "testdata",
+    "tune_model": "workflows.tune",
+    "benchmark_models": "workflows.benchmark",
+    "validate_model": "workflows.validate",
+    "package_model": "workflows.package",
+    "build_calibration_set": "workflows.calibrate",
+    "write_test_data": "workflows.testdata",
+    "check_test_data": "workflows.testdata",
     "fetch": "data",
 }
 __all__ = sorted(_API)

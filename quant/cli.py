@@ -26,9 +26,19 @@ import sys
 import traceback
 from typing import Callable
 
-from . import __version__
-from .errors import (EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, AccuracyError, Interrupted, QuantError,
-                     UsageError, handle_signals, restore_signals)
+from quant import __version__
+from quant.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_SYSTEM,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    AccuracyError,
+    Interrupted,
+    QuantError,
+    UsageError,
+    handle_signals,
+    restore_signals,
+)
 
 PATH_FLAGS = {"--input_model", "--baseline_model", "--output_model", "--config", "--data_dir", "--report", "--models_dir",
               "--output_dir", "--test_data"}
@@ -134,7 +144,7 @@ def _dynamic_batch(p: argparse.ArgumentParser, help_on: str, default: bool | Non
 
 
 def _tolerances(p) -> None:
-    from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, RTOL, range_text
+    from quant.config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, RTOL, range_text
 
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (range {range_text(RTOL)}; default {DEFAULT_RTOL:g})")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (range {range_text(ATOL)}; default {DEFAULT_ATOL:g})")
@@ -142,13 +152,13 @@ def _tolerances(p) -> None:
 
 def _range(key: str) -> str:
     """Help text for a flag overriding config ``key``: the key's range (:func:`quant.config.check_value` enforces it)."""
-    from .config import leaf, range_text
+    from quant.config import leaf, range_text
 
     return f"range {range_text(leaf(key))}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PORTABILITY_SAMPLES, SAMPLES, leaf, range_text
+    from quant.config import PORTABILITY_SAMPLES, SAMPLES, leaf, range_text
 
     parser = _Parser(prog="python -m quant", description="Produce and validate int8 ONNX MNIST classifiers.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"mnist-quant {__version__}")
@@ -282,7 +292,7 @@ def _reporting(func: Callable[[], dict], args) -> dict:
 
 
 def cmd_tune(args) -> int:
-    from . import tune_model
+    from quant import tune_model
 
     say = _progress(args)
     doc = _reporting(lambda: tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
@@ -298,7 +308,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from . import benchmark_models
+    from quant import benchmark_models
 
     say = _progress(args)
     given = [m for v in args.input_model for m in ([v] if os.path.isfile(v) else v.split(",")) if m]
@@ -321,7 +331,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from . import validate_model
+    from quant import validate_model
 
     say = _progress(args)
     doc = _reporting(lambda: validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
@@ -339,7 +349,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_package(args) -> int:
-    from . import package_model
+    from quant import package_model
 
     say = _progress(args)
     doc = package_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, count=args.count,
@@ -349,7 +359,7 @@ def cmd_package(args) -> int:
 
 
 def cmd_calib(args) -> int:
-    from . import build_calibration_set
+    from quant import build_calibration_set
 
     print(build_calibration_set(args.output_dir, config=args.config, data_dir=args.data_dir,
                                 add_to_manifest=args.add_to_manifest, log=log))
@@ -357,14 +367,14 @@ def cmd_calib(args) -> int:
 
 
 def cmd_write_test_data(args) -> int:
-    from . import write_test_data
+    from quant import write_test_data
 
     print(write_test_data(args.input_model, args.output_dir, config=args.config, data_dir=args.data_dir, count=args.count, log=log))
     return 0
 
 
 def cmd_check_test_data(args) -> int:
-    from . import check_test_data
+    from quant import check_test_data
 
     doc = _reporting(lambda: check_test_data(args.input_model, args.test_data, config=args.config, rtol=args.rtol, atol=args.atol), args)
     _print_report(doc, args)
@@ -373,14 +383,14 @@ def cmd_check_test_data(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from . import fetch
+    from quant import fetch
 
     print(fetch(args.data_dir, args.models_dir, log=log))
     return 0
 
 
 def cmd_config(args) -> int:
-    from .config import DEFAULT_CONFIG
+    from quant.config import DEFAULT_CONFIG
 
     sys.stdout.write(DEFAULT_CONFIG.read_text())
     return 0

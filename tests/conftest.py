@@ -3,7 +3,9 @@ when those are absent, and FAIL instead of skipping when $QUANT_REQUIRE_REAL_DAT
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quant import config  # noqa: E402
 from quant.data import CANONICAL_MD5  # noqa: E402
+
+
+REAL_DATA_FIXTURES = {"mnist_dir", "models_dir", "splits", "tuned_mnist12", "classifiers"}
+# a test runs neural-compressor's tuning loop when it calls tune (command line, script or API) or a helper that does
+RUNS_INC = re.compile(r"""["']tune["']|run_tuning\.sh|tune_model\(|\b_tune\(|\binc\.tune\(""")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers: ``realdata`` (reads the real MNIST files or zoo models) and ``inc`` (runs neural-compressor's
+    tuning loop) are marked here, so ``pytest -m "not realdata and not inc"`` is the fast tier."""
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
+        try:
+            source = inspect.getsource(item.function)
+        except (AttributeError, OSError, TypeError):
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if RUNS_INC.search(source) or "tune" in params.values():
+            item.add_marker(pytest.mark.inc)
 
 
 def _need(reason: str):

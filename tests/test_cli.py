@@ -3,7 +3,6 @@
 import importlib.util
 
 import pytest
-
 from conftest import run_cli, synth_config, write_config
 from helpers import mnist12_like, pattern_linear, save, write_mnist
 
@@ -87,7 +86,7 @@ def test_missing_data_exit_4(tmp_path):
 def test_zoo_style_script_both_flag_forms_and_exit_3(tmp_path):
     d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
     m = save(pattern_linear("N", "flat"), tmp_path / "fp32.onnx")
-    # 8-bit ranges (as in test_tuning's goal-not-met case): the int8 model then misses the criterion
+    # 8-bit ranges (as in test_tune's goal-not-met case): the int8 model then misses the criterion
     cfg = synth_config(tmp_path, {"preprocessing": {"layout": "flat"}, "quantization": {"reduce_range": False}, "tuning": {"max_trials": 1}})
     out = tmp_path / "int8.onnx"
     r = run_cli("--input_model", str(m), "--config", str(cfg), "--output_model", str(out), "--data_dir", str(d), script="run_tuning.sh")

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import REPO, synth_config
+from helpers import idx_bytes, mnist12_like, qdq_before, read_in_if_body, save, with_external_data_outside
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, synth_config
-from helpers import idx_bytes, mnist12_like, qdq_before, read_in_if_body, save, with_external_data_outside
 from quant import config, data
 from quant.errors import ConfigError, DataError, QuantError
 
@@ -90,7 +90,8 @@ def isolated_env(tmp_path, **extra) -> dict:
 # real command with a calibration loader that announces itself and feeds slowly (a large calibration set).
 _SLOW_CALIBRATION = """
 import sys, time
-from quant import calib, cli
+from quant import cli
+from quant.data import calib
 def slow(self, _orig=calib.CalibDataLoader.__iter__):
     print("[test] calibration started", file=sys.stderr, flush=True)
     for item in _orig(self):
@@ -516,7 +517,7 @@ def test_models_tuning_cannot_use_are_refused_with_a_hint(case, tmp_path, synth_
 @pytest.mark.parametrize("cmd", ["run_benchmark.sh", "validate"])
 def test_an_int8_model_that_would_make_onnxruntime_abort_is_refused_in_one_line(cmd, tmp_path, synth_dir):
     """DequantizeLinear -> MaxPool whose output an If body reads: onnxruntime 1.31 aborts the process while
-    loading it (quant.ortbugs), so the commands would die with no message; they refuse it first."""
+    loading it (quant.graph.controlflow), so the commands would die with no message; they refuse it first."""
     m = qdq_before(read_in_if_body(mnist12_like(), "p2", initializer=False), "Pool2")
     r, out = _command(cmd, save(m, tmp_path / "m.onnx"), tmp_path, synth_dir, synth_config(tmp_path))
     _one_line_error(r, 4, ["m.onnx", "aborts the process loading it (tried in a child process)", "'p2'"], cmd)
@@ -551,16 +552,16 @@ def test_a_disk_full_at_the_last_output_leaves_nothing_behind(tmp_path, synth_di
     report) is staged leaves no model, no test data and no temporary file, and exits 5 in one line."""
     import errno
 
-    from quant import cli, fsio
+    from quant import cli, files
 
-    real = fsio.Outputs.text
+    real = files.Outputs.text
 
     def full_at_markdown(self, path, text):
         if str(path).endswith(".md"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(self, path, text)
 
-    monkeypatch.setattr(fsio.Outputs, "text", full_at_markdown)
+    monkeypatch.setattr(files.Outputs, "text", full_at_markdown)
     out = tmp_path / "out"
     out.mkdir()
     cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
@@ -572,7 +573,7 @@ def test_a_disk_full_at_the_last_output_leaves_nothing_behind(tmp_path, synth_di
 
 
 def test_outputs_commit_restores_what_they_replace_when_a_move_fails(tmp_path, monkeypatch):
-    from quant import fsio
+    from quant import files
 
     (tmp_path / "a.onnx").write_bytes(b"old model")
     (tmp_path / "td").mkdir()
@@ -584,7 +585,7 @@ def test_outputs_commit_restores_what_they_replace_when_a_move_fails(tmp_path, m
             raise OSError(5, "Input/output error", str(dst))
         return real(src, dst)
 
-    with fsio.Outputs() as out:
+    with files.Outputs() as out:
         out.bytes(tmp_path / "a.onnx", b"new model")
         (out.folder(tmp_path / "td") / "test_data_set_9").mkdir()
         out.text(tmp_path / "r.json", "{}")
@@ -629,7 +630,8 @@ def _fuzz_files(root):
     """Every kind of file a user might hand over, made once per example: good, broken, special and colliding paths."""
     from helpers import write_mnist
 
-    from quant import models, testdata
+    from quant.graph import models
+    from quant.workflows import testdata
 
     inputs = root / "inputs"
     inputs.mkdir()

@@ -1,7 +1,7 @@
 """Hostile input files through the command line (issue 13): a FIFO, a device, a sparse 2 GiB file, a gzip
 bomb, an IDX header whose size overflows int64, a path with a 300-byte name, oversized external data. Each
 ends in a few seconds with its exit code (4 for models and data, 2 for configs) and exactly one line on
-stderr naming the file: never a hang, a MemoryError, a traceback or exit 1 (see quant/fsio.py)."""
+stderr naming the file: never a hang, a MemoryError, a traceback or exit 1 (see quant/files.py)."""
 
 import gzip
 import os
@@ -11,7 +11,6 @@ import tempfile
 import time
 
 import pytest
-
 from conftest import REPO, run_cli, synth_config
 from helpers import mnist12_like, pattern_linear, save
 from test_data import gzip_bomb, idx_header

@@ -13,11 +13,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
-from test_tuning import DEFAULT_MNIST12_INT8_SHA256
+from helpers import DEFAULT_MNIST12_INT8_SHA256
 
-from quant.fsio import sha256_bytes
+from quant.files import sha256_bytes
 
 
 def _env_without_overrides(**extra) -> dict:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-
-import quant
 from conftest import REPO, run_cli, synth_config, write_config
 from helpers import pattern_linear, save
+
+import quant
 
 GATE_FLAGS = ("--max_accuracy_drop=0.01",)
 

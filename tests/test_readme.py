@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 FENCE = re.compile(r"(?:<!-- readme-test: (?:skip (?P<skip>[^>]*?)|exit (?P<exit>\d+)) -->\n)?^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```",

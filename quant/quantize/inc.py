@@ -1,0 +1,275 @@
+"""Accuracy-aware post-training quantization with Intel Neural Compressor (2.x API, onnxrt).
+
+This is the only module that imports neural_compressor. INC's workspace (which holds its tuning
+history as a pickle) lives in a private temporary folder deleted after the run, and resuming is
+never enabled, so nothing a user supplies is ever unpickled.
+
+One result on every machine: INC reads the host CPU in two places of its onnxrt path, and both are
+pinned here (:func:`pinned_options`): ``reduce_range`` (INC: ``not CpuInfo().vnni``, i.e. 7-bit
+ranges on CPUs without AVX-512 VNNI) is always passed from ``quantization.reduce_range``, and bf16/fp16
+are excluded from the tuning space (INC adds bf16 when ``CpuInfo().bf16`` or ``$FORCE_BF16``).
+
+INC 3.7.1 runs inside :func:`quant.quantize.inc_compat.inc_compat`, which supplies what it needs from older
+onnx and setuptools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import onnx
+
+from quant.config.criterion import Criterion
+from quant.errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
+from quant.graph import controlflow
+from quant.graph.models import sort_nodes
+from quant.quantize.inc_compat import inc_compat
+
+_FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
+
+
+@dataclass
+class Trial:
+    index: int  # 0 = fp32 baseline
+    accuracy: float
+    seconds: float
+    fp32_layers: list[str] = field(default_factory=list)  # quantizable nodes (Conv, MatMul, Gemm...) left fp32 in the model evaluated
+    int8_layers: list[str] = field(default_factory=list)  # the quantized ones, by their fp32 node's name
+
+
+QUANTIZABLE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
+
+
+def layer_precisions(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(fp32, int8) names of the quantizable layers of a candidate model INC evaluates, in graph order.
+
+    QOperator: a quantized layer is an int8 kernel (QLinearConv, QGemm, ...); QDQ: the layer keeps its op
+    type and reads its weight (input 1) through a DequantizeLinear. INC names a quantized node
+    ``<fp32 name>_quant``; the fp32 name is reported."""
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    fp32, int8 = [], []
+    for n in model.graph.node:
+        name = n.name or n.output[0]
+        if n.op_type in INT8_KERNELS:
+            int8.append(name.removesuffix("_quant"))
+        elif n.op_type in QUANTIZABLE:
+            if len(n.input) > 1 and produced_by.get(n.input[1]) == "DequantizeLinear":
+                int8.append(name.removesuffix("_quant"))
+            else:
+                fp32.append(name)
+    return fp32, int8
+
+
+@dataclass
+class TuneResult:
+    model: onnx.ModelProto
+    trials: list[Trial] = field(default_factory=list)
+    inc_version: str = ""
+
+    @property
+    def baseline_accuracy(self) -> float:
+        return self.trials[0].accuracy
+
+
+# INC recipes: keep Gemm a Gemm (INC splits it into MatMul + Add by default, which onnxruntime then runs as
+# an int8 MatMul plus a separate Add instead of one QGemm).
+RECIPES = {"gemm_to_matmul": False}
+
+
+def recipes(cfg) -> dict:
+    """INC recipes passed for this config: ours with ``quantization.kernel_aware``, INC's defaults without."""
+    return dict(RECIPES) if cfg.quantization.kernel_aware else {}
+
+# INC options that would otherwise be read from the host CPU; the values are passed on every call.
+HOST_INDEPENDENT = {"excluded_precisions": ["bf16", "fp16"]}
+
+
+def pinned_options(cfg) -> dict:
+    """The PostTrainingQuantConfig options that INC would otherwise derive from the host CPU, as
+    passed on every call (and recorded in the report)."""
+    return {"reduce_range": cfg.quantization.reduce_range, **copy.deepcopy(HOST_INDEPENDENT)}
+
+def _op_dicts(cfg) -> tuple[dict | None, dict | None]:
+    q = cfg.quantization
+    gran = "per_channel" if q.per_channel else "per_tensor"
+    op_type = {op: {"weight": {"granularity": [gran]}} for op in ("Conv", "MatMul", "Gemm")}
+    fp32 = {"weight": {"dtype": ["fp32"]}, "activation": {"dtype": ["fp32"]}}
+    for op in q.op_types_to_keep_fp32:
+        op_type[op] = copy.deepcopy(fp32)
+    op_name = {name: copy.deepcopy(fp32) for name in q.nodes_to_keep_fp32}
+    return op_type, (op_name or None)
+
+
+def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], float], verbose: bool = False,
+         log: Callable[[str], None] = print) -> TuneResult:
+    """Run INC's accuracy-aware tuning loop; ``eval_fn`` maps serialized model bytes to top-1.
+
+    Raises AccuracyError (exit 3) when no configuration meets ``cfg``'s accuracy criterion.
+    """
+    with inc_compat():
+        return _tune(fp32, cfg, calib_loader, eval_fn, verbose, log)
+
+
+class _INCLogFilter(logging.Filter):
+    """INC sets its logger's level from $LOGLEVEL when it is first imported and logs at import time
+    (``Pandas package is required ...``); a filter on the logger, installed before that import, keeps
+    its records below ``level`` out of our output (``--verbose`` lowers it to INFO)."""
+
+    level = logging.ERROR
+    run_failed = False  # an exception was caught inside INC's loop: _tune then says why in its own one-line error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.level > logging.INFO:  # not --verbose: no copy of an error _tune raises itself
+            msg = str(record.msg)
+            if msg.startswith("Unexpected exception") or (self.run_failed and "Not found any quantized model" in msg):
+                return False
+        return record.levelno >= self.level
+
+
+_INC_FILTER = _INCLogFilter()
+
+
+def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
+    inc_logger = logging.getLogger("neural_compressor")
+    _INC_FILTER.level = logging.INFO if verbose else logging.ERROR
+    if _INC_FILTER not in inc_logger.filters:
+        inc_logger.addFilter(_INC_FILTER)
+    from neural_compressor import __version__ as version
+    from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, options
+    from neural_compressor.quantization import fit
+
+    inc_logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    kind, tol = cfg.criterion
+    trials: list[Trial] = []
+    failures: list[Exception] = []  # INC catches an eval_func exception and ends its loop with no model: kept to say why
+    swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
+
+    def eval_func(model) -> float:
+        proto = _sorted(model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model))
+        proto, _ = controlflow.mend(proto)  # a copy onnxruntime can load (the written model is mended by finalize)
+        t0 = time.perf_counter()
+        try:
+            acc = eval_fn(proto.SerializeToString())
+        except Exception as e:
+            failures.append(e)
+            raise
+        trials.append(Trial(len(trials), acc, time.perf_counter() - t0, *layer_precisions(proto)))
+        if len(trials) == 1:
+            log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
+        else:
+            base = trials[0].accuracy
+            ok = "meets" if Criterion.of(cfg.criterion).meets(base, acc) else "misses"
+            log(f"[tune] trial {len(trials) - 1}: int8 top-1 {acc:.2%} (drop {base - acc:+.2%}; {ok} the {kind} {tol:g} criterion)")
+        return acc
+
+    op_type_dict, op_name_dict = _op_dicts(cfg)
+    conf = PostTrainingQuantConfig(
+        approach="static",
+        device="cpu",
+        backend="default",
+        quant_format=_FORMAT[cfg.quantization.format],
+        **pinned_options(cfg),  # reduce_range, excluded_precisions: INC's defaults read the host CPU
+        calibration_sampling_size=[cfg.quantization.calibration.sampling_size],
+        op_type_dict=op_type_dict,
+        op_name_dict=op_name_dict,
+        recipes=recipes(cfg),
+        accuracy_criterion=AccuracyCriterion(criterion=kind, tolerable_loss=tol, higher_is_better=True),
+        tuning_criterion=TuningCriterion(strategy=cfg.tuning.strategy, timeout=cfg.tuning.timeout,
+                                         max_trials=cfg.tuning.max_trials, objective="accuracy"),
+    )
+    workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
+    saved = (options.workspace, options.resume_from, options.random_seed)
+    options.workspace, options.resume_from, options.random_seed = workspace, None, cfg.tuning.random_seed
+    # INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
+    # Interrupted) and reports "no model met the goal". So a stop signal is remembered here, turned into the
+    # KeyboardInterrupt that ends INC's loop soonest, and raised again once fit() is back: exit 130/143/129,
+    # not 3. INC's own timeout also arrives as a SIGINT (time_limit -> _thread.interrupt_main) and stays a timeout.
+    stopped: list[int] = []
+    started = time.monotonic()
+
+    def on_stop(signum, frame):
+        inc_timeout = signum == signal.SIGINT and cfg.tuning.timeout and time.monotonic() - started >= cfg.tuning.timeout
+        if not inc_timeout:
+            stopped.append(signum)
+            logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
+        raise KeyboardInterrupt
+
+    previous = handle_signals(on_stop)
+    _INC_FILTER.run_failed = False
+    try:
+        with _swallowed_exceptions(swallowed, print_them=verbose):
+            q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
+    except (KeyboardInterrupt, Interrupted, QuantError):
+        raise
+    except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
+        msg = first_line(e)
+        raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
+    finally:
+        restore_signals(previous)
+        options.workspace, options.resume_from, options.random_seed = saved
+        shutil.rmtree(workspace, ignore_errors=True)
+    if stopped:
+        raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
+    if q is None:
+        if len(trials) <= 1 and (failures or swallowed):  # not an accuracy verdict: no int8 candidate was evaluated
+            if not failures:  # INC itself failed (fit() caught and printed it)
+                e = swallowed[0]
+                raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {first_line(e)}")
+            e = failures[0]
+            if isinstance(e, ModelError):
+                raise ModelError(f"{e} (neural-compressor's int8 candidate; no model written)") from None
+            raise QuantError(f"neural-compressor's int8 candidate could not be evaluated: {type(e).__name__}: {first_line(e)}")
+        base = trials[0].accuracy if trials else float("nan")
+        best = max((t.accuracy for t in trials[1:]), default=float("nan"))
+        failed = f"; {len(failures)} candidate(s) did not run: {first_line(failures[0])}" if failures else ""
+        raise AccuracyError(
+            f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
+            f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}{failed}; no model written",
+            {"baseline_accuracy": base, "best_accuracy": best, "trials": len(trials) - 1},
+        )
+    model = _sorted(q.model if hasattr(q, "model") else q)
+    return TuneResult(model=model, trials=trials, inc_version=version)
+
+
+@contextlib.contextmanager
+def _swallowed_exceptions(record: list, print_them: bool) -> Iterator[None]:
+    """INC's fit() catches every exception of its loop and prints its traceback (``traceback.print_exc()``
+    straight to stderr, not through its logger), then reports "no model met the goal". The exception is
+    recorded here instead, so _tune can say what went wrong in one line; --verbose prints it as before."""
+    import traceback
+
+    saved = traceback.print_exc
+
+    def keep(*args, **kwargs):
+        if sys.exc_info()[1] is not None:
+            record.append(sys.exc_info()[1])
+            _INC_FILTER.run_failed = True  # INC's "Not found any quantized model" line would only repeat it
+        if print_them:
+            saved(*args, **kwargs)
+
+    traceback.print_exc = keep
+    try:
+        yield
+    finally:
+        traceback.print_exc = saved
+
+
+def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """INC's model, or a re-sorted copy when INC put a node before a tensor one of its If/Loop bodies
+    reads (models.sort_nodes: the ONNX checker refuses such a graph); INC's own object is not touched."""
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in proto.graph.node for a in n.attribute):
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    sort_nodes(out)
+    return out

@@ -1,0 +1,159 @@
+"""Reports: environment facts, JSON (schema-versioned) and Markdown rendering, atomic writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from quant.errors import UsageError
+from quant.files import Outputs
+
+SCHEMA_VERSION = 1
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "int8_flags": {f: f in flags for f in INT8_CPU_FLAGS}}
+
+
+def environment(inc_version: str | None = None) -> dict:
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_info(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+    }
+    if inc_version:
+        env["neural_compressor"] = inc_version
+    return env
+
+
+def default_report_paths(model_path: str | os.PathLike, report: str | None, kind: str = "report",
+                         folder: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(json, markdown) report paths: ``--report`` (its suffix replaced), else ``<model stem>.<kind>.json/.md``
+    in ``folder`` (benchmark and validate: the working folder, never the folder of someone else's model),
+    or beside the model when ``folder`` is None (tune: beside the model it wrote)."""
+    if report:
+        base = Path(report)
+        try:
+            special = base.is_dir() or (base.exists() and not base.is_file())
+        except OSError:  # a name too long: check_writable_target says so
+            special = False
+        if base.name in ("", ".", "..") or str(report).endswith(os.sep) or special:
+            # the reports are <report>.json/.md: "/", ".", "~" or /dev/null would put them beside or in system folders
+            raise UsageError(f"--report {report}: expected a file path such as reports/run.json (a folder or device was given)")
+        return base.with_suffix(".json"), base.with_suffix(".md")
+    m = Path(model_path)
+    stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
+    where = m.parent if folder is None else Path(folder)
+    return where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
+
+
+def wanted(reports: bool | None, report_path: str | None, cfg) -> bool:
+    """Whether a run writes report files: ``reports`` when given (the command line passes True), else only
+    when a path is asked for (``report_path`` or the config's ``output.report``): the Python API's default."""
+    return bool(report_path or cfg.output.report) if reports is None else reports
+
+
+def write(json_path: Path, doc: dict, md_path: Path, markdown: str, staged: Outputs | None = None) -> None:
+    """The JSON and Markdown reports, committed together (with the run's other ``staged`` outputs if given)."""
+    with Outputs() as own:
+        out = staged or own
+        out.text(json_path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+        out.text(md_path, markdown)
+        if staged is None:
+            own.commit()
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _ops(summary: dict) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in summary.items()) or "none"
+
+
+def warning_lines(doc: dict) -> list[str]:
+    """Warnings (preprocessing that contradicts what a model documents) as Markdown quote lines."""
+    return [line for w in doc.get("warnings") or [] for line in (f"> **Warning:** {w}", "")]
+
+
+def provenance_lines(doc: dict) -> list[str]:
+    """Where the preprocessing came from and what the config mapping decided (INC-1.x recipe keys)."""
+    out = [f"- preprocessing source: {doc['preprocessing_source']}"] if doc.get("preprocessing_source") else []
+    notes = (doc.get("config") or {}).get("notes") or []
+    return out + [f"- config: {n}" for n in notes]
+
+
+def render_tune(doc: dict) -> str:
+    f, q = doc["fp32"], doc["int8"]
+    crit = doc["criterion"]
+    cal = doc["calibration"]
+    lines = [
+        f"# Tuning report: {doc['model_name']}",
+        "",
+        f"**{'PASSED' if doc['passed'] else 'FAILED'}**: int8 top-1 {pct(q['accuracy'])} vs fp32 {pct(f['accuracy'])} "
+        f"(drop {100 * doc['accuracy_drop']:.2f} pp; criterion {crit['kind']} {crit['tolerance']:g}, "
+        f"i.e. int8 >= {pct(crit['min_accuracy'])}).",
+        "",
+        *warning_lines(doc),
+        md_table(["", "fp32", "int8", "int8 / fp32"], [
+            ["top-1 (10k test images)", pct(f["accuracy"]), pct(q["accuracy"]), f"{q['accuracy'] / f['accuracy']:.4f}"],
+            ["file bytes", f"{f['bytes']:,}", f"{q['bytes']:,}", f"{q['bytes'] / f['bytes']:.3f}"],
+            ["opset", f["opset"], q["opset"], ""],
+            ["test images with tied top-1 outputs", f.get("tied_top1_images", ""), q.get("tied_top1_images", ""), ""],
+        ]),
+        "",
+        f"- int8 ops (as onnxruntime runs the model): {_ops(q['ops']['int8'])}",
+        f"- fp32 ops: {_ops(q['ops']['fp32'])}",
+        f"- conversions: {_ops(q['ops']['convert'])}",
+        f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}",
+        *([f"- latency-aware choice (objective performance): fp32 layers {doc['latency_aware']['nodes_kept_fp32'] or 'none'}; "
+           f"int8/fp32 paired score {doc['latency_aware']['score']:.2f}x over {len(doc['latency_aware']['candidates'])} candidates"
+           + ("" if doc['latency_aware']['beats_fp32'] else " (no int8 candidate beats fp32 on this machine)")]
+          if doc.get("latency_aware") else []),
+        *([f"- precision plan: {', '.join(f'{k} fp32 ({v})' for k, v in doc['precision_plan']['keep_fp32'].items()) or 'every layer int8'}"]
+          if doc.get("precision_plan") else []),
+        *([f"- finishing: {'; '.join(doc['finishing'])}"] if doc.get("finishing") else []),
+        f"- graph preparation before quantizing: {'; '.join(doc['preparation']['steps']) or 'none needed'} "
+        f"(int8 input shape {doc['preparation']['input_shape']})",
+        f"- tuning: {doc['tuning']['trials']} trial(s), strategy {doc['tuning']['strategy']}, objective {doc['tuning']['objective']}, "
+        f"seed {doc['tuning']['random_seed']}, {doc['wall_seconds']:.1f} s wall",
+        f"- test data: {doc['test_data']['sets']} test_data_set folders in `{doc['test_data']['folder']}`" if doc.get("test_data")
+        else "- test data: none written (output.test_data_sets: 0)",
+        f"- calibration set: {cal['count']} {cal['split']} images, seed {cal['seed']}, {cal['source']}, sha256 `{cal['sha256'][:16]}…`",
+        f"- preprocessing: {doc['preprocessing']} (written into the int8 model's metadata_props)",
+        *provenance_lines(doc),
+        f"- input model: `{f['path']}` (sha256 `{f['sha256'][:16]}…`)",
+        f"- output model: `{q['path']}` (sha256 `{q['sha256'][:16]}…`)",
+        f"- config: `{doc['config']['path']}` (sha256 `{doc['config']['sha256'][:16]}…`)",
+        f"- versions: neural-compressor {doc['environment'].get('neural_compressor')}, onnxruntime {doc['environment']['onnxruntime']}, "
+        f"onnx {doc['environment']['onnx']}, numpy {doc['environment']['numpy']}, Python {doc['environment']['python']}",
+        f"- command: `{doc['command']}`",
+        *([f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}"] if doc.get("plots") else []),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Running models: onnxruntime sessions and top-1 evaluation, latency timing, the exact integer reference."""

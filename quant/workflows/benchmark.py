@@ -1,0 +1,461 @@
+"""Benchmark harness: size, accuracy and latency of a model (int8) against a baseline (fp32),
+measured in one run, plus the CI accuracy gate.
+
+Latency is taken with ``time.perf_counter_ns`` around ``session.run`` in a plain onnxruntime session
+(default options except the thread count), as a user's program would load the model
+(:mod:`quant.runtime.timing`). Models are timed interleaved (A, B, A, B, ...) so machine drift affects all
+alike. The report adds the multiply-adds per image and the machine's single-thread GEMM peak, so the
+achieved rate shows the distance to the hardware floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from quant import report
+from quant.config import check_value, criterion
+from quant.errors import AccuracyError, UsageError
+from quant.files import Outputs, check_distinct, check_writable_target
+from quant.graph import models
+from quant.report import plots as plots_mod
+from quant.runtime import evaluation, timing
+from quant.workflows import inputs
+
+LOG = logging.getLogger("quant")
+
+MODES = ("performance", "accuracy", "all")
+PROFILE_RUNS = 200  # profiled rounds per batch size (fewer when there are fewer timed rounds or onnxruntime's profiler holds fewer), spread evenly over the timed ones
+PEAK_SAMPLES = 15  # GEMM peak samples per batch size, spread evenly over the timed rounds
+RATIO_BLOCKS = 5  # the paired per-round ratio is also reported in this many consecutive stretches of the timed rounds: its spread
+MAX_TIMED_IMAGES = 20_000_000  # (warmup + iterations) x the batch sizes, per model: ~7 min of mnist-12 on one core (batch 10,000 x 1,100 fits)
+# (the untimed re-warm round after each profiled round or GEMM sample adds at most PROFILE_RUNS + PEAK_SAMPLES rounds per batch size)
+
+
+# ---------------------------------------------------------------------------------- statistics
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels.astype(np.int64), pred.astype(np.int64)), 1)
+    return cm
+
+
+def accuracy_stats(outputs: np.ndarray, labels: np.ndarray, baseline_outputs: np.ndarray | None = None) -> dict:
+    pred = np.argmax(outputs, axis=1)
+    cm = confusion_matrix(pred, labels)
+    support = cm.sum(axis=1)
+    out = {"top1": float(np.mean(pred == labels)), "images": int(len(labels)),
+           "per_class": [float(cm[c, c] / support[c]) if support[c] else None for c in range(10)],
+           "confusion_matrix": cm.tolist()}
+    if baseline_outputs is not None:
+        diff = np.abs(outputs.astype(np.float64) - baseline_outputs.astype(np.float64))
+        out["agreement_with_baseline"] = float(np.mean(pred == np.argmax(baseline_outputs, axis=1)))
+        out["output_abs_diff"] = {"mean": float(diff.mean()), "max": float(diff.max())}
+    return out
+
+
+# ------------------------------------------------------------------------------------- driver
+def _model_entry(lm: models.LoadedModel) -> dict:
+    return {**lm.describe(),
+            "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(evaluation.onnxruntime_graph(lm.raw, lm.path)),
+            "macs_per_image": timing.macs_per_image(lm.proto)}
+
+
+def _spread(i: int, n: int, total: int) -> bool:
+    """True after ``n`` of the rounds 0..total-1, evenly spread (the last round always among them)."""
+    return (i + 1) * n // total != i * n // total
+
+
+def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, mode: str = "all",
+                     data_dir: str | None = None, batch_size: int | None = None, iterations: int | None = None,
+                     warmup: int | None = None, threads: int | None = None, max_accuracy_drop: float | None = None,
+                     report_path: str | None = None, log: Callable[[str], None] | None = None, command: str | None = None,
+                     plots: bool = True, dynamic_batch: bool = False, extra_batch_sizes: tuple[int, ...] = (),
+                     profile: bool = False, reports: bool | None = None, progress: bool = False) -> dict:
+    """Measure ``input_models`` (int8) and ``baseline_model`` (fp32) side by side in one run: size,
+    top-1 accuracy on the 10,000 test images, and latency in plain onnxruntime sessions, the models
+    timed interleaved. Returns the report dict (its Markdown under ``"markdown"``).
+
+    - ``mode``: ``"all"`` (size, accuracy, latency), ``"accuracy"`` (size, accuracy) or ``"performance"``
+      (size, latency: no accuracy, so no gate).
+    - The gate: whenever a baseline is given and accuracy is measured, every model is gated against it
+      with the budget ``max_accuracy_drop`` (a fraction; default the config's accuracy criterion). Each
+      verdict is in ``doc["models"][i]["gate"]``, the run's in ``doc["gate"]``.
+    - ``batch_size`` plus ``extra_batch_sizes``, ``iterations``, ``warmup``, ``threads``: the timing
+      (defaults: the config's ``benchmark`` section); ``dynamic_batch``: rewrite fixed-batch models to a
+      symbolic batch in memory; ``profile``: onnxruntime's per-op kernel times.
+    - ``config``: a YAML path, a Config, or None (the preprocessing the model documents, else the defaults).
+    - ``report_path``: ``NAME.json`` (``NAME.md`` and figures ``NAME.<figure>.png`` beside it, with
+      ``plots``); no report files without it (or the config's ``output.report``).
+    - ``log``: progress lines (default: the ``quant`` logger); ``progress``: a progress bar on stderr.
+
+    Raises AccuracyError (exit 3, the report in ``details``) when a model fails the gate,
+    UsageError/ConfigError (exit 2) for bad arguments, InputError/ModelError (exit 4) for bad models.
+    """
+
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
+    if isinstance(input_models, (str, os.PathLike)):  # one model given as a path, not a list
+        input_models = [input_models]
+    if not input_models:
+        raise UsageError("--input_model: at least one model is required")
+    if max_accuracy_drop is not None:  # a drop, like the config's criterion: [0, 1)
+        check_value("tuning.accuracy_criterion", max_accuracy_drop, "--max_accuracy_drop")
+    if max_accuracy_drop is not None and baseline_model is None:
+        raise UsageError("--max_accuracy_drop needs --baseline_model (the drop is measured against it)")
+    if max_accuracy_drop is not None and mode == "performance":  # a budget nobody checks would be a silent pass
+        raise UsageError("--max_accuracy_drop needs accuracy: --mode=performance measures size and latency only; "
+                         "use --mode=all (the default) or --mode=accuracy")
+    for key, v in (("batch_size", batch_size), *(("batch_size", x) for x in extra_batch_sizes), ("iterations", iterations),
+                   ("warmup", warmup), ("threads", threads)):
+        if v is not None:  # the flag (or argument) gets the config key's range; the config's own values are checked already
+            check_value(f"benchmark.{key}", v, f"--{key}")
+    cfg = inputs.load_config(config)
+    b = cfg.benchmark
+    pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (warmup 0 is not "unset")
+    batch_size, iterations, warmup, threads = (pick(batch_size, b.batch_size), pick(iterations, b.iterations),
+                                               pick(warmup, b.warmup), pick(threads, b.threads))
+    sizes = [batch_size, *extra_batch_sizes]
+    if len(set(sizes)) != len(sizes):
+        raise UsageError(f"--batch_size {','.join(map(str, sizes))}: give each batch size once")
+    if (warmup + iterations) * sum(sizes) > MAX_TIMED_IMAGES:  # each value is in range; their product must be too
+        raise UsageError(f"--iterations {iterations} and --warmup {warmup} at --batch_size {','.join(map(str, sizes))}: "
+                         f"{(warmup + iterations) * sum(sizes):,} images per model, over the {MAX_TIMED_IMAGES:,} limit")
+    first = input_models[0]
+    log = log or LOG.info
+    json_path = md_path = None
+    plot_paths: list = []
+    if report.wanted(reports, report_path, cfg):
+        json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
+        for p in (json_path, md_path):
+            check_writable_target(p, "--report")
+        plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path, mode)] if plots else []
+    check_distinct(reads=[("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model),
+                                                                         ("--config", inputs.config_file(cfg)),
+                                                                         *inputs.data_files(cfg, data_dir)],
+                   writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+
+    # --- load and check every model before measuring anything
+    names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
+    loaded, sigs = {}, {}
+    for key, path in names:
+        loaded[key] = models.load(path, "baseline model" if key == "baseline" else "input model")
+    # the first model under test speaks for the run's input (layout, name); every model must take the same
+    cfg, _, inferred = inputs.settle_model(cfg, loaded["model"], log, others=tuple(lm for k, lm in loaded.items() if k != "model"))
+    # without --config, the preprocessing the models document (metadata, zoo README); warnings either way
+    prov = inputs.preprocessing_for(cfg, config is None, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
+    for key, lm in loaded.items():
+        sigs[key] = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
+    splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
+    x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
+    entries = {k: _model_entry(lm) for k, lm in loaded.items()}
+    run_bytes = {k: lm.raw for k, lm in loaded.items()}
+    if dynamic_batch:  # serve fixed-batch models (the zoo's) at any batch: rewrite in memory, verify, say so
+        from quant.graph import prepare
+
+        for k, lm in loaded.items():
+            m, note = prepare.make_batch_dynamic(lm.proto, sigs[k], lm.path)
+            if note:
+                run_bytes[k] = models.serialize(m)
+                evaluation.check_same_outputs(lm.raw, run_bytes[k], x_test[:128], sigs[k].input_name, 64, lm.path,
+                                           hint="run it without --dynamic_batch")
+                sigs[k] = models.signature(m, lm.path, sigs[k].input_name)
+                entries[k]["rewritten"] = note + "; outputs checked identical image by image on 128 test images"
+                log(f"[benchmark] {lm.path}: {note}")
+    sessions = {k: evaluation.make_session(run_bytes[k], threads, name=lm.path) for k, lm in loaded.items()}
+
+    # --- accuracy
+    if mode in ("accuracy", "all"):
+        outs = {}
+        for k in loaded:
+            t0 = time.perf_counter()
+            bs = evaluation.effective_batch(sigs[k].fixed_batch, cfg.evaluation.batch_size)
+            outs[k] = evaluation.predict(sessions[k], x_test, sigs[k].input_name, bs, loaded[k].path)
+            log(f"[benchmark] accuracy {loaded[k].path}: {100 * evaluation.accuracy(outs[k], labels):.2f} % ({time.perf_counter() - t0:.1f} s)")
+        if "baseline" in outs:
+            evaluation.require_above_chance(evaluation.accuracy(outs["baseline"], labels), loaded["baseline"].path,
+                                            cfg.preprocessing_dict(), cfg.dataset.verify_md5)
+        for k in loaded:
+            entries[k]["accuracy_stats"] = accuracy_stats(outs[k], labels, outs.get("baseline") if k != "baseline" else None)
+            entries[k]["accuracy"] = entries[k]["accuracy_stats"]["top1"]
+
+    # --- latency / throughput
+    timing_doc = None
+    samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
+    profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
+    peak_n = min(PEAK_SAMPLES, iterations)  # GEMM peak samples per batch size, spread evenly over the timed rounds
+    if mode in ("performance", "all"):
+        peak = timing.GemmPeak(threads=threads)
+        for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
+            targets = []
+            for k in loaded:
+                per_call = evaluation.effective_batch(sigs[k].fixed_batch, bs)
+                if bs % per_call:
+                    raise UsageError(f"--batch_size {bs}: {loaded[k].path} has a fixed batch of {per_call}; use a multiple of it "
+                                     "or --dynamic_batch")
+                xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
+                targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
+            with (timing.OpProfiler({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
+                                     for t in targets}, threads) if profile else contextlib.nullcontext()) as prof:
+                # profiled rounds, spread evenly over the timed rounds: no more than onnxruntime's profiler holds
+                profile_n = min(PROFILE_RUNS, iterations, prof.capacity) if profile else 0
+                log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, "
+                    f"{threads} thread(s)" + (f"; {profile_n} profiled rounds spread over them" if profile else ""))
+                if profile and profile_n < min(PROFILE_RUNS, iterations):
+                    log(f"[benchmark] {'warning: no profile at ' if not profile_n else ''}batch {bs}: {profile_n} profiled rounds, "
+                        f"not {min(PROFILE_RUNS, iterations)}: onnxruntime's profiler holds {timing.OpProfiler.MAX_EVENTS:,} events "
+                        "per session")
+                profiling = profile_n > 0
+                if profiling:
+                    prof.warmup()
+
+                def between(i: int) -> bool:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
+                    ran = False
+                    if profiling and _spread(i, profile_n, iterations):
+                        prof.round()
+                        ran = True
+                    if _spread(i, peak_n, iterations):
+                        peak.sample()
+                        ran = True
+                    return ran  # time_interleaved then re-warms every model, untimed, before the next timed round
+                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
+                if profile:
+                    profile_rounds[str(bs)] = prof.rounds  # 0: no profile at this batch size, which the report says
+                if profiling:
+                    for k, rows in prof.results().items():
+                        entries[k].setdefault("profile", {})[str(bs)] = rows
+                        entries[k].setdefault("profile_rounds", {})[str(bs)] = prof.recorded[k]
+                        if prof.recorded[k] < prof.rounds:
+                            log(f"[benchmark] warning: {loaded[k].path}, batch {bs}: onnxruntime's profiler stopped recording at "
+                                f"{timing.OpProfiler.MAX_EVENTS:,} events; its profile holds the first {prof.recorded[k]} of "
+                                f"{prof.rounds} rounds (the start of the run)")
+            samples[str(bs)] = times
+            for k, t in zip(loaded, targets):
+                st = timing.latency_stats(times[k])
+                m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
+                if entries[k].get("macs_per_image"):  # achieved multiply-add rate at the median latency
+                    m["gmacs"] = entries[k]["macs_per_image"] * bs / (st["p50"] / 1e3) / 1e9
+                entries[k].setdefault("by_batch", {})[str(bs)] = m
+                if pos == 0:
+                    entries[k].update(m)
+        if profile_rounds:
+            log(f"[benchmark] onnxruntime per-op profile taken ({', '.join(f'batch {b}: {n}' for b, n in profile_rounds.items())} "
+                f"rounds, between the timed rounds, models round-robin)")
+        timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
+                  "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
+                  "method": timing.METHOD + "; a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
+                  "session_options": {"intra_op_num_threads": threads, "other_options": "onnxruntime defaults",
+                                      "providers": ["CPUExecutionProvider"]},
+                  "gemm_peak": peak.result()}
+        if profile:
+            timing_doc["profile"] = {"rounds": profile_rounds,
+                                     "when": "after a warm-up round, profiled rounds (every model, round-robin) spread evenly "
+                                             "between the timed rounds, outside the clock, no more than onnxruntime's profiler "
+                                             "holds; each model's recorded rounds: profile_rounds"}
+        pk = timing_doc["gemm_peak"]
+        log(f"[benchmark] single-thread GEMM peak here (best of {pk['samples']} samples taken between the timed rounds): fp32 {pk['fp32_gmacs']:.1f}, "
+            f"u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, {pk['u8s8_gmacs_median']:.1f})")
+
+    # --- ratios and gate
+    doc: dict = {"schema_version": report.SCHEMA_VERSION, "kind": "benchmark", "mode": mode,
+                 "preprocessing": cfg.preprocessing_dict(), "preprocessing_source": prov["source"], "warnings": prov["warnings"],
+                 "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]}, "inferred": inferred}
+    base = entries.get("baseline")
+    for k, e in entries.items():
+        if k == "baseline" or base is None:
+            continue
+        if "accuracy" in e:
+            e["accuracy_drop"] = base["accuracy"] - e["accuracy"]
+        if "latency_ms" in e:
+            e["latency_ratio"] = e["latency_ms"]["p50"] / base["latency_ms"]["p50"]
+            e["throughput_ratio"] = e["throughput_per_s"] / base["throughput_per_s"]
+            for bs, m in e["by_batch"].items():
+                m["latency_ratio"] = m["latency_ms"]["p50"] / base["by_batch"][bs]["latency_ms"]["p50"]
+                m["latency_ratio_blocks"] = timing.block_ratios(samples[bs][k], samples[bs]["baseline"], RATIO_BLOCKS)
+                m["throughput_ratio"] = m["throughput_per_s"] / base["by_batch"][bs]["throughput_per_s"]
+            e["latency_ratio_blocks"] = e["by_batch"][str(batch_size)]["latency_ratio_blocks"]
+        e["size_ratio"] = base["bytes"] / e["bytes"]
+    doc["model"] = entries["model"]
+    doc["baseline"] = base
+    doc["models"] = [entries[k] for k in entries if k != "baseline"]
+    for key in ("accuracy_drop", "latency_ratio", "throughput_ratio", "size_ratio"):
+        if key in entries["model"]:
+            doc[key] = entries["model"][key]
+    if timing_doc:
+        doc["timing"] = timing_doc
+    doc["environment"] = report.environment()
+    doc["command"] = command or shlex.join(["python", "-m", "quant", *sys.argv[1:]])
+    if mode in ("accuracy", "all") and base is not None:  # every model under test is gated against the baseline
+        source = ("--max_accuracy_drop" if max_accuracy_drop is not None
+                  else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})")
+        budget = criterion.budget(cfg.criterion, base["accuracy"], max_accuracy_drop)
+        for e in doc["models"]:
+            e["gate"] = {**criterion.gate(base["accuracy"], e["accuracy"], budget), "budget_source": source}
+        doc["gate"] = gate_summary(doc["models"], budget, source)
+    doc["reports"] = {"json": str(json_path), "markdown": str(md_path)} if json_path else None
+    md = render(doc)
+    if json_path:
+        with Outputs() as staged:  # reports and plots committed together
+            if plots:
+                doc["plots"] = write_plots(json_path, doc, {bs: [t[k] for k in entries] for bs, t in samples.items()}, mode, log, staged)
+                md = render(doc)
+            report.write(json_path, doc, md_path, md, staged)
+            staged.commit()
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if json_path else None
+    if summary and (os.path.isfile(summary) and os.access(summary, os.W_OK)  # CI's summary file; never a FIFO or folder
+                    or not os.path.lexists(summary) and os.path.isdir(os.path.dirname(os.path.abspath(summary)))):
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    elif summary:
+        log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: not a writable regular file; summary not appended")
+    doc["markdown"] = md
+    if doc.get("gate") and not doc["gate"]["passed"]:
+        raise AccuracyError(doc["gate"]["verdict"], doc)
+    return doc
+
+
+def gate_summary(entries: list[dict], budget: float, source: str) -> dict:
+    """The run's gate: passed when every model passed its own; the verdict names each model that did not
+    (with one model, that model's own verdict)."""
+    failed = [e for e in entries if not e["gate"]["passed"]]
+    if len(entries) == 1:
+        verdict = entries[0]["gate"]["verdict"]
+    elif failed:
+        verdict = (f"GATE FAILED for {len(failed)} of {len(entries)} models: "
+                   + "; ".join(f"{e['path']}: {e['gate']['verdict'].split(': ', 1)[1]}" for e in failed))
+    else:
+        verdict = f"GATE PASSED for all {len(entries)} models (budget {100 * budget:.2f} pp)"
+    return {"passed": not failed, "max_accuracy_drop": budget, "accuracy_drop": max(e["gate"]["accuracy_drop"] for e in entries),
+            "budget_source": source, "verdict": verdict,
+            "models": [{"path": e["path"], **{k: e["gate"][k] for k in ("passed", "accuracy_drop", "verdict")}} for e in entries]}
+
+
+# ------------------------------------------------------------------------------------ output
+def _spread_row(cols: list[dict], blocks: list[list[float] | None], bs: int) -> list[list[str]]:
+    """The row of paired per-stretch ratios (min–median–max), when the run had at least 2 stretches."""
+    n = max((len(b or []) for b in blocks), default=0)
+    if n < 2:
+        return []
+    return [[f"paired ratio, batch {bs}: median per round in {n} stretches of the run (min–median–max)",
+             *[f"{min(b):.2f}–{float(np.median(b)):.2f}–{max(b):.2f}x" if b else "" for b in blocks]]]
+
+
+def render(doc: dict) -> str:
+    cols = ([doc["baseline"]] if doc.get("baseline") else []) + doc["models"]
+    head = ["", *[f"`{e['path']}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
+    rows = [["file bytes", *[f"{e['bytes']:,}" for e in cols]],
+            ["weight bytes", *[f"{e['size']['weight_bytes']:,}" for e in cols]],
+            ["graph overhead bytes", *[f"{e['size']['graph_overhead_bytes']:,}" for e in cols]]]
+    if doc.get("baseline"):
+        rows.append(["size ratio (baseline / model)", *["1" if e is doc["baseline"] else f"{e['size_ratio']:.2f}x" for e in cols]])
+    if "accuracy" in cols[0]:
+        rows.append(["top-1 (10k test images)", *[report.pct(e["accuracy"]) for e in cols]])
+        if doc.get("baseline"):
+            rows.append(["accuracy drop", *["" if e is doc["baseline"] else f"{100 * e['accuracy_drop']:.2f} pp" for e in cols]])
+            rows.append(["top-1 agreement with baseline", *["" if e is doc["baseline"] else report.pct(e["accuracy_stats"]["agreement_with_baseline"]) for e in cols]])
+            if any(e.get("gate") for e in cols):
+                rows.append(["gate", *["" if e is doc["baseline"] else ("PASSED" if e["gate"]["passed"] else "**FAILED**") for e in cols]])
+            rows.append(["mean / max abs output diff", *["" if e is doc["baseline"] else
+                         f"{e['accuracy_stats']['output_abs_diff']['mean']:.3g} / {e['accuracy_stats']['output_abs_diff']['max']:.3g}" for e in cols]])
+    if "latency_ms" in cols[0]:
+        t = doc["timing"]
+        rows.append([f"p50 latency, batch {t['batch_size']} (ms)", *[f"{e['latency_ms']['p50']:.4f}" for e in cols]])
+        rows.append(["mean / p90 / p99 (ms)", *[f"{e['latency_ms']['mean']:.4f} / {e['latency_ms']['p90']:.4f} / {e['latency_ms']['p99']:.4f}" for e in cols]])
+        rows.append(["throughput (images/s)", *[f"{e['throughput_per_s']:,.0f}" for e in cols]])
+        if doc.get("baseline"):
+            rows.append(["p50 latency ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['latency_ratio']:.2f}x" for e in cols]])
+            rows += _spread_row(cols, [None if e is doc["baseline"] else e.get("latency_ratio_blocks") for e in cols], t["batch_size"])
+            rows.append(["throughput ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['throughput_ratio']:.2f}x" for e in cols]])
+        for bs in t.get("extra_batch_sizes", []):
+            m = [e["by_batch"][str(bs)] for e in cols]
+            rows.append([f"p50 latency, batch {bs} (ms)", *[f"{x['latency_ms']['p50']:.4f}" for x in m]])
+            rows.append([f"throughput, batch {bs} (images/s)", *[f"{x['throughput_per_s']:,.0f}" for x in m]])
+            if doc.get("baseline"):
+                rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
+                rows += _spread_row(cols, [None if e is doc["baseline"] else x.get("latency_ratio_blocks") for e, x in zip(cols, m)], bs)
+                rows.append([f"throughput ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
+        if any(e.get("macs_per_image") for e in cols):
+            peak = t.get("gemm_peak") or {}
+            rows.append(["multiply-adds per image", *[f"{e.get('macs_per_image', 0):,}" for e in cols]])
+            for bs in [t["batch_size"], *t.get("extra_batch_sizes", [])]:
+                rows.append([f"achieved GMAC/s, batch {bs} (GEMM peak here: fp32 {peak.get('fp32_gmacs', 0):.0f}, u8s8 {peak.get('u8s8_gmacs', 0):.0f})",
+                             *[f"{e['by_batch'][str(bs)].get('gmacs', 0):.1f}" for e in cols]])
+        if any(x.get("image_by_image") for e in cols for x in e["by_batch"].values()):
+            rows.append(["note", *["fixed batch 1: run image by image" if any(x.get("image_by_image") for x in e["by_batch"].values()) else ""
+                                   for e in cols]])
+    if any(e.get("rewritten") for e in cols):
+        rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
+    env = doc["environment"]
+    lines = [f"# Benchmark ({doc['mode']})", "", *report.warning_lines(doc), report.md_table(head, rows), ""]
+    base_sums = {bs: sum(r["median_us"] for r in prof) for bs, prof in (doc.get("baseline") or {}).get("profile", {}).items()}
+    prof_doc = (doc.get("timing") or {}).get("profile", {})
+    for e in cols:
+        for bs, prof in e.get("profile", {}).items():
+            total = sum(r["median_us"] for r in prof)
+            vs = f", {total / base_sums[bs]:.2f}x the baseline's" if e is not doc.get("baseline") and base_sums.get(bs) else ""
+            one_by_one = " (run image by image: each node's times summed over the batch's calls)" \
+                if e.get("by_batch", {}).get(bs, {}).get("image_by_image") else ""
+            rounds, recorded = prof_doc.get("rounds", {}).get(bs, "?"), e.get("profile_rounds", {}).get(bs, "?")
+            cut = (f" (onnxruntime's profiler stopped recording at {timing.OpProfiler.MAX_EVENTS:,} events: the first {recorded} "
+                   f"of {rounds} rounds, the start of the run)") if recorded != rounds else ""
+            lines += [f"Per-op profile of `{e['path']}`, batch {bs}{one_by_one} (onnxruntime profiler, median of "
+                      f"{recorded} rounds taken between the timed rounds{cut}, the models round-robin; kernel sum {total:,.0f} us{vs}; "
+                      "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
+                      report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
+                                      [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]
+    for bs, n in prof_doc.get("rounds", {}).items():
+        if not n:
+            lines += [f"No per-op profile at batch {bs}: not one round of the models fits under onnxruntime's profiler cap "
+                      f"({timing.OpProfiler.MAX_EVENTS:,} events per session).", ""]
+    if doc.get("gate"):
+        if len(doc["gate"]["models"]) > 1:
+            lines += [f"- `{m['path']}`: {m['verdict']}" for m in doc["gate"]["models"]] + [""]
+        lines += [f"**{doc['gate']['verdict']}** — budget from {doc['gate']['budget_source']}.", ""]
+    if doc.get("timing"):
+        t = doc["timing"]
+        lines += [f"- timing: {t['iterations']} iterations after {t['warmup']} warm-up, {t['threads']} thread(s), {t['order']}; {t['method']}"]
+    flags = ", ".join(k for k, v in env["cpu"]["int8_flags"].items() if v) or "none"
+    lines += [f"- preprocessing: {doc['preprocessing']}",
+              *report.provenance_lines(doc),
+              f"- machine: {env['cpu']['model']}, {env['cpu']['cores']} cores, int8 CPU flags: {flags}",
+              f"- versions: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}",
+              f"- command: `{doc['command']}`"]
+    if doc.get("plots"):
+        lines.append(f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}")
+    return "\n".join(lines) + "\n"
+
+
+PLOTS = {"performance": ("summary", "latency"), "accuracy": ("summary", "confusion"), "all": ("summary", "latency", "confusion")}
+
+
+def plot_names(mode: str) -> tuple[str, ...]:
+    """The figures (:mod:`quant.report.plots`) a benchmark in ``mode`` draws."""
+    return PLOTS[mode]
+
+
+def plot_targets(json_path: Path, mode: str = "all") -> list[Path]:
+    """Where :func:`write_plots` writes: ``<report stem>.<plot>.png`` beside the JSON report."""
+    return [plots_mod.path_for(json_path, name) for name in plot_names(mode)]
+
+
+def write_plots(json_path: Path, doc: dict, samples: dict[str, list[np.ndarray]], mode: str, log: Callable,
+                staged: Outputs) -> dict | str:
+    """The benchmark figures (:mod:`quant.report.plots`) staged beside the report; matplotlib is optional.
+    ``samples``: batch size -> per-run ns per model, in :func:`quant.report.plots.columns` order (baseline first)."""
+    if not plots_mod.available():
+        log(f"[benchmark] matplotlib is not installed: plots skipped ({plots_mod.INSTALL_HINT})")
+        return plots_mod.SKIPPED
+    out = {}
+    for name, png in plots_mod.benchmark_figures(doc, samples, plot_names(mode)).items():
+        p = plots_mod.path_for(json_path, name)
+        staged.bytes(p, png)
+        out[name] = str(p)
+    return out
