@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quant import config  # noqa: E402
 from quant.data import CANONICAL_MD5  # noqa: E402
 
-
 REAL_DATA_FIXTURES = {"mnist_dir", "models_dir", "splits", "tuned_mnist12", "classifiers"}
 # a test runs neural-compressor's tuning loop when it calls tune (command line, script or API) or a helper that does
 RUNS_INC = re.compile(r"""["']tune["']|run_tuning\.sh|tune_model\(|\b_tune\(|\binc\.tune\(""")

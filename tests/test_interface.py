@@ -146,7 +146,7 @@ def test_old_spellings_still_work_with_one_deprecation_line(tmp_path, synth_dir)
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines()[0] == "warning: --no-dynamic_batch is deprecated; use --no_dynamic_batch"
     assert onnx.load(tmp_path / "q.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # the fixed batch kept
-    r = run_cli("package", f"--input_model={tmp_path / 'q.onnx'}", f"--output_model={tmp_path / 'pkg.tar.gz'}", f"--config={cfg}",
+    r = run_cli("package", f"--input_model={tmp_path / 'q.onnx'}", f"--output={tmp_path / 'pkg.tar.gz'}", f"--config={cfg}",
                 f"--data_dir={synth_dir}", "--count=1")
     assert r.returncode == 0, r.stderr
     assert sum("deprecated" in line for line in r.stderr.splitlines()) == 1 and (tmp_path / "pkg.tar.gz").is_file()

@@ -261,6 +261,8 @@ def signature(model: onnx.ModelProto, path: str, input_name: str | None = None, 
     per_sample = shape[1:]
     if not shape or any(not isinstance(d, int) for d in per_sample) or int(np.prod(per_sample or [0])) != 784:
         raise ModelError(f"{path}: input {inp.name!r} has shape {list(shape)}; expected [N,1,28,28], [N,28,28,1] or [N,784]")
+    if tuple(per_sample) not in LAYOUT_SHAPES.values():
+        raise ModelError(f"{path}: input {inp.name!r} has shape {list(shape)}; expected [N,1,28,28], [N,28,28,1] or [N,784]")
     if layout is not None and tuple(per_sample) != LAYOUT_SHAPES[layout]:
         want = ["N", *LAYOUT_SHAPES[layout]]
         raise ModelError(f"{path}: input {inp.name!r} has shape {list(shape)} but preprocessing.layout is {layout} ({want})")

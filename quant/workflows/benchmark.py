@@ -149,12 +149,13 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     for key, path in names:
         loaded[key] = models.load(path, "baseline model" if key == "baseline" else "input model")
     # the first model under test speaks for the run's input (layout, name); every model must take the same
-    cfg, _, inferred = inputs.settle_model(cfg, loaded["model"], log, others=tuple(lm for k, lm in loaded.items() if k != "model"))
+    cfg, _, inferred = inputs.settle_model(cfg, loaded["model"], others=tuple(lm for k, lm in loaded.items() if k != "model"))
     # without --config, the preprocessing the models document (metadata, zoo README); warnings either way
     prov = inputs.preprocessing_for(cfg, config is None, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
     for key, lm in loaded.items():
         sigs[key] = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
     splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
+    inputs.say_inferred(inferred, loaded["model"].path, log)
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
     entries = {k: _model_entry(lm) for k, lm in loaded.items()}
     run_bytes = {k: lm.raw for k, lm in loaded.items()}

@@ -42,13 +42,13 @@ def model_name(path) -> str:
     return name[:-5] if name.endswith(".onnx") else name
 
 
-def settle_model(cfg, lm, log: Callable = print, others: tuple = ()):
+def settle_model(cfg, lm, others: tuple = ()):
     """What the model says about itself, before any work: its input (name and layout), what its outputs
     are (a Softmax head gives probabilities) and its name (the file name). A config value left null is
-    read from the model and said once (``[model] ...``); a config value the model contradicts is exit 2
-    naming both. ``others`` (more loaded models of the same run, e.g. a baseline) must take the same
-    input layout. Returns ``(cfg, signature, inferred)``: ``cfg`` a copy with the model's values filled
-    in, ``inferred`` what was read from the model (recorded in the reports)."""
+    read from the model; a config value the model contradicts is exit 2 naming both. ``others`` (more
+    loaded models of the same run, e.g. a baseline) must take the same input layout. Returns ``(cfg,
+    signature, inferred)``: ``cfg`` a copy with the model's values filled in, ``inferred`` what was read
+    from the model (recorded in the reports; :func:`say_inferred` says it once)."""
     source = "the built-in defaults" if cfg.source.startswith("<") else cfg.source
     sig = models.signature(lm.proto, lm.path, cfg.model.input_name)
     layout = models.layout_of(sig)
@@ -65,16 +65,21 @@ def settle_model(cfg, lm, log: Callable = print, others: tuple = ()):
              "preprocessing": {"layout": layout}}
     inferred = {f"{section}.{k}": v for section, values in facts.items() for k, v in values.items()
                 if getattr(getattr(cfg, section), k) is None}
-    if inferred:
-        cfg = config_mod.replace(cfg, {s: {k: v for k, v in vs.items() if getattr(getattr(cfg, s), k) is None} for s, vs in facts.items()},
-                                 noted=False)
-        log(f"[model] {lm.path}: " + ", ".join(f"{k} {v}" for k, v in inferred.items()) + " (read from the model)")
     for other in others:
         osig = models.signature(other.proto, other.path, cfg.model.input_name)
         if models.layout_of(osig) != layout:
             raise UsageError(f"{other.path} input {osig.input_name!r} has shape {list(osig.input_shape)} ({models.layout_of(osig)}) "
                               f"but {lm.path} takes {layout}; one run feeds every model the same images")
+    if inferred:
+        cfg = config_mod.replace(cfg, {s: {k: v for k, v in vs.items() if getattr(getattr(cfg, s), k) is None} for s, vs in facts.items()},
+                                 noted=False)
     return cfg, sig, inferred
+
+
+def say_inferred(inferred: dict, path: str, log: Callable) -> None:
+    """The one ``[model]`` line: what :func:`settle_model` read from the model (said once the run's inputs are loaded)."""
+    if inferred:
+        log(f"[model] {path}: " + ", ".join(f"{k} {v}" for k, v in inferred.items()) + " (read from the model)")
 
 
 def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable = print) -> dict:

@@ -129,10 +129,11 @@ def package_model(input_model: str, output_model: str, config=None, data_dir: st
     check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)],
                    writes=[("--output_model (archive)", archive_path), ("--output_model (model card)", card_path)])
     lm = models.load(input_model, "input model")
-    cfg, _, inferred = inputs.settle_model(cfg, lm, log)
+    cfg, _, inferred = inputs.settle_model(cfg, lm)
     prov = inputs.preprocessing_for(cfg, config is None, [lm], log)
     sig = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
     test = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)["test"]
+    inputs.say_inferred(inferred, lm.path, log)
     x = inputs.test_inputs(cfg, test)
     acc = evaluation.accuracy(evaluation.Evaluator(x, test.labels, sig.input_name,
                                                    evaluation.effective_batch(sig.fixed_batch, 64)).outputs(lm.raw, lm.path), test.labels)

@@ -189,8 +189,9 @@ def write_test_data(input_model: str, output_dir: str, config=None, data_dir: st
                    writes=[], replaced=[("--output_dir", dest)])
     check_replaceable(dest, "--output_dir")
     m = models.load(input_model, "input model")
-    cfg, sig, _ = inputs.settle_model(cfg, m, log)
+    cfg, sig, inferred = inputs.settle_model(cfg, m)
     test = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)["test"]
+    inputs.say_inferred(inferred, m.path, log)
     x = inputs.test_inputs(cfg, test)[pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
     with Outputs() as out:
         n = write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest), m.path)

@@ -79,11 +79,11 @@ def _check_outputs(input_model: str, output_model: str, report_path: str | None,
     return _Outputs(output_model, json_path, md_path, td_dir, plot)
 
 
-def _load_fp32(input_model: str, cfg, log):
+def _load_fp32(input_model: str, cfg):
     """The fp32 model, checked, and the config completed with what the model says about itself."""
     fp32 = models.load(input_model, "input model")
     models.require_fp32(fp32)
-    cfg, sig, inferred = inputs.settle_model(cfg, fp32, log)
+    cfg, sig, inferred = inputs.settle_model(cfg, fp32)
     return cfg, fp32, sig, inferred
 
 
@@ -166,17 +166,17 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     atomically together. Raises UsageError/ConfigError (exit 2), InputError/ModelError (exit 4),
     AccuracyError (exit 3: no model met the criterion; nothing written).
     """
-
     t_start = time.perf_counter()
     cfg = _resolve_config(config, objective)
     log = log or LOG.info
     out = _check_outputs(input_model, output_model, report_path, cfg, data_dir, plots,
                          reports=report.wanted(reports, report_path, cfg))
-    cfg, fp32, sig, inferred = _load_fp32(input_model, cfg, log)
+    cfg, fp32, sig, inferred = _load_fp32(input_model, cfg)
     prov = inputs.preprocessing_for(cfg, False, [fp32], log)  # warns when the fp32 model documents other preprocessing
     dynamic = bool(cfg.model.dynamic_batch if dynamic_batch is None else dynamic_batch)
     # --- data: calibration images (train split) and the preprocessed test set
     splits = inputs.load_splits(cfg, data_dir, log=log)
+    inputs.say_inferred(inferred, fp32.path, log)
     cs = calib.build(cfg, splits["train"])
     log(f"[data] calibration: {cs.definition['count']} train images (seed {cs.definition['seed']}, {cs.definition['source']}), sha256 {cs.sha256[:12]}")
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels

@@ -539,7 +539,16 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     defaults). ``report_path``: ``NAME.json`` (``NAME.md`` beside it); no files without it.
     Raises AccuracyError (exit 3, the report in ``details``) when any check fails.
     """
-    from quant.workflows.inputs import config_file, data_files, load_config, load_splits, preprocessing_for, settle_model, test_inputs
+    from quant.workflows.inputs import (
+        config_file,
+        data_files,
+        load_config,
+        load_splits,
+        preprocessing_for,
+        say_inferred,
+        settle_model,
+        test_inputs,
+    )
 
     t0 = time.perf_counter()
     check_flag(SAMPLES, samples, "--samples")
@@ -560,12 +569,13 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
     # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
-    cfg, _, inferred = settle_model(cfg, base, log, others=(int8,))  # the fp32 baseline speaks for the input and outputs
+    cfg, _, inferred = settle_model(cfg, base, others=(int8,))  # the fp32 baseline speaks for the input and outputs
     prov = preprocessing_for(cfg, config is None, [int8, base], log)
     sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
     sig_b = models.signature(base.proto, base.path, cfg.model.input_name, cfg.preprocessing.layout)
     sets = testdata.find_sets(test_data) if test_data else None
     splits = load_splits(cfg, data_dir, splits=("test",), log=log)
+    say_inferred(inferred, base.path, log)
     x, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
     bq = evaluation.effective_batch(sig_q.fixed_batch, cfg.evaluation.batch_size)
     bb = evaluation.effective_batch(sig_b.fixed_batch, cfg.evaluation.batch_size)
