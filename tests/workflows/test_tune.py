@@ -200,8 +200,8 @@ def _tune_on_host(tmp_path, synth_dir, monkeypatch, vnni, bf16, name, reduce_ran
     _as_host(monkeypatch, vnni, bf16)
     cfg = config.load(synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}}))
     if reduce_range is None:  # left to INC: no reduce_range passed at all (not a value a config accepts)
-        pinned = tuning.pinned_options
-        monkeypatch.setattr(tuning, "pinned_options", lambda c: {k: v for k, v in pinned(c).items() if k != "reduce_range"})
+        pinned = inc.pinned_options
+        monkeypatch.setattr(inc, "pinned_options", lambda c: {k: v for k, v in pinned(c).items() if k != "reduce_range"})
     src = save(mnist12_like(), tmp_path / "fp32.onnx")
     tune_model(str(src), str(tmp_path / name), config=cfg, data_dir=str(synth_dir), log=lambda m: None)
     return (tmp_path / name).read_bytes()
