@@ -20,12 +20,15 @@ from quant.data import CANONICAL_MD5  # noqa: E402
 
 REAL_DATA_FIXTURES = {"mnist_dir", "models_dir", "splits", "tuned_mnist12", "classifiers"}
 # a test runs neural-compressor's tuning loop when it calls tune (command line, script or API) or a helper that does
-RUNS_INC = re.compile(r"""["']tune["']|run_tuning\.sh|tune_model\(|\b_tune\(|\binc\.tune\(""")
+RUNS_INC = re.compile(r"""["']tune["']|run_tuning\.sh|tune_model\(|\b_tune\(|\b_tune_on_host\(|\binc\.tune\(""")
+# a test of the command line starts the tool (or a shell script) in a child process; hypothesis drives many of them
+RUNS_CLI = re.compile(r"run_cli\(|subprocess\.|_command\(|@given|\bscript=")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tiers: ``realdata`` (reads the real MNIST files or zoo models) and ``inc`` (runs neural-compressor's
-    tuning loop) are marked here, so ``pytest -m "not realdata and not inc"`` is the fast tier."""
+    """The tiers, marked here: ``realdata`` (reads the real MNIST files or zoo models), ``inc`` (runs
+    neural-compressor's tuning loop) and ``cli`` (runs the command line in child processes). The fast tier,
+    the inner loop for a change, is ``pytest -m "not realdata and not inc and not cli"``; CI runs everything."""
     for item in items:
         if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.realdata)
@@ -36,6 +39,8 @@ def pytest_collection_modifyitems(config, items):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if RUNS_INC.search(source) or "tune" in params.values():
             item.add_marker(pytest.mark.inc)
+        if RUNS_CLI.search(source) or item.get_closest_marker("hypothesis") is not None:
+            item.add_marker(pytest.mark.cli)
 
 
 def _need(reason: str):
