@@ -134,7 +134,7 @@ def test_portability_verdict_rules(diff, differing, flips, ok_here, ok_exact, st
 
 
 def test_a_portability_warning_names_saturation_only_when_the_weights_can_saturate():
-    """A review's model (session 16) with 7-bit weights was told its difference was 16-bit saturation, which
+    """A PyTorch-style model with 7-bit weights must not be told its difference is 16-bit saturation, which
     its weights (within +-64) cannot reach: the warning then names onnxruntime's requantization rounding."""
     from onnx import numpy_helper
 
