@@ -282,7 +282,7 @@ def test_a_7bit_model_calibrated_on_raw_pixels_is_named_as_such(models_dir, mnis
 
 # ---------------------------------------------------------------------- other producers' int8 models
 def _ort_producer():
-    """examples/ort_quantize_static.py (onnxruntime's quantize_static), as the README runs it."""
+    """examples/ort_quantize_static.py (onnxruntime's quantize_static), as docs/validate.md runs it."""
     import importlib.util
     from pathlib import Path
 
