@@ -16,7 +16,7 @@ _pick_python() {
   if [ -n "${PYTHON:-}" ]; then
     if _supported "$PYTHON"; then echo "$PYTHON"; return 0; fi
     local v; v="$("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "not runnable")"
-    echo "error: PYTHON=$PYTHON is Python $v; mnist-quant needs Python 3.$QUANT_PY_MIN-3.$QUANT_PY_MAX (README: Supported Python)" >&2
+    echo "error: PYTHON=$PYTHON is Python $v; mnist-quant needs Python 3.$QUANT_PY_MIN-3.$QUANT_PY_MAX (docs/troubleshooting.md)" >&2
     return 1
   fi
   for c in python3 python3.13 python3.12 python3.11; do

@@ -255,5 +255,5 @@ def fitted_classifier(kind: str, x_train: np.ndarray, y_train: np.ndarray, seed:
 
 # ------------------------------------------------------------------- one result on every machine
 # The default model's sha256 on Python 3.11, 3.12 and 3.13 and on CPUs with and without AVX-512 VNNI
-# (README: One result everywhere). A change here is a change of the published model: say why.
+# (docs/how-it-works.md, docs/benchmarks.md). A change here is a change of the published model: say why.
 DEFAULT_MNIST12_INT8_SHA256 = "483d306e620e9b33789856a9cc4319bfbaf5cd1e29ac6917009dd7b7d031a296"

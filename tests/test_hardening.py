@@ -797,7 +797,7 @@ def test_calib_never_writes_over_its_manifest_and_leaves_nothing_after_a_failure
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_a_model_onnxruntime_loads_but_cannot_run_is_refused_in_one_line(cmd, tmp_path, synth_dir):
     """A conv bias of the wrong length passes the ONNX checker and onnxruntime's load, and fails only in
-    session.run (a review's model, session 16): exit 4 naming the model, as for any invalid input model;
+    session.run: exit 4 naming the model, as for any invalid input model;
     it used to be exit 1, "unexpected error"."""
     m = mnist12_like()
     conv = next(n for n in m.graph.node if n.name == "Conv2")

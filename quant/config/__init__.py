@@ -74,16 +74,16 @@ SCHEMA: dict[str, Any] = {
         "format": F("str", "QDQ", choices=("QOperator", "QDQ"), doc="QuantizeLinear/DequantizeLinear pairs (onnxruntime fuses them into "
                     "int8 kernels; float logits) or QLinear* ops (the zoo's; quantized logits)"),
         "kernel_aware": F("bool", True, doc="exact speed rewrites of the fp32 graph and the kernel-aware precision plan: layers without "
-                          "a fast onnxruntime int8 kernel stay fp32 (README: Fast int8 by default)"),
+                          "a fast onnxruntime int8 kernel stay fp32 (docs/how-it-works.md)"),
         "per_channel": F("bool", False, doc="per-channel weight scales (QDQ needs opset >= 13)"),
         "reduce_range": F("bool", True, doc="7-bit quantization ranges (uint8 activations 0..127, int8 weights -64..64), so "
                           "onnxruntime computes the int8 model exactly on every x86 CPU (AVX2 without VNNI saturates 16-bit sums "
-                          "at 8 bits). Always passed to INC, whose own default reads the host CPU (README: One result everywhere)"),
+                          "at 8 bits). Always passed to INC, whose own default reads the host CPU (docs/how-it-works.md)"),
         "op_types_to_keep_fp32": F("list[str]", [], doc="op types never quantized, e.g. [MatMul]"),
         "nodes_to_keep_fp32": F("list[str]", [], doc="node names never quantized"),
         "calibration": {
             "split": F("str", "train", choices=("train",), doc="calibration never uses test images"),
-            # the whole train split: measured 150 s and 508 MB peak for mnist-12 on 2 cores (README: Calibration set)
+            # the whole train split: measured 150 s and 508 MB peak for mnist-12 on 2 cores (docs/benchmarks.md)
             "sampling_size": F("int", 100, min=1, max=60000, doc="number of calibration images"),
             "seed": F("int", 9527, min=0, max=SEED_MAX, doc="seed that picks the calibration images"),
             "manifest": F("str", None, nullable=True, doc="calibration-set definitions checked against; null = the built-in "
@@ -94,7 +94,7 @@ SCHEMA: dict[str, Any] = {
         "accuracy_criterion": F("criterion", {"relative": 0.01}, min=0, max=1, max_exclusive=True,
                                 doc="{relative: x} or {absolute: x}: the accuracy (a fraction) int8 may lose; 1 would accept any model"),
         "strategy": F("str", "basic", choices=("basic", "conservative", "mse", "mse_v2", "random", "exhaustive", "bayesian"), doc="INC tuning strategy"),
-        "objective": F("str", "accuracy", choices=("accuracy", "performance"), doc="accuracy: INC's first config that meets the criterion; performance: also time fp32-fallback candidates and keep the fastest that meets it (README: Faster int8)"),
+        "objective": F("str", "accuracy", choices=("accuracy", "performance"), doc="accuracy: INC's first config that meets the criterion; performance: also time fp32-fallback candidates and keep the fastest that meets it (docs/how-it-works.md)"),
         "timeout": F("int", 0, min=0, max=7 * 24 * 3600, doc="seconds; 0 = no limit (at most a week)"),
         "max_trials": F("int", 100, min=1, max=10000, doc="tuning trials at most (each quantizes and evaluates the model)"),
         "random_seed": F("int", 9527, min=0, max=SEED_MAX, doc="INC's random seed (numpy seeds are below 2**32)"),
@@ -463,7 +463,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
 
 
 def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, doc) rows for the README's config reference; numbers state their range."""
+    """(key path, default, doc) rows for the config reference (docs/configuration.md, scripts/config_reference.py); numbers state their range."""
     rows = []
     for key, spec in schema.items():
         path = f"{prefix}.{key}" if prefix else key

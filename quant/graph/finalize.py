@@ -251,7 +251,7 @@ def compact_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     quantized tensor's group keeping its suffixes (``Parameter87.q``/``.s``/``.zp`` -> ``c2.q``/``c2.s``/
     ``c2.zp``), and a DequantizeLinear of a constant (a weight) ``c<i>.dq``. A quantization parameter's
     name repeats in every QuantizeLinear/DequantizeLinear that uses it: for mnist-12 this takes the
-    9,692-byte model of session 12 to 8,952. Activations keep their names (validate matches a layer to its
+    9,692-byte model with INC's names to 8,952. Activations keep their names (validate matches a layer to its
     fp32 twin by name), and so do graph inputs and outputs (an initializer that is also a graph input
     can be fed by name) and every name a subgraph reads; new names avoid every name defined at any
     depth. Bytes only: no value and no node changes. Returns the model and the number of names changed."""

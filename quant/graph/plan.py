@@ -66,7 +66,7 @@ def clip_reason(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto], seven
     None. After the removal only the QuantizeLinear's saturation clamps, over the range calibrated after
     the Clip, which always contains 0: a lower bound above 0 is lost, and with 7-bit ranges
     (``reduce_range``: the calibrated range maps to 0..127 while uint8 saturates at 255) so is an upper
-    bound (a ReLU6 then let values up to 12.05 through: measured by a review in session 16)."""
+    bound (measured on a LeNet-style model with ReLU6: values up to 12.05 got through)."""
     bounds = []
     for k in (1, 2):
         name = node.input[k] if len(node.input) > k else ""
@@ -100,9 +100,9 @@ def make(model: onnx.ModelProto, kernel_rules: bool = True, seven_bit: bool = Tr
     stays fp32. neural-compressor's QDQ quantizer removes a Relu/Clip that follows a quantized layer,
     assuming the layer's output range was calibrated after it. A body reading the Relu's input gives
     that tensor a second reader, so its range keeps the negative values, and the main path then runs
-    without its ReLU (the second pool's output went negative, logits off by 0.78 on a review's model);
-    a body reading the Relu's output loses its tensor (onnxruntime refuses the candidate). Measured in
-    session 14; layers, pools, reshapes and constants read by a body came out right and are left to INC."""
+    without its ReLU (the second pool's output went negative, logits off by up to 0.78 on an mnist-12-like model);
+    a body reading the Relu's output loses its tensor (onnxruntime refuses the candidate). Measured on
+    mnist-12-like models; layers, pools, reshapes and constants read by a body came out right and are left to INC."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
     consts = {t.name: t for t in model.graph.initializer}
     consts.update({n.output[0]: n.attribute[0].t for n in model.graph.node

@@ -129,7 +129,7 @@ def test_transform_chains_become_the_preprocessing_inc_applies(tmp_path, chain, 
     (lambda d: d["evaluation"]["accuracy"]["dataloader"].update(batch_size=0), r"evaluation.accuracy.dataloader.batch_size: expected an integer in 1..10000"),
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Normalize={"mean": [0.1, 0.2]}), r"Normalize.mean: MNIST images have one channel"),
     (lambda d: d.update(benchmark={"iterations": 5}), r"evaluation.performance.iteration: contradicts benchmark.iterations"),
-    # found by the hostile review: a perm that swaps height and width loaded as a layout (transposed digits)
+    # a perm that swaps height and width loaded as a layout (transposed digits)
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [1, 0, 2]}),
      r"Transpose.perm: \[1, 0, 2\] swaps the image's height and width"),
     (lambda d: d["quantization"]["calibration"]["dataloader"]["transform"].update(Transpose={"perm": [2, 1, 0]}), r"swaps the image's height"),

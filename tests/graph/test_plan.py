@@ -83,7 +83,7 @@ def _with_clip(lo, hi, bound_from="initializer"):
 ])
 def test_a_clip_whose_bounds_neural_compressor_would_drop_stays_fp32(lo, hi, seven_bit, why):
     """neural-compressor removes a Clip after a quantized layer and leaves the clamping to the QuantizeLinear;
-    a review's ReLU6 then let values up to 9.45 through (reduce_range: the range maps to 0..127, uint8
+    a LeNet-style model's ReLU6 then let values up to 9.45 through (reduce_range: the range maps to 0..127, uint8
     saturates at 255). A correctness rule: it holds with kernel_aware: false too."""
     m = _with_clip(lo, hi)
     for rules in (True, False):

@@ -43,7 +43,7 @@ def test_dynamic_batch_copies_a_shape_an_if_body_reads_too():
 
 def test_dynamic_batch_follows_the_activation_through_an_if_body():
     """The pool's output reaches the Reshape only through an If whose body reads it by name: the
-    Reshape is on the activation path all the same and gets the dynamic batch (review, session 14)."""
+    Reshape is on the activation path all the same and gets the dynamic batch."""
     m = mnist12_like(batch=1)
     k = [n.name for n in m.graph.node].index("Reshape")
     m.graph.node[k].input[0] = "p2_if"

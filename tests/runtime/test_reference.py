@@ -63,7 +63,7 @@ def test_default_int8_computes_like_the_integer_reference_on_this_cpu(tuned_mnis
     """The default model (7-bit ranges) gives the exact integer result of the graph onnxruntime runs,
     whatever this CPU's int8 kernels (VNNI or AVX2). Its first conv runs in fp32, and fp32 convs are
     not bit-identical between numpy (the reference) and MLAS: a last-bit difference may move a value
-    across a quantization step on a rare image (2 of 10,000 on the AVX2 machine the README names),
+    across a quantization step on a rare image (2 of 10,000 on the AVX2 host of docs/benchmarks.md),
     so: no top-1 change, at most 2 % of images touched, each by at most a few steps of the logits."""
     out, _ = tuned_mnist12
     x = data.preprocess(splits["test"].images[:256], 1 / 255, 0, 1, "NCHW")

@@ -431,8 +431,8 @@ def test_keeping_fp32_a_pool_whose_output_an_if_body_reads_tunes_instead_of_abor
 
 def test_a_relu6_after_an_int8_conv_still_clips_in_the_int8_model(tmp_path, synth_dir):
     """neural-compressor removes a Clip after a quantized layer and leaves the clamping to the
-    QuantizeLinear, whose uint8 saturation is twice the bound with the default 7-bit ranges: a review's
-    ReLU6 let values up to 9.45 through. The plan keeps such a Clip fp32, so the int8 model clips."""
+    QuantizeLinear, whose uint8 saturation is twice the bound with the default 7-bit ranges: a LeNet-style
+    model's ReLU6 let values up to 9.45 through. The plan keeps such a Clip fp32, so the int8 model clips."""
     import onnxruntime as ort
     from helpers import pattern_images
 

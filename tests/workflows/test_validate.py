@@ -135,7 +135,7 @@ def test_portability_verdict_rules(diff, differing, flips, ok_here, ok_exact, st
 
 
 def test_a_portability_warning_names_saturation_only_when_the_weights_can_saturate():
-    """A review's model (session 16) with 7-bit weights was told its difference was 16-bit saturation, which
+    """A PyTorch-style model with 7-bit weights must not be told its difference is 16-bit saturation, which
     its weights (within +-64) cannot reach: the warning then names onnxruntime's requantization rounding."""
     from onnx import numpy_helper
 
@@ -282,7 +282,7 @@ def test_a_7bit_model_calibrated_on_raw_pixels_is_named_as_such(models_dir, mnis
 
 # ---------------------------------------------------------------------- other producers' int8 models
 def _ort_producer():
-    """examples/ort_quantize_static.py (onnxruntime's quantize_static), as the README runs it."""
+    """examples/ort_quantize_static.py (onnxruntime's quantize_static), as docs/validate.md runs it."""
     import importlib.util
     from pathlib import Path
 
