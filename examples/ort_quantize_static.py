@@ -1,6 +1,6 @@
 """Another producer's int8 MNIST model: onnxruntime's own ``quantize_static``, calibrated on MNIST
 train images preprocessed as documented ([0, 1], NCHW). Used by the README's results, docs/validate.md and
-``tests/test_validation.py`` to check that ``validate`` judges models it did not make.
+``tests/workflows/test_validate.py`` to check that ``validate`` judges models it did not make.
 
     python examples/ort_quantize_static.py --input_model=../shared/models/mnist-12.onnx \\
         --output_model=ort-qdq.onnx --data_dir=../shared/data/mnist [--format=QOperator] [--per_channel] \\
