@@ -81,26 +81,45 @@ class TuneResult:
         return self.trials[0].accuracy
 
 
+@dataclass(frozen=True)
+class IncSpec:
+    """Everything INC's loop is given, built once by the tune workflow from the config and the precision
+    plan (:func:`quant.workflows.tune.inc_spec`): this module never sees the config itself."""
+
+    quant_format: str  # "QDQ" | "QOperator"
+    per_channel: bool
+    reduce_range: bool
+    kernel_aware: bool  # our INC recipes (keep Gemm a Gemm) with the kernel-aware form
+    sampling_size: int
+    op_types_to_keep_fp32: tuple[str, ...]
+    nodes_to_keep_fp32: tuple[str, ...]
+    criterion: tuple[str, float]
+    strategy: str
+    timeout: int
+    max_trials: int
+    random_seed: int
+
+
 # INC recipes: keep Gemm a Gemm (INC splits it into MatMul + Add by default, which onnxruntime then runs as
 # an int8 MatMul plus a separate Add instead of one QGemm).
 RECIPES = {"gemm_to_matmul": False}
 
 
-def recipes(cfg) -> dict:
-    """INC recipes passed for this config: ours with ``quantization.kernel_aware``, INC's defaults without."""
-    return dict(RECIPES) if cfg.quantization.kernel_aware else {}
+def recipes(spec: IncSpec) -> dict:
+    """INC recipes passed: ours with ``quantization.kernel_aware``, INC's defaults without."""
+    return dict(RECIPES) if spec.kernel_aware else {}
 
 # INC options that would otherwise be read from the host CPU; the values are passed on every call.
 HOST_INDEPENDENT = {"excluded_precisions": ["bf16", "fp16"]}
 
 
-def pinned_options(cfg) -> dict:
+def pinned_options(spec: IncSpec) -> dict:
     """The PostTrainingQuantConfig options that INC would otherwise derive from the host CPU, as
     passed on every call (and recorded in the report)."""
-    return {"reduce_range": cfg.quantization.reduce_range, **copy.deepcopy(HOST_INDEPENDENT)}
+    return {"reduce_range": spec.reduce_range, **copy.deepcopy(HOST_INDEPENDENT)}
 
-def _op_dicts(cfg) -> tuple[dict | None, dict | None]:
-    q = cfg.quantization
+def _op_dicts(spec: IncSpec) -> tuple[dict | None, dict | None]:
+    q = spec
     gran = "per_channel" if q.per_channel else "per_tensor"
     op_type = {op: {"weight": {"granularity": [gran]}} for op in ("Conv", "MatMul", "Gemm")}
     fp32 = {"weight": {"dtype": ["fp32"]}, "activation": {"dtype": ["fp32"]}}
@@ -110,14 +129,14 @@ def _op_dicts(cfg) -> tuple[dict | None, dict | None]:
     return op_type, (op_name or None)
 
 
-def tune(fp32: onnx.ModelProto, cfg, calib_loader, eval_fn: Callable[[bytes], float], verbose: bool = False,
+def tune(fp32: onnx.ModelProto, spec: IncSpec, calib_loader, eval_fn: Callable[[bytes], float], verbose: bool = False,
          log: Callable[[str], None] = print) -> TuneResult:
-    """Run INC's accuracy-aware tuning loop; ``eval_fn`` maps serialized model bytes to top-1.
+    """Run INC's accuracy-aware tuning loop as ``spec`` says; ``eval_fn`` maps serialized model bytes to top-1.
 
-    Raises AccuracyError (exit 3) when no configuration meets ``cfg``'s accuracy criterion.
+    Raises AccuracyError (exit 3) when no configuration meets ``spec``'s accuracy criterion.
     """
     with inc_compat():
-        return _tune(fp32, cfg, calib_loader, eval_fn, verbose, log)
+        return _tune(fp32, spec, calib_loader, eval_fn, verbose, log)
 
 
 class _INCLogFilter(logging.Filter):
@@ -139,7 +158,7 @@ class _INCLogFilter(logging.Filter):
 _INC_FILTER = _INCLogFilter()
 
 
-def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
+def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResult:
     inc_logger = logging.getLogger("neural_compressor")
     _INC_FILTER.level = logging.INFO if verbose else logging.ERROR
     if _INC_FILTER not in inc_logger.filters:
@@ -149,7 +168,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     from neural_compressor.quantization import fit
 
     inc_logger.setLevel(logging.INFO if verbose else logging.ERROR)
-    kind, tol = cfg.criterion
+    kind, tol = spec.criterion
     trials: list[Trial] = []
     failures: list[Exception] = []  # INC catches an eval_func exception and ends its loop with no model: kept to say why
     swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
@@ -168,28 +187,28 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
             log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
         else:
             base = trials[0].accuracy
-            ok = "meets" if Criterion.of(cfg.criterion).meets(base, acc) else "misses"
+            ok = "meets" if Criterion.of(spec.criterion).meets(base, acc) else "misses"
             log(f"[tune] trial {len(trials) - 1}: int8 top-1 {acc:.2%} (drop {base - acc:+.2%}; {ok} the {kind} {tol:g} criterion)")
         return acc
 
-    op_type_dict, op_name_dict = _op_dicts(cfg)
+    op_type_dict, op_name_dict = _op_dicts(spec)
     conf = PostTrainingQuantConfig(
         approach="static",
         device="cpu",
         backend="default",
-        quant_format=_FORMAT[cfg.quantization.format],
-        **pinned_options(cfg),  # reduce_range, excluded_precisions: INC's defaults read the host CPU
-        calibration_sampling_size=[cfg.quantization.calibration.sampling_size],
+        quant_format=_FORMAT[spec.quant_format],
+        **pinned_options(spec),  # reduce_range, excluded_precisions: INC's defaults read the host CPU
+        calibration_sampling_size=[spec.sampling_size],
         op_type_dict=op_type_dict,
         op_name_dict=op_name_dict,
-        recipes=recipes(cfg),
+        recipes=recipes(spec),
         accuracy_criterion=AccuracyCriterion(criterion=kind, tolerable_loss=tol, higher_is_better=True),
-        tuning_criterion=TuningCriterion(strategy=cfg.tuning.strategy, timeout=cfg.tuning.timeout,
-                                         max_trials=cfg.tuning.max_trials, objective="accuracy"),
+        tuning_criterion=TuningCriterion(strategy=spec.strategy, timeout=spec.timeout,
+                                         max_trials=spec.max_trials, objective="accuracy"),
     )
     workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
     saved = (options.workspace, options.resume_from, options.random_seed)
-    options.workspace, options.resume_from, options.random_seed = workspace, None, cfg.tuning.random_seed
+    options.workspace, options.resume_from, options.random_seed = workspace, None, spec.random_seed
     # INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
     # Interrupted) and reports "no model met the goal". So a stop signal is remembered here, turned into the
     # KeyboardInterrupt that ends INC's loop soonest, and raised again once fit() is back: exit 130/143/129,
@@ -198,7 +217,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
     started = time.monotonic()
 
     def on_stop(signum, frame):
-        inc_timeout = signum == signal.SIGINT and cfg.tuning.timeout and time.monotonic() - started >= cfg.tuning.timeout
+        inc_timeout = signum == signal.SIGINT and spec.timeout and time.monotonic() - started >= spec.timeout
         if not inc_timeout:
             stopped.append(signum)
             logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"

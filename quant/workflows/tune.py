@@ -11,7 +11,6 @@ models independently, write the model and its test data, report.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import shlex
@@ -114,6 +113,17 @@ class _Quantized:
     finishing: list[str]
 
 
+def inc_spec(cfg, nodes_to_keep_fp32=None):
+    """What INC is given (:class:`quant.quantize.inc.IncSpec`), from the config and the precision plan's
+    names (``nodes_to_keep_fp32``; default: the config's own list)."""
+    from quant.quantize.inc import IncSpec
+
+    q, t = cfg.quantization, cfg.tuning
+    keep = q.nodes_to_keep_fp32 if nodes_to_keep_fp32 is None else nodes_to_keep_fp32
+    return IncSpec(q.format, q.per_channel, q.reduce_range, q.kernel_aware, q.calibration.sampling_size, tuple(q.op_types_to_keep_fp32),
+                   tuple(sorted(keep)), cfg.criterion, t.strategy, t.timeout, t.max_trials, t.random_seed)
+
+
 def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator, fp32_path: str, check: Callable,
                   verbose: bool, log) -> _Quantized:
     """The plan-dependent rewrites (checked), INC's accuracy-aware loop with ``keep`` (plan + user)
@@ -121,11 +131,10 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
     from quant.quantize import inc  # the only neural_compressor importer; imported late (it is slow)
 
     by_type = {name for name, op in prep.origin.items() if op in cfg.quantization.op_types_to_keep_fp32}  # e.g. a MatMul now a Gemm
-    c = copy.deepcopy(cfg)  # this trial's own copy, with the plan's names (computed here, not a user's value to check)
-    c.quantization.__dict__["nodes_to_keep_fp32"] = sorted(keep | by_type)
+    spec = inc_spec(cfg, keep | by_type)  # the plan's names (computed here, not a user's value to check)
     model, steps = prep.model, []
     if cfg.quantization.kernel_aware:
-        model, note = prepare.apply_plan(prep.model, set(c.quantization.nodes_to_keep_fp32), fp32_path)
+        model, note = prepare.apply_plan(prep.model, set(spec.nodes_to_keep_fp32), fp32_path)
         if note:
             steps.append(note)
             check(model)
@@ -139,7 +148,7 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
             candidate = models.serialize(finish(proto)[0])
         return evaluator(candidate, f"{fp32_path} (int8)")
 
-    result = inc.tune(model, c, loader, accuracy, verbose=verbose, log=log)
+    result = inc.tune(model, spec, loader, accuracy, verbose=verbose, log=log)
     finished, notes = finish(result.model)
     return _Quantized(result, finished, steps, notes)
 
@@ -314,7 +323,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "metadata": {p.key: p.value for p in finished.metadata_props},
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range, "kernel_aware": cfg.quantization.kernel_aware,
-                         "inc_options_pinned": inc.pinned_options(cfg), "inc_recipes": inc.recipes(cfg),
+                         "inc_options_pinned": inc.pinned_options(inc_spec(cfg)), "inc_recipes": inc.recipes(inc_spec(cfg)),
                          "op_types_to_keep_fp32": cfg.quantization.op_types_to_keep_fp32,
                          "nodes_to_keep_fp32": cfg.quantization.nodes_to_keep_fp32},
         "tuning": {"trials": len(result.trials) - 1, "strategy": cfg.tuning.strategy, "objective": cfg.tuning.objective,
