@@ -20,7 +20,6 @@ import argparse
 import difflib
 import json
 import os
-import shlex
 import signal
 import sys
 import traceback
@@ -74,10 +73,6 @@ def log(msg: str) -> None:
 
 def quiet(_msg: str) -> None:
     pass
-
-
-def command_line() -> str:
-    return shlex.join(["python", "-m", "quant", *sys.argv[1:]])
 
 
 def _path(value: str) -> str:
@@ -298,7 +293,7 @@ def cmd_tune(args) -> int:
     doc = _reporting(lambda: tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
                                         report_path=args.report, reports=True, plots=not args.no_plots,
                                         dynamic_batch=args.dynamic_batch, objective=args.objective, verbose=args.verbose,
-                                        log=say, command=command_line()), args)
+                                        log=say), args)
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
@@ -319,7 +314,7 @@ def cmd_benchmark(args) -> int:
         given, args.baseline_model, config=args.config, mode=args.mode, data_dir=args.data_dir, batch_size=sizes[0],
         extra_batch_sizes=tuple(sizes[1:]), iterations=args.iterations, warmup=args.warmup, threads=args.threads,
         max_accuracy_drop=args.max_accuracy_drop, report_path=args.report, plots=not args.no_plots,
-        dynamic_batch=args.dynamic_batch, profile=args.profile, log=say, progress=not args.json, command=command_line()), args)
+        dynamic_batch=args.dynamic_batch, profile=args.profile, log=say, progress=not args.json), args)
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[benchmark] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
@@ -337,7 +332,7 @@ def cmd_validate(args) -> int:
     doc = _reporting(lambda: validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
                                             report_path=args.report, test_data=args.test_data, samples=args.samples,
                                             portability_samples=args.portability_samples, rtol=args.rtol, atol=args.atol,
-                                            log=say, command=command_line()), args)
+                                            log=say), args)
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[validate] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
@@ -353,7 +348,7 @@ def cmd_package(args) -> int:
 
     say = _progress(args)
     doc = package_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, count=args.count,
-                        log=say, command=command_line())
+                        log=say)
     _print_report(doc, args)
     return 0
 

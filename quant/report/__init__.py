@@ -45,6 +45,26 @@ def environment(inc_version: str | None = None) -> dict:
     return env
 
 
+def command_line() -> str:
+    """The command as a user would type it again: ``python -m quant ...`` (the shell scripts pass their flags on)."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", "-m", "quant", *sys.argv[1:]])
+
+
+def envelope(kind: str, cfg, prov: dict, inferred: dict, command: str | None, inc_version: str | None = None) -> dict:
+    """What every report starts with, one form for tune, benchmark and validate: schema version, kind, the
+    command, the environment (versions, CPU and its int8 flags), the config (path, sha256, the notes of
+    values not from the file), the preprocessing used and where it came from, the values read from the
+    model, and the warnings."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "command": command or command_line(),
+            "environment": environment(inc_version),
+            "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
+            "preprocessing": cfg.preprocessing_dict(), "preprocessing_source": prov["source"], "inferred": inferred,
+            "warnings": prov["warnings"]}
+
+
 def default_report_paths(model_path: str | os.PathLike, report: str | None, kind: str = "report",
                          folder: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(json, markdown) report paths: ``--report`` (its suffix replaced), else ``<model stem>.<kind>.json/.md``

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -266,9 +264,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             f"u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, {pk['u8s8_gmacs_median']:.1f})")
 
     # --- ratios and gate
-    doc: dict = {"schema_version": report.SCHEMA_VERSION, "kind": "benchmark", "mode": mode,
-                 "preprocessing": cfg.preprocessing_dict(), "preprocessing_source": prov["source"], "warnings": prov["warnings"],
-                 "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]}, "inferred": inferred}
+    doc: dict = {**report.envelope("benchmark", cfg, prov, inferred, command), "mode": mode}
     base = entries.get("baseline")
     for k, e in entries.items():
         if k == "baseline" or base is None:
@@ -292,8 +288,6 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             doc[key] = entries["model"][key]
     if timing_doc:
         doc["timing"] = timing_doc
-    doc["environment"] = report.environment()
-    doc["command"] = command or shlex.join(["python", "-m", "quant", *sys.argv[1:]])
     if mode in ("accuracy", "all") and base is not None:  # every model under test is gated against the baseline
         source = ("--max_accuracy_drop" if max_accuracy_drop is not None
                   else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})")

@@ -101,7 +101,7 @@ def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, 
 
 
 def package_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, count: int | None = None,
-                  log: Callable[[str], None] = print, command: str = "python -m quant package") -> dict:
+                  log: Callable[[str], None] = print, command: str | None = None) -> dict:
     """Package ``input_model`` the zoo's way: ``output_model`` (``NAME.tar.gz``: ``NAME/model.onnx`` plus
     ``count`` ``test_data_set_N`` folders of test images run through the model) and the model-card
     fragment ``NAME.card.md`` beside it (size, md5, sha256, top-1 on the 10,000 test images, the
@@ -147,7 +147,8 @@ def package_model(input_model: str, output_model: str, config=None, data_dir: st
     with Outputs() as staged:
         archive = _tar_gz(files)
         md5, sha = hashlib.md5(archive).hexdigest(), sha256_bytes(archive)
-        text = card(name, lm, archive, md5, sha, acc, cfg.preprocessing_dict(), prov["source"], n, _tune_command(lm.path, lm.file_sha256), command)
+        text = card(name, lm, archive, md5, sha, acc, cfg.preprocessing_dict(), prov["source"], n, _tune_command(lm.path, lm.file_sha256),
+                    command or report.command_line())
         staged.bytes(archive_path, archive)
         staged.text(card_path, text)
         staged.commit()

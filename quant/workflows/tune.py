@@ -12,9 +12,6 @@ models independently, write the model and its test data, report.
 from __future__ import annotations
 
 import logging
-import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,8 +238,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
         td = _write_test_data(cfg, finished, int8_bytes, sig, x_test, out, staged)
         doc = _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
                           (fp32_acc, int8_acc, min_acc, passed), (evaluation.tied_top1(fp32_out), evaluation.tied_top1(int8_out)),
-                          finish_notes, choice, t_start, command, prov)
-        doc["inferred"] = inferred
+                          finish_notes, choice, t_start, command, prov, inferred)
         if out.plot:
             doc["plots"] = _write_plots(doc, out, staged, log)
         md = report.render_tune(doc)
@@ -293,14 +289,13 @@ def _write_plots(doc: dict, out: _Outputs, staged: Outputs, log) -> dict | str:
 
 
 def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, splits, cs, td, batch, dynamic, prepared_sig,
-                accs, ties, finish_notes, choice, t_start, command, prov) -> dict:
+                accs, ties, finish_notes, choice, t_start, command, prov, inferred) -> dict:
     from quant.quantize import inc
 
     fp32_acc, int8_acc, min_acc, passed = accs
     kind, tol = cfg.criterion
     return {
-        "schema_version": report.SCHEMA_VERSION,
-        "kind": "tune",
+        **report.envelope("tune", cfg, prov, inferred, command, result.inc_version),
         "model_name": cfg.model.name,
         "passed": passed,
         "accuracy_drop": fp32_acc - int8_acc,
@@ -317,9 +312,6 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "finishing": finish_notes,
         "calibration": cs.summary(),
         "test_data": td,
-        "preprocessing": cfg.preprocessing_dict(),
-        "preprocessing_source": prov["source"],
-        "warnings": prov["warnings"],
         "metadata": {p.key: p.value for p in finished.metadata_props},
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range, "kernel_aware": cfg.quantization.kernel_aware,
@@ -335,9 +327,6 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
             "nodes_kept_fp32": list(choice.candidate.keep_fp32), "score": choice.score, "beats_fp32": choice.beats_fp32,
             "candidates": choice.table, "ratio": choice.ratio,
             "note": "timings decide; pin quantization.nodes_to_keep_fp32 to the chosen list to reproduce the model byte for byte"},
-        "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
-        "environment": report.environment(result.inc_version),
         "wall_seconds": time.perf_counter() - t_start,
-        "command": command or shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
         "reports": {"json": str(out.json), "markdown": str(out.md)} if out.json else None,
     }

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -622,15 +620,10 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
                             + (f"; largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder}" if bad else ""),
                             {"rtol": rtol, "atol": atol, "sets": [asdict(r) for r in res]}))
     failed = [c for c in checks if c.status == "fail"]
-    doc = {"schema_version": report.SCHEMA_VERSION, "kind": "validate", "passed": not failed,
-           "input_model": int8.describe(),
-           "baseline_model": base.describe(),
-           "preprocessing": cfg.preprocessing_dict(), "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
-           "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "preprocessing_source": prov["source"],
-           "warnings": prov["warnings"], "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
-           "inferred": inferred,
-           "environment": report.environment(), "wall_seconds": time.perf_counter() - t0,
-           "command": command or shlex.join(["python", "-m", "quant", *sys.argv[1:]]),
+    doc = {**report.envelope("validate", cfg, prov, inferred, command), "passed": not failed,
+           "input_model": int8.describe(), "baseline_model": base.describe(),
+           "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
+           "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "wall_seconds": time.perf_counter() - t0,
            "reports": {"json": str(json_path), "markdown": str(md_path)} if json_path else None}
     md = render(doc)
     if json_path:
