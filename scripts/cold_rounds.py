@@ -1,6 +1,6 @@
 """What the benchmark's side jobs (profiled rounds, GEMM-peak samples, run between the timed rounds)
 cost the timed round after them, with and without the untimed re-warm round the benchmark now runs
-after each (``--rewarm=1``, as ``quant.timing.time_interleaved`` does when ``between`` returns true).
+after each (``--rewarm=1``, as ``quant.runtime.timing.time_interleaved`` does when ``between`` returns true).
 
 Times an fp32 and an int8 model interleaved, like ``run_benchmark.sh``, with the benchmark's own
 spacing of side jobs (``benchmark.PROFILE_RUNS`` profiled rounds and ``benchmark.PEAK_SAMPLES`` GEMM
@@ -17,7 +17,9 @@ import argparse
 
 import numpy as np
 
-from quant import benchmark, models, prepare, timing
+from quant.graph import models, prepare
+from quant.runtime import timing
+from quant.workflows import benchmark
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,21 @@ def definition_key(split: str, count: int, seed: int, preprocessing: dict) -> di
     return {"split": split, "count": count, "seed": seed, "preprocessing": preprocessing}
 
 
-def manifest_path(cfg) -> Path:
-    """The manifest the config names (config.load made a relative one absolute), else the built-in one."""
-    value = cfg.quantization.calibration.manifest
+def manifest_path(value: str | None) -> Path:
+    """The manifest a config names (``quantization.calibration.manifest``, made absolute by config.load),
+    else the built-in one."""
     return BUILTIN_MANIFEST if value is None else Path(value)
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    """Which calibration set to build: the workflows make it from the config (``inputs.calib_spec``)."""
+
+    split: str
+    count: int
+    seed: int
+    preprocessing: dict  # {scale, mean, std, layout}; a null layout gives NCHW
+    manifest: Path
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -104,26 +116,22 @@ def _entry_problem(e: dict) -> str | None:
     return None
 
 
-def build(cfg, train: Split) -> CalibrationSet:
-    """Materialize the calibration set the config asks for, checked against the manifest.
+def build(spec: CalibSpec, train: Split) -> CalibrationSet:
+    """Materialize the calibration set ``spec`` asks for, checked against the manifest.
 
     If the manifest defines a set with the same split, count, seed and preprocessing, its indices
     are used and the resulting array must have the manifest's sha256 (else DataError: the data or
     the preprocessing code changed). Otherwise the set is defined ad hoc from count and seed.
     """
-    if cfg.preprocessing.layout is None:  # no model to read it from: the zoo's [N,1,28,28] (the same bytes in every layout)
-        from quant.config import replace
-
-        cfg = replace(cfg, {"preprocessing": {"layout": "NCHW"}}, noted=False)
-    c = cfg.quantization.calibration
-    key = definition_key(c.split, c.sampling_size, c.seed, cfg.preprocessing_dict())
-    if c.sampling_size > len(train.labels):
-        raise ConfigError(f"quantization.calibration.sampling_size: {c.sampling_size} is larger than the {c.split} split ({len(train.labels)} images)")
-    mpath = manifest_path(cfg)
+    p = dict(spec.preprocessing)
+    p["layout"] = p["layout"] or "NCHW"  # no model to read it from: the zoo's [N,1,28,28] (the same bytes in every layout)
+    key = definition_key(spec.split, spec.count, spec.seed, p)
+    if spec.count > len(train.labels):
+        raise ConfigError(f"quantization.calibration.sampling_size: {spec.count} is larger than the {spec.split} split ({len(train.labels)} images)")
+    mpath = spec.manifest
     entry = next((s for s in read_manifest(mpath) if {k: s.get(k) for k in key} == key), None)
-    indices = entry["indices"] if entry else select_indices(len(train.labels), c.sampling_size, c.seed)
-    p = cfg.preprocessing
-    x = preprocess(train.images[indices], cfg.scale, p.mean, p.std, p.layout)
+    indices = entry["indices"] if entry else select_indices(len(train.labels), spec.count, spec.seed)
+    x = preprocess(train.images[indices], float(Fraction(p["scale"])), p["mean"], p["std"], p["layout"])
     sha = array_sha256(x)
     if entry and entry["sha256"] != sha:
         raise DataError(

@@ -53,15 +53,16 @@ def command_line() -> str:
     return shlex.join(["python", "-m", "quant", *sys.argv[1:]])
 
 
-def envelope(kind: str, cfg, prov: dict, inferred: dict, command: str | None, inc_version: str | None = None) -> dict:
+def envelope(kind: str, config: dict, preprocessing: dict, prov: dict, inferred: dict, command: str | None,
+             inc_version: str | None = None) -> dict:
     """What every report starts with, one form for tune, benchmark and validate: schema version, kind, the
-    command, the environment (versions, CPU and its int8 flags), the config (path, sha256, the notes of
-    values not from the file), the preprocessing used and where it came from, the values read from the
-    model, and the warnings."""
+    command, the environment (versions, CPU and its int8 flags), the config (``config``: path and sha256;
+    the notes of values not from the file), the preprocessing used and where it came from (``prov``:
+    :func:`quant.workflows.inputs.preprocessing_for`), the values read from the model, and the warnings."""
     return {"schema_version": SCHEMA_VERSION, "kind": kind, "command": command or command_line(),
             "environment": environment(inc_version),
-            "config": {"path": cfg.source, "sha256": cfg.sha256, "notes": prov["config_notes"]},
-            "preprocessing": cfg.preprocessing_dict(), "preprocessing_source": prov["source"], "inferred": inferred,
+            "config": {**config, "notes": prov["config_notes"]},
+            "preprocessing": preprocessing, "preprocessing_source": prov["source"], "inferred": inferred,
             "warnings": prov["warnings"]}
 
 

@@ -264,7 +264,7 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             f"u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, {pk['u8s8_gmacs_median']:.1f})")
 
     # --- ratios and gate
-    doc: dict = {**report.envelope("benchmark", cfg, prov, inferred, command), "mode": mode}
+    doc: dict = {**report.envelope("benchmark", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), prov, inferred, command), "mode": mode}
     base = entries.get("baseline")
     for k, e in entries.items():
         if k == "baseline" or base is None:

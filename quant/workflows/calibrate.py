@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from quant import data
-from quant.data.calib import BUILTIN_MANIFEST, array_path, build, manifest_entry, manifest_path, read_manifest, save_array, write_manifest
+from quant.data.calib import BUILTIN_MANIFEST, array_path, manifest_entry, manifest_path, read_manifest, save_array, write_manifest
 from quant.errors import UsageError
 from quant.files import Outputs, check_distinct, check_writable_target
 from quant.workflows import inputs
@@ -24,14 +24,14 @@ def build_calibration_set(output_dir: str | os.PathLike, config=None, data_dir: 
     cfg = inputs.load_config(config)
     folder = Path(output_dir)
     check_writable_target(folder / "calib-0123456789ab.npy", "--output_dir")
-    mpath = manifest_path(cfg)
+    mpath = manifest_path(cfg.quantization.calibration.manifest)
     if add_to_manifest:
         if mpath.resolve() == BUILTIN_MANIFEST.resolve():  # never write into the installed package
             raise UsageError("--add_to_manifest: set quantization.calibration.manifest to a manifest file of yours "
                              "(the built-in one is part of the package)")
         check_writable_target(mpath, "quantization.calibration.manifest")
     root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
-    cs = build(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
+    cs = inputs.calibration_set(cfg, data.load_split(root, "train", verify=cfg.dataset.verify_md5))
     manifest = ("quantization.calibration.manifest", mpath)
     check_distinct(reads=[("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)]
                    + ([] if add_to_manifest else [manifest]),

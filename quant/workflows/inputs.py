@@ -6,7 +6,7 @@ from typing import Callable
 
 from quant import config as config_mod
 from quant import data
-from quant.data import provenance
+from quant.data import calib, provenance
 from quant.errors import ConfigError, QuantError, UsageError
 from quant.graph import models
 
@@ -29,6 +29,17 @@ def data_files(cfg, data_dir: str | None) -> list[tuple[str, object]]:
 def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callable = print) -> dict[str, data.Split]:
     root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
     return {s: data.load_split(root, s, verify=cfg.dataset.verify_md5) for s in splits}
+
+
+def calib_spec(cfg) -> calib.CalibSpec:
+    """Which calibration set the config asks for."""
+    c = cfg.quantization.calibration
+    return calib.CalibSpec(c.split, c.sampling_size, c.seed, cfg.preprocessing_dict(), calib.manifest_path(c.manifest))
+
+
+def calibration_set(cfg, train: data.Split) -> calib.CalibrationSet:
+    """The calibration set the config asks for, built from the train split and checked against the manifest."""
+    return calib.build(calib_spec(cfg), train)
 
 
 def test_inputs(cfg, test: data.Split):

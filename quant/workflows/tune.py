@@ -183,7 +183,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     # --- data: calibration images (train split) and the preprocessed test set
     splits = inputs.load_splits(cfg, data_dir, log=log)
     inputs.say_inferred(inferred, fp32.path, log)
-    cs = calib.build(cfg, splits["train"])
+    cs = inputs.calibration_set(cfg, splits["train"])
     log(f"[data] calibration: {cs.definition['count']} train images (seed {cs.definition['seed']}, {cs.definition['source']}), sha256 {cs.sha256[:12]}")
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
     # --- the fp32 baseline (the user's file, unchanged), before any work that depends on it
@@ -295,7 +295,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
     fp32_acc, int8_acc, min_acc, passed = accs
     kind, tol = cfg.criterion
     return {
-        **report.envelope("tune", cfg, prov, inferred, command, result.inc_version),
+        **report.envelope("tune", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), prov, inferred, command, result.inc_version),
         "model_name": cfg.model.name,
         "passed": passed,
         "accuracy_drop": fp32_acc - int8_acc,

@@ -620,7 +620,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
                             + (f"; largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder}" if bad else ""),
                             {"rtol": rtol, "atol": atol, "sets": [asdict(r) for r in res]}))
     failed = [c for c in checks if c.status == "fail"]
-    doc = {**report.envelope("validate", cfg, prov, inferred, command), "passed": not failed,
+    doc = {**report.envelope("validate", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), prov, inferred, command), "passed": not failed,
            "input_model": int8.describe(), "baseline_model": base.describe(),
            "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
            "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "wall_seconds": time.perf_counter() - t0,

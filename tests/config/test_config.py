@@ -164,7 +164,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
     c = config.load(cfg_path)
     assert c.dataset.root == str(sub / ".." / "data")
     assert c.output.report == str(sub / "out" / "r.json")
-    assert calib.manifest_path(c) == sub / "sets.json"
+    assert calib.manifest_path(c.quantization.calibration.manifest) == sub / "sets.json"
     absolute = config.load(write_config(sub / "d.yaml", {"dataset": {"root": str(tmp_path / "abs")}}))
     assert absolute.dataset.root == str(tmp_path / "abs")
     home = config.load(write_config(sub / "e.yaml", {"dataset": {"root": "~/mnist"}}))
@@ -173,7 +173,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch)
 
 def test_no_manifest_named_means_the_builtin_one(tmp_path):
     for c in (config.defaults(), config.load(REPO / "mnist.yaml")):
-        assert calib.manifest_path(c) == calib.BUILTIN_MANIFEST
+        assert calib.manifest_path(c.quantization.calibration.manifest) == calib.BUILTIN_MANIFEST
     assert calib.BUILTIN_MANIFEST.is_file() and calib.BUILTIN_MANIFEST.parent.parent.name == "quant"
 
 
