@@ -24,7 +24,7 @@ import numpy as np
 from . import evaluation, inputs, models, plots as plots_mod, report, timing
 from .config import check_value
 from .errors import AccuracyError, UsageError
-from .fsio import Outputs, check_distinct, check_writable_target
+from .fsio import Outputs, append_summary, check_distinct, check_writable_target
 
 LOG = logging.getLogger("quant")
 
@@ -137,10 +137,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         for p in (json_path, md_path):
             check_writable_target(p, "--report")
         plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path, mode)] if plots else []
-    check_distinct(reads=[("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model),
-                                                                         ("--config", inputs.config_file(cfg)),
-                                                                         *inputs.data_files(cfg, data_dir)],
-                   writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+    reads = [("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
+                                                          *inputs.data_files(cfg, data_dir)]
+    check_distinct(reads=reads, writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
 
     # --- load and check every model before measuring anything
     names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
@@ -306,12 +305,10 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             report.write(json_path, doc, md_path, md, staged)
             staged.commit()
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if json_path else None
-    if summary and (os.path.isfile(summary) and os.access(summary, os.W_OK)  # CI's summary file; never a FIFO or folder
-                    or not os.path.lexists(summary) and os.path.isdir(os.path.dirname(os.path.abspath(summary)))):
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(md + "\n")
-    elif summary:
-        log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: not a writable regular file; summary not appended")
+    if summary:  # CI's summary file; never a FIFO, a folder or a file this run reads or writes
+        why = append_summary(summary, md + "\n", reads + [("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+        if why:
+            log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: {why}; summary not appended")
     doc["markdown"] = md
     if g is not None and not g["passed"]:
         raise AccuracyError(g["verdict"], doc)

@@ -242,7 +242,7 @@ def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Output
         return None
     int8_sig = models.signature(finished, out.model, sig.input_name)
     picks = testdata.pick_indices(len(x_test), cfg.output.test_data_sets, cfg.quantization.calibration.seed)
-    n = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], staged.folder(out.test_data), out.model)
+    n = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], staged.folder(out.test_data, testdata.foreign_entries), out.model)
     return {"folder": str(out.test_data), "sets": n, "test_images": [int(i) for i in picks]}
 
 

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from .config import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import DataError, UsageError, first_line
 from .evaluation import make_session
-from .fsio import check_name_length, read_regular_file
+from .fsio import check_name_length, read_regular_file, write_new_file
 
 MAX_TENSOR_BYTES = 64 << 20
 SET_NAME = re.compile(r"test_data_set_\d+")
@@ -55,9 +55,7 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
         return
     if not dest.is_dir():
         raise UsageError(f"{what} {dest}: exists and is not a folder")
-    other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and SET_NAME.fullmatch(p.name)))
-    other += sorted(f"{p.parent.name}/{p.name}" for d in dest.iterdir() if d.is_dir() and SET_NAME.fullmatch(d.name)
-                    for p in d.iterdir() if not (TENSOR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()))
+    other = foreign_entries(dest)
     if other:
         shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
         raise UsageError(f"{what} {dest}: holds other files ({shown}); the test-data folder is replaced whole, "
@@ -65,6 +63,17 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
     stuck = [d for d in [dest, *dest.iterdir()] if not os.access(d, os.W_OK | os.X_OK)]
     if stuck:  # the old folder could not be removed after the new one is in place
         raise UsageError(f"{what} {dest}: {stuck[0]} is not writable, so the old test data could not be removed")
+
+
+def foreign_entries(dest: Path) -> list[str]:
+    """What in the test-data folder ``dest`` is not an earlier run's output (``test_data_set_N`` folders of
+    ``input_N.pb``/``output_N.pb`` files): it may not be deleted with the folder. Asked before any work and
+    again when the commit has moved the folder aside."""
+    dest = Path(dest)
+    other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and not p.is_symlink() and SET_NAME.fullmatch(p.name)))
+    other += sorted(f"{p.parent.name}/{p.name}" for d in dest.iterdir() if d.is_dir() and not d.is_symlink() and SET_NAME.fullmatch(d.name)
+                    for p in d.iterdir() if not (TENSOR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()))
+    return other
 
 
 def make_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, name: str = "model") -> list[tuple[bytes, bytes]]:
@@ -87,8 +96,8 @@ def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, f
     for i, (xb, yb) in enumerate(sets):
         d = folder / f"test_data_set_{i}"
         d.mkdir()
-        (d / "input_0.pb").write_bytes(xb)
-        (d / "output_0.pb").write_bytes(yb)
+        write_new_file(d / "input_0.pb", xb)
+        write_new_file(d / "output_0.pb", yb)
     return len(sets)
 
 

@@ -136,7 +136,7 @@ def cmd_write_test_data(args) -> int:
     test = load_splits(cfg, args.data_dir, splits=("test",), log=_log)["test"]
     x = test_inputs(cfg, test)[testdata.pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
     with Outputs() as out:
-        n = testdata.write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest), m.path)
+        n = testdata.write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest, testdata.foreign_entries), m.path)
         out.commit()
     _log(f"[test-data] wrote {n} test_data_set folders")
     print(dest)
