@@ -18,9 +18,9 @@ import traceback
 from pathlib import Path
 
 from . import __version__
-from .cliutil import command_line as _command_line, log as _log
+from .cliutil import LINE_LIMIT, command_line as _command_line, log as _log
 from .errors import (EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_UNEXPECTED, EXIT_USAGE, Interrupted, QuantError, UsageError,
-                     handle_signals, restore_signals)
+                     handle_signals, printable, restore_signals)
 
 
 PATH_FLAGS = {"--input_model", "--baseline_model", "--output_model", "--config", "--data_dir", "--report", "--models_dir",
@@ -189,11 +189,6 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _one_line(text: str) -> str:
-    """A message stays one line even when a path in it holds a line break."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
 def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
@@ -213,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except QuantError as e:
         if verbose:
             traceback.print_exc()
-        print(f"error: {_one_line(e.message)}", file=sys.stderr)
+        print(f"error: {printable(e.message, LINE_LIMIT)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)
@@ -228,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {_one_line(where + str(e.strerror or e))}", file=sys.stderr)
+        print(f"error: {printable(where + str(e.strerror or e), LINE_LIMIT)}", file=sys.stderr)
         return EXIT_SYSTEM
     except Exception as e:  # a bug: one line unless --verbose
         if verbose:
             traceback.print_exc()
-        print(f"unexpected error: {type(e).__name__}: {_one_line(str(e))} (rerun with --verbose for the traceback)", file=sys.stderr)
+        print(f"unexpected error: {type(e).__name__}: {printable(str(e), LINE_LIMIT)} (rerun with --verbose for the traceback)", file=sys.stderr)
         return EXIT_UNEXPECTED
     finally:
         restore_signals(previous)

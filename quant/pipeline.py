@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import calib, config as config_mod, evaluation, finalize, inputs, models, plan as plan_mod, plots as _plots, prepare, provenance, report, testdata
-from .errors import AccuracyError, UsageError
+from .errors import AccuracyError, UsageError, printable
 from .fsio import Outputs, check_distinct, check_writable_target, sha256_bytes
 
 
@@ -283,7 +283,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "preprocessing": cfg.preprocessing_dict(),
         "preprocessing_source": prov["source"],
         "warnings": prov["warnings"],
-        "metadata": {p.key: p.value for p in finished.metadata_props},
+        "metadata": {printable(p.key, 200): printable(p.value, 1000) for p in finished.metadata_props},
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range, "kernel_aware": cfg.quantization.kernel_aware,
                          "inc_options_pinned": tuning.pinned_options(cfg), "inc_recipes": tuning.recipes(cfg),

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from .errors import UsageError
+from .errors import UsageError, printable
 from .fsio import Outputs
 
 SCHEMA_VERSION = 1
@@ -88,7 +88,7 @@ def pct(x: float | None) -> str:
 
 def md_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(printable(c, None) for c in r) + " |" for r in rows]  # a cell is one line
     return "\n".join(out)
 
 
@@ -98,7 +98,7 @@ def _ops(summary: dict) -> str:
 
 def warning_lines(doc: dict) -> list[str]:
     """Warnings (preprocessing that contradicts what a model documents) as Markdown quote lines."""
-    return [line for w in doc.get("warnings") or [] for line in (f"> **Warning:** {w}", "")]
+    return [line for w in doc.get("warnings") or [] for line in (f"> **Warning:** {printable(w, None)}", "")]
 
 
 def provenance_lines(doc: dict) -> list[str]:

@@ -32,9 +32,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import evaluation, models, report, testdata
+from . import evaluation, models, provenance, report, testdata
 from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag
-from .errors import AccuracyError
+from .errors import AccuracyError, ModelError
 from .fsio import check_distinct, check_writable_target
 
 RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
@@ -541,6 +541,9 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
+    own = provenance.documented(int8.proto, int8.path, int8.file_sha256)
+    if own is not None and own.problem:  # validate checks a model against what it documents: unusable documentation is its defect
+        raise ModelError(f"{int8.path}: {own.problem.removesuffix('; ignored')}")
     # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
     prov = preprocessing_for(cfg, config is None, [int8, base], log)
     sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
