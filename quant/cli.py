@@ -189,21 +189,67 @@ def cmd_config(args) -> int:
     return 0
 
 
+_received: list[int] = []  # stop signals seen by main()'s handlers, for errors a library made of them
+
+
 def _raise_interrupted(signum, frame):
+    _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted(signum)
 
 
+def _ignore_late(signum, frame):
+    """Once the run is over (its line being printed, handlers being restored) a stop signal changes nothing."""
+
+
+def _stopped(signum: int, committed: bool) -> tuple[str, int]:
+    """The closing line after a stop signal and its exit code: it says whether the outputs were written."""
+    if committed:
+        return f"interrupted by {signal.Signals(signum).name} after the outputs were written", 128 + signum
+    if signum == signal.SIGINT:
+        return "interrupted; no output written", EXIT_INTERRUPTED
+    return Interrupted(signum).message, 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
-    for name in ("stdout", "stderr"):  # started with a closed stream (``>&-``): write nowhere instead of failing
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    verbose = getattr(args, "verbose", False)
+    from . import fsio, stop
+
     # SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C's
-    # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal
-    previous = handle_signals(_raise_interrupted, (signal.SIGTERM, signal.SIGHUP))
+    # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal. Installed first, so a signal during start-up
+    # ends the same way; the watcher also stops onnxruntime's native runs at once (quant.stop)
+    del _received[:]
+    previous = handle_signals(_raise_interrupted)
+    wakeup = stop.watch_signals()
+    commits = fsio.commits()
     try:
+        try:
+            return _dispatch(argv, commits)
+        except KeyboardInterrupt:  # a second signal while the first one's line was being printed
+            handle_signals(_ignore_late)
+            line, code = _stopped(signal.SIGINT, fsio.commits() > commits)
+        except Interrupted as e:
+            handle_signals(_ignore_late)
+            line, code = _stopped(e.signum, e.written or fsio.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
+    finally:
+        handle_signals(_ignore_late)
+        stop.unwatch_signals(wakeup)
+        restore_signals(previous)
+
+
+def _dispatch(argv: list[str] | None, commits: int) -> int:
+    from . import fsio
+
+    verbose = False
+    try:
+        for name in ("stdout", "stderr"):  # started with a closed stream (``>&-``): write nowhere instead of failing
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(os.devnull, "w"))
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        verbose = getattr(args, "verbose", False)
         return args.func(args)
     except QuantError as e:
         if verbose:
@@ -211,27 +257,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {printable(e.message, LINE_LIMIT)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; no output written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        handle_signals(_ignore_late)
+        line, code = _stopped(signal.SIGINT, fsio.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
     except Interrupted as e:
-        print(e.message, file=sys.stderr)
-        return e.exit_code
+        handle_signals(_ignore_late)
+        line, code = _stopped(e.signum, e.written or fsio.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
     except BrokenPipeError:  # stdout closed early (``| head``): nothing more to say to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except OSError as e:  # the system refused a path the run needs: disk full, name too long, I/O error
-        if verbose:
-            traceback.print_exc()
+    except Exception as e:
+        if not _received:  # a stop signal a library turned into another error (ImportError "initialization failed"
+            return _error(e, verbose)  # during start-up): said as the stop it was
+        handle_signals(_ignore_late)
+        line, code = _stopped(_received[0], fsio.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
+
+
+def _error(e: Exception, verbose: bool) -> int:
+    """One line for an error that is no QuantError (the traceback too with --verbose)."""
+    if verbose:
+        traceback.print_exception(e)
+    if isinstance(e, OSError):  # the system refused a path the run needs: disk full, name too long, I/O error
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {printable(where + str(e.strerror or e), LINE_LIMIT)}", file=sys.stderr)
         return EXIT_SYSTEM
-    except Exception as e:  # a bug: one line unless --verbose
-        if verbose:
-            traceback.print_exc()
-        print(f"unexpected error: {type(e).__name__}: {printable(str(e), LINE_LIMIT)} (rerun with --verbose for the traceback)", file=sys.stderr)
-        return EXIT_UNEXPECTED
-    finally:
-        restore_signals(previous)
+    print(f"unexpected error: {type(e).__name__}: {printable(str(e), LINE_LIMIT)} (rerun with --verbose for the traceback)",
+          file=sys.stderr)  # a bug
+    return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from . import ortbugs
-from .errors import InputError, ModelError, RunError, first_line
+from . import ortbugs, stop
+from .errors import InputError, ModelError, QuantError, RunError, UsageError, first_line
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -20,6 +20,42 @@ GRAPH_OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+_SESSION_HEADROOM = 256 << 20  # address space a session needs besides its threads' stacks
+
+
+def _address_space_used() -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_threads(threads: int) -> None:
+    """Refuse (exit 2) a thread count the process cannot serve: each of onnxruntime's pool threads reserves a
+    stack (RLIMIT_STACK, 8 MiB by default) of address space, and when it cannot create them under an
+    address-space limit (``ulimit -v``) it waits forever instead of failing (--threads 256 under 4 GB hung
+    with 340 threads and ignored SIGTERM). Checked before every session with more than one thread."""
+    if threads <= 1:
+        return
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    used = _address_space_used()
+    if limit == resource.RLIM_INFINITY or used is None:
+        return
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    stack = 8 << 20 if stack == resource.RLIM_INFINITY or stack <= 0 else stack
+    room = limit - used - _SESSION_HEADROOM
+    if (threads - 1) * stack > room:
+        fits = max(1, room // stack + 1)
+        raise UsageError(f"--threads {threads}: the address-space limit (ulimit -v, {limit >> 20:,} MiB, {used >> 20:,} MiB in use) "
+                         f"leaves room for about {fits} thread(s) of {stack >> 20} MiB stack in this session; use fewer threads "
+                         "or raise the limit")
 
 
 def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOptions:
@@ -84,8 +120,9 @@ def refuse_aborting(model: bytes, name: str = "model", opt_level: str = "all") -
 def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: str = "model") -> ort.InferenceSession:
     """An onnxruntime CPU session from serialized model bytes."""
     refuse_aborting(model, name, opt_level)
+    check_threads(threads)
     try:
-        return ort.InferenceSession(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"])
+        return stop.session(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"], name=name)
     except Exception as e:
         msg = first_line(e)
         raise ModelError(f"{name}: onnxruntime cannot load it: {msg}") from None
@@ -99,6 +136,8 @@ def predict(sess: ort.InferenceSession, x: np.ndarray, input_name: str, batch_si
     try:
         for i in range(0, len(x), batch_size):
             outs.append(run(None, {input_name: x[i:i + batch_size]})[0])
+    except QuantError:  # stop.RunTimeout: said as it is
+        raise
     except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the model, not our code
         detail = first_line(e)
         raise RunError(f"{name}: onnxruntime loads it but fails running it: {detail}", detail) from None

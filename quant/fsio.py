@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from . import stop
 from .errors import InputError, Interrupted, QuantError, UsageError, handle_signals, restore_signals
 
 
@@ -253,6 +254,13 @@ def _listing(folder: Path) -> list[Path]:
     return found
 
 
+_commits = [0]  # commits completed in this process: the CLI's closing line after a late signal says whether outputs were written
+
+
+def commits() -> int:
+    return _commits[0]
+
+
 class Outputs:
     """A run's outputs, committed together or not at all.
 
@@ -282,6 +290,7 @@ class Outputs:
             tmp, fd = _exclusive(p.parent, p.name, ".tmp", _new_file)
         except OSError as e:
             raise _named(e, p) from None
+        stop.track(tmp)
         self._staged.append((tmp, p, None))
         try:
             with os.fdopen(fd, "wb") as f:
@@ -303,6 +312,7 @@ class Outputs:
             tmp, _ = _exclusive(p.parent, p.name, ".tmp", os.mkdir)
         except OSError as e:
             raise _named(e, p) from None
+        stop.track(tmp)
         os.chmod(tmp, 0o755)
         self._staged.append((tmp, p, foreign))
         return tmp
@@ -316,11 +326,16 @@ class Outputs:
         for tmp, _, _ in self._staged:
             if tmp is not None:
                 _remove(tmp)
+                stop.untrack(tmp)
         self._staged = []
 
     def commit(self) -> None:
         """Move every staged output into place. A stop signal arriving meanwhile (on any thread) is
         recorded, not acted on, and raised as :class:`Interrupted` once the commit is complete."""
+        with stop.committing():
+            self._commit()
+
+    def _commit(self) -> None:
         stopped: list[int] = []
         previous = handle_signals(lambda signum, frame: stopped.append(signum))  # recorded, acted on after the moves
         locks: list[int] = []
@@ -366,7 +381,11 @@ class Outputs:
             for _, aside, _, listing in moved:
                 if aside is not None:
                     _remove_listed(aside, listing)
+            for tmp, _, _ in self._staged:
+                if tmp is not None:
+                    stop.untrack(tmp)
             self._staged = []
+            _commits[0] += 1
         finally:
             for fd in locks:
                 os.close(fd)

@@ -9,7 +9,11 @@ from .errors import QuantError
 
 
 def load_config(cfg):
-    return cfg if isinstance(cfg, config_mod.Config) else config_mod.load(cfg)
+    from . import stop
+
+    cfg = cfg if isinstance(cfg, config_mod.Config) else config_mod.load(cfg)
+    stop.configure(cfg.evaluation.timeout_seconds)  # every command that runs a model reads its config here
+    return cfg
 
 
 def config_file(cfg) -> str | None:

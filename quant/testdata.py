@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .config import DEFAULT_ATOL, DEFAULT_RTOL
-from .errors import DataError, UsageError, first_line
+from .errors import DataError, QuantError, UsageError, first_line
 from .evaluation import make_session
 from .fsio import check_name_length, read_regular_file, write_new_file
 
@@ -159,6 +159,8 @@ def check_sets(model: bytes, sets: list[Path], input_name: str, output_name: str
         _, ref = read_tensor(d / "output_0.pb")
         try:
             got = sess.run([output_name], {input_name: x})[0]
+        except QuantError:  # stop.RunTimeout: said as it is
+            raise
         except Exception as e:
             first = first_line(e)
             raise DataError(f"{d / 'input_0.pb'}: the model cannot run on it: {first}") from None

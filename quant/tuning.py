@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 from .errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
-from . import ortbugs
+from . import ortbugs, stop
 from .models import sort_nodes
 
 _FORMAT = {"QOperator": "default", "QDQ": "QDQ"}
@@ -245,6 +245,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
                                          max_trials=cfg.tuning.max_trials, objective="accuracy"),
     )
     workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
+    stop.track(workspace)  # removed also when a stop signal has to end the process from the watcher
     saved = (options.workspace, options.resume_from, options.random_seed)
     options.workspace, options.resume_from, options.random_seed = workspace, None, cfg.tuning.random_seed
     # INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
@@ -275,6 +276,7 @@ def _tune(fp32, cfg, calib_loader, eval_fn, verbose, log) -> TuneResult:
         restore_signals(previous)
         options.workspace, options.resume_from, options.random_seed = saved
         shutil.rmtree(workspace, ignore_errors=True)
+        stop.untrack(workspace)
     if stopped:
         raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
     if q is None:
