@@ -14,7 +14,9 @@ def _range(key: str) -> str:
 
 def add_parser(sub) -> None:
     b = sub.add_parser("benchmark", help="size, accuracy and latency of int8 vs fp32; accuracy gate", allow_abbrev=False)
-    b.add_argument("--input_model", required=True, help="model to measure; several may be given comma-separated")
+    b.add_argument("--input_model", required=True, action="append",
+                   help="model to measure; several may be given comma-separated or by repeating the flag (a value that names "
+                   "an existing file is taken whole, so a path with a comma works: --input_model=my,model.onnx)")
     b.add_argument("--baseline_model", default=None, help="fp32 model to compare against (measured in the same run)")
     b.add_argument("--config", default=None)
     b.add_argument("--mode", default="performance", choices=("performance", "accuracy", "all"))
@@ -43,7 +45,10 @@ def cmd_benchmark(args) -> int:
     from .cliutil import command_line as _command_line, log as _log
     from .errors import AccuracyError, UsageError
 
-    inputs = [m for m in args.input_model.split(",") if m]
+    import os
+
+    # each value: a file that exists is taken whole (its name may hold a comma), else a comma-separated list
+    inputs = [m for v in args.input_model for m in ([v] if os.path.isfile(v) else v.split(",")) if m]
     sizes = None
     if args.batch_size is not None:
         try:

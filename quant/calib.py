@@ -118,6 +118,9 @@ def build(cfg, train: Split) -> CalibrationSet:
     mpath = manifest_path(cfg)
     entry = next((s for s in read_manifest(mpath) if {k: s.get(k) for k in key} == key), None)
     indices = entry["indices"] if entry else select_indices(len(train.labels), c.sampling_size, c.seed)
+    if entry and indices and max(indices) >= len(train.labels):  # the manifest is checked against 60,000; the file may hold fewer
+        raise ConfigError(f"{mpath}: calibration set {entry.get('name', '?')} uses {c.split} image {max(indices)}, but the {c.split} "
+                          f"split loaded has {len(train.labels)} images")
     p = cfg.preprocessing
     x = preprocess(train.images[indices], cfg.scale, p.mean, p.std, p.layout)
     sha = array_sha256(x)

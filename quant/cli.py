@@ -250,6 +250,7 @@ def _dispatch(argv: list[str] | None, commits: int) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         verbose = getattr(args, "verbose", False)
+        _require_utf8(args)
         return args.func(args)
     except QuantError as e:
         if verbose:
@@ -276,6 +277,23 @@ def _dispatch(argv: list[str] | None, commits: int) -> int:
         line, code = _stopped(_received[0], fsio.commits() > commits)
         print(line, file=sys.stderr)
         return code
+
+
+def _require_utf8(args) -> None:
+    """Paths are written into UTF-8 reports and messages: a value holding bytes that are not UTF-8 (which Python
+    keeps as surrogate escapes) is refused before any work, instead of failing after a whole tune."""
+    from .data import ENV_DATA_DIR
+
+    values = [(f"--{k}", v) for k, v in vars(args).items() if k not in ("func", "command")]
+    values.append((f"${ENV_DATA_DIR}", os.environ.get(ENV_DATA_DIR)))
+    for flag, value in values:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{flag} {printable(v)}: holds bytes that are not UTF-8 (shown as \\udcXX); the toolkit "
+                                     "writes paths into UTF-8 reports: rename it") from None
 
 
 def _error(e: Exception, verbose: bool) -> int:

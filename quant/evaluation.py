@@ -130,13 +130,25 @@ def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: s
 
 def predict(sess: ort.InferenceSession, x: np.ndarray, input_name: str, batch_size: int = 1, name: str = "model") -> np.ndarray:
     """Run ``x`` through the session in batches; returns the stacked [N, 10] float32 outputs. RunError
-    (exit 4) naming the model when onnxruntime fails running it."""
+    (exit 4) naming the model when onnxruntime fails running it; ModelError when its output has no row per
+    image. A model with a fixed batch larger than the images left gets its last batch padded with copies of
+    the last image (10,000 test images at a fixed batch of 64 end in a batch of 16), whose rows are dropped."""
     outs = []
     run = sess.run
+    dims = sess.get_inputs()[0].shape
+    fixed = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 1 else None
     try:
         for i in range(0, len(x), batch_size):
-            outs.append(run(None, {input_name: x[i:i + batch_size]})[0])
-    except QuantError:  # stop.RunTimeout: said as it is
+            xb = x[i:i + batch_size]
+            n = len(xb)
+            if fixed and n < fixed:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - n, axis=0)])
+            y = np.asarray(run(None, {input_name: xb})[0])
+            if len(xb) > 1 and (y.ndim == 0 or y.shape[0] != len(xb)):
+                raise ModelError(f"{name}: its output has shape {list(y.shape)} for a batch of {len(xb)} images; expected one row "
+                                 "per image (run it at batch 1: evaluation.batch_size: 1)")
+            outs.append(y.reshape(len(xb), -1)[:n])
+    except QuantError:  # stop.RunTimeout, an output without a row per image: said as it is
         raise
     except Exception as e:  # onnxruntime's Fail/InvalidArgument/RuntimeException: the model, not our code
         detail = first_line(e)

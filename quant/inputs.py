@@ -28,7 +28,7 @@ def data_files(cfg, data_dir: str | None) -> list[tuple[str, object]]:
 
 
 def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callable = print) -> dict[str, data.Split]:
-    root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
+    root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log, splits=splits)
     return {s: data.load_split(root, s, verify=cfg.dataset.verify_md5) for s in splits}
 
 

@@ -239,6 +239,11 @@ def _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig,
 
 def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Outputs, staged: Outputs) -> dict | None:
     if not cfg.output.test_data_sets:
+        # an earlier run's test data beside the model it replaces would no longer match it (validate fails it): removed with the
+        # commit when it holds nothing but test_data_set_N folders, else left alone
+        td = Path(out.test_data)
+        if td.is_dir() and not td.is_symlink() and not testdata.foreign_entries(td):
+            staged.remove(td, testdata.foreign_entries)
         return None
     int8_sig = models.signature(finished, out.model, sig.input_name)
     picks = testdata.pick_indices(len(x_test), cfg.output.test_data_sets, cfg.quantization.calibration.seed)

@@ -133,6 +133,8 @@ def read_tensor(path: Path) -> tuple[str, np.ndarray]:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise DataError(f"{path}: refers to external data; a test data tensor must hold its values")
         arr = numpy_helper.to_array(t)
+        if arr.dtype.kind not in "biuf":  # STRING (object) or complex: no model output to compare with
+            raise DataError(f"{path}: holds a {onnx.TensorProto.DataType.Name(t.data_type)} tensor; test data must be numeric")
     except DataError:
         raise
     except Exception as e:
