@@ -23,7 +23,7 @@ import numpy as np
 
 from . import evaluation, inputs, models, plots as plots_mod, report, timing
 from .config import check_value
-from .errors import AccuracyError, UsageError
+from .errors import AccuracyError, UsageError, printable
 from .fsio import Outputs, append_summary, check_distinct, check_writable_target
 
 LOG = logging.getLogger("quant")
@@ -400,7 +400,7 @@ def render(doc: dict) -> str:
               *report.provenance_lines(doc),
               f"- machine: {env['cpu']['model']}, {env['cpu']['cores']} cores, int8 CPU flags: {flags}",
               f"- versions: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}",
-              f"- command: `{doc['command']}`"]
+              f"- command: `{printable(doc['command'], None)}`"]
     if doc.get("plots"):
         lines.append(f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}")
     return "\n".join(lines) + "\n"

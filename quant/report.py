@@ -87,7 +87,7 @@ def pct(x: float | None) -> str:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out = ["| " + " | ".join(printable(c, None) for c in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(printable(c, None) for c in r) + " |" for r in rows]  # a cell is one line
     return "\n".join(out)
 
@@ -152,7 +152,7 @@ def render_tune(doc: dict) -> str:
         f"- config: `{doc['config']['path']}` (sha256 `{doc['config']['sha256'][:16]}…`)",
         f"- versions: neural-compressor {doc['environment'].get('neural_compressor')}, onnxruntime {doc['environment']['onnxruntime']}, "
         f"onnx {doc['environment']['onnx']}, numpy {doc['environment']['numpy']}, Python {doc['environment']['python']}",
-        f"- command: `{doc['command']}`",
+        f"- command: `{printable(doc['command'], None)}`",
         *([f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}"] if doc.get("plots") else []),
         "",
     ]

@@ -34,7 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import evaluation, models, provenance, report, testdata
 from .config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag
-from .errors import AccuracyError, ModelError
+from .errors import AccuracyError, ModelError, printable
 from .fsio import check_distinct, check_writable_target
 
 RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
@@ -645,5 +645,5 @@ def render(doc: dict) -> str:
                    for s in td["details"]["sets"]]), ""]
     lines += [f"- input model: {doc['input_model']['bytes']:,} bytes, sha256 `{doc['input_model']['sha256'][:16]}…`, opset {doc['input_model']['opset']}",
               f"- baseline: {doc['baseline_model']['bytes']:,} bytes, sha256 `{doc['baseline_model']['sha256'][:16]}…`",
-              f"- command: `{doc['command']}`", ""]
+              f"- command: `{printable(doc['command'], None)}`", ""]
     return "\n".join(lines)

@@ -105,3 +105,13 @@ def test_node_and_tensor_names_with_control_characters_or_oversized_are_refused(
     assert len(r.stderr) < 1000
     _no_forged_lines(r.stderr)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["good.onnx", "m.onnx", "mnist", "synth.yaml"]
+
+
+def test_a_line_break_in_a_model_path_stays_inside_its_markdown_table_cell(tmp_path, synth_dir):
+    m = save(mnist12_like(), tmp_path / "m\nPASS.onnx")
+    r = run_cli("benchmark", f"--input_model={m}", f"--config={synth_config(tmp_path)}", f"--data_dir={synth_dir}", "--iterations=2",
+                "--warmup=0", f"--report={tmp_path / 'b.json'}", "--no_plots", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (tmp_path / "b.md").read_text()
+    assert "m\\nPASS.onnx" in md and not any(line.startswith("PASS") for line in md.splitlines()), md[:2000]
+    _no_forged_lines(r.stderr)
