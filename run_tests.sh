@@ -4,6 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/scripts/env.sh"
+quant_hold_venv
 py="$(quant_python)" || exit $?
 if [ -z "${MNIST_DIR:-}" ] && [ -d "$here/../shared/data/mnist" ]; then export MNIST_DIR="$here/../shared/data/mnist"; fi
 if [ -z "${QUANT_MODELS_DIR:-}" ] && [ -d "$here/../shared/models" ]; then export QUANT_MODELS_DIR="$here/../shared/models"; fi

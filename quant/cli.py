@@ -36,6 +36,7 @@ from quant.errors import (
     QuantError,
     UsageError,
     handle_signals,
+    printable,
     restore_signals,
 )
 
@@ -67,8 +68,12 @@ CONFIG_DOCUMENTED_HELP = ("YAML config (default: the preprocessing the model doc
                           "defaults: python -m quant config)")
 
 
+LINE_LIMIT = 20_000  # characters of one log or error line; untrusted values inside are cut far shorter (errors.PRINT_LIMIT)
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """One line on stderr: control characters escaped (a model's metadata or a file name cannot forge lines)."""
+    print(printable(msg, LINE_LIMIT), file=sys.stderr, flush=True)
 
 
 def quiet(_msg: str) -> None:
@@ -392,54 +397,124 @@ def cmd_config(args) -> int:
 
 
 # ------------------------------------------------------------------------------ entry point
-def _one_line(text: str) -> str:
-    """A message stays one line even when a path in it holds a line break."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+_received: list[int] = []  # stop signals seen by main()'s handlers, for errors a library made of them
 
 
 def _raise_interrupted(signum, frame):
+    _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted(signum)
 
 
+def _ignore_late(signum, frame):
+    """Once the run is over (its line being printed, handlers being restored) a stop signal changes nothing."""
+
+
+def _stopped(signum: int, committed: bool) -> tuple[str, int]:
+    """The closing line after a stop signal and its exit code: it says whether the outputs were written."""
+    if committed:
+        return f"interrupted by {signal.Signals(signum).name} after the outputs were written", 128 + signum
+    if signum == signal.SIGINT:
+        return "interrupted; no output written", EXIT_INTERRUPTED
+    return Interrupted(signum).message, 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
-    for name in ("stdout", "stderr"):  # started with a closed stream (``>&-``): write nowhere instead of failing
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))
-    parser = build_parser()
-    args = parser.parse_args(renamed(sys.argv[1:] if argv is None else list(argv), log))
-    verbose = getattr(args, "verbose", False)
+    from quant import files, stop
+
     # SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C's
-    # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal
-    previous = handle_signals(_raise_interrupted, (signal.SIGTERM, signal.SIGHUP))
+    # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal. Installed first, so a signal during start-up
+    # ends the same way; the watcher also stops onnxruntime's native runs at once (quant.stop)
+    del _received[:]
+    previous = handle_signals(_raise_interrupted)
+    wakeup = stop.watch_signals()
+    commits = files.commits()
     try:
+        try:
+            return _dispatch(argv, commits)
+        except KeyboardInterrupt:  # a second signal while the first one's line was being printed
+            handle_signals(_ignore_late)
+            line, code = _stopped(signal.SIGINT, files.commits() > commits)
+        except Interrupted as e:
+            handle_signals(_ignore_late)
+            line, code = _stopped(e.signum, e.written or files.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
+    finally:
+        handle_signals(_ignore_late)
+        stop.unwatch_signals(wakeup)
+        restore_signals(previous)
+
+
+def _dispatch(argv: list[str] | None, commits: int) -> int:
+    from quant import files
+
+    verbose = False
+    try:
+        for name in ("stdout", "stderr"):  # started with a closed stream (``>&-``): write nowhere instead of failing
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(os.devnull, "w"))
+        parser = build_parser()
+        args = parser.parse_args(renamed(sys.argv[1:] if argv is None else list(argv), log))
+        verbose = getattr(args, "verbose", False)
+        _require_utf8(args)
         return args.func(args)
     except QuantError as e:
         if verbose:
             traceback.print_exc()
-        print(f"error: {_one_line(e.message)}", file=sys.stderr)
+        print(f"error: {printable(e.message, LINE_LIMIT)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; no output written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        handle_signals(_ignore_late)
+        line, code = _stopped(signal.SIGINT, files.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
     except Interrupted as e:
-        print(e.message, file=sys.stderr)
-        return e.exit_code
+        handle_signals(_ignore_late)
+        line, code = _stopped(e.signum, e.written or files.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
     except BrokenPipeError:  # stdout closed early (``| head``): nothing more to say to anyone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except OSError as e:  # the system refused a path the run needs: disk full, name too long, I/O error
-        if verbose:
-            traceback.print_exc()
+    except Exception as e:
+        if not _received:  # a stop signal a library turned into another error (ImportError "initialization failed"
+            return _error(e, verbose)  # during start-up): said as the stop it was
+        handle_signals(_ignore_late)
+        line, code = _stopped(_received[0], files.commits() > commits)
+        print(line, file=sys.stderr)
+        return code
+
+
+def _require_utf8(args) -> None:
+    """Paths are written into UTF-8 reports and messages: a value holding bytes that are not UTF-8 (which Python
+    keeps as surrogate escapes) is refused before any work, instead of failing after a whole tune."""
+    from quant.data import ENV_DATA_DIR
+
+    values = [(f"--{k}", v) for k, v in vars(args).items() if k not in ("func", "command")]
+    values.append((f"${ENV_DATA_DIR}", os.environ.get(ENV_DATA_DIR)))
+    for flag, value in values:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{flag} {printable(v)}: holds bytes that are not UTF-8 (shown as \\udcXX); the toolkit "
+                                     "writes paths into UTF-8 reports: rename it") from None
+
+
+def _error(e: Exception, verbose: bool) -> int:
+    """One line for an error that is no QuantError (the traceback too with --verbose)."""
+    if verbose:
+        traceback.print_exception(e)
+    if isinstance(e, OSError):  # the system refused a path the run needs: disk full, name too long, I/O error
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {_one_line(where + str(e.strerror or e))}", file=sys.stderr)
+        print(f"error: {printable(where + str(e.strerror or e), LINE_LIMIT)}", file=sys.stderr)
         return EXIT_SYSTEM
-    except Exception as e:  # a bug: one line unless --verbose
-        if verbose:
-            traceback.print_exc()
-        print(f"unexpected error: {type(e).__name__}: {_one_line(str(e))} (rerun with --verbose for the traceback)", file=sys.stderr)
-        return EXIT_UNEXPECTED
-    finally:
-        restore_signals(previous)
+    print(f"unexpected error: {type(e).__name__}: {printable(str(e), LINE_LIMIT)} (rerun with --verbose for the traceback)",
+          file=sys.stderr)  # a bug
+    return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -80,6 +80,34 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+# bidirectional overrides and isolates reorder what a terminal shows; line and paragraph separators break lines
+_INVISIBLE = {0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0xFEFF}
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+PRINT_LIMIT = 300  # characters of one untrusted value shown in a message or a report
+
+
+def _hidden(c: str) -> bool:
+    o = ord(c)
+    if o < 0x20 or 0x7F <= o < 0xA0 or o in _INVISIBLE:
+        return True
+    return o > 0xFF and not c.isprintable()  # format characters, separators, surrogates (a non-UTF-8 file name), unassigned
+
+
+def printable(text, limit: int | None = PRINT_LIMIT) -> str:
+    """``text`` safe to print on one line or put into a report: every control character (C0, DEL, C1), line
+    separator, bidirectional override and invisible format character is escaped (``\\n``, ``\\x1b``, ``\\u202e``),
+    so a model's metadata or a file name cannot forge lines or colours or reorder what is shown; longer than
+    ``limit`` characters, it is cut and its length said. The one helper for every untrusted string the tool
+    prints or writes into a report."""
+    text = str(text)
+    cut = limit is not None and len(text) > limit
+    shown = text[:limit] if cut else text
+    if not shown.isprintable():
+        shown = "".join((_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")) if _hidden(c) else c
+                        for c in shown)
+    return shown + (f"… ({len(text):,} characters)" if cut else "")
+
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a service manager's stop, a closed terminal
 
 

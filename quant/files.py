@@ -16,11 +16,14 @@ import errno
 import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 import stat
-import tempfile
+import sys
 from pathlib import Path
+from typing import Callable
 
+from quant import stop
 from quant.errors import InputError, Interrupted, QuantError, UsageError, handle_signals, restore_signals
 
 
@@ -88,7 +91,7 @@ def read_regular_file(path: str | os.PathLike, what: str, limit: int, error: typ
     return b"".join(chunks)
 
 
-STAGING_NAME_EXTRA = 24  # Outputs stages ``x`` as ``.x.<8 random>.tmp`` and keeps a replaced one as ``.x.<pid>.replaced``
+STAGING_NAME_EXTRA = 24  # Outputs stages ``x`` as ``.x.<16 hex>.tmp`` and keeps a replaced one in a folder ``.x.<16 hex>.aside``
 
 
 def check_name_length(path: Path, what: str) -> None:
@@ -173,6 +176,42 @@ def check_distinct(reads: list[tuple[str, str | os.PathLike | None]], writes: li
                                  "move it or choose another output")
 
 
+def append_summary(path: str | os.PathLike, text: str, paths: list[tuple[str, str | os.PathLike | None]]) -> str | None:
+    """Append ``text`` to ``path`` (CI's ``$GITHUB_STEP_SUMMARY``) unless it is not a regular file (or a new file in an
+    existing folder) or it is one of ``paths``, the files the run reads or writes (a model, the config, a data file,
+    a report): those are never appended to. Checked by name before opening and by inode on the opened file.
+    Returns None when appended, else why not (one line for the log)."""
+    p = Path(path)
+    others = [(w, Path(q)) for w, q in paths if q is not None]
+    for w, q in others:
+        if _key(p) == _key(q):
+            return f"it is the {w} {q}, which the run uses"
+    try:
+        if os.path.exists(p) and not stat.S_ISREG(os.stat(p).st_mode):
+            return "not a writable regular file"
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+                     | getattr(os, "O_NOCTTY", 0), 0o644)
+    except OSError as e:
+        return f"not a writable regular file ({e.strerror or e})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a writable regular file"
+        for w, q in others:
+            try:
+                sq = os.stat(q)
+            except OSError:
+                continue
+            if (sq.st_dev, sq.st_ino) == (st.st_dev, st.st_ino):
+                return f"it is the {w} {q}, which the run uses"
+        os.write(fd, text.encode("utf-8"))
+        return None
+    except OSError as e:
+        return f"cannot be written ({e.strerror or e})"
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write one file atomically (a run of one output: see :class:`Outputs`)."""
     with Outputs() as out:
@@ -184,18 +223,72 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _exclusive(parent: Path, name: str, suffix: str, make):
+    """Create ``parent/.name.<16 random hex>suffix`` with ``make(path)``, which must fail if the path exists
+    (O_EXCL, mkdir): the name cannot be guessed in advance (``secrets``), and nothing that exists is ever
+    taken over, whoever made it."""
+    for _ in range(100):
+        p = parent / f".{name}.{secrets.token_hex(8)}{suffix}"
+        try:
+            return p, make(p)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / f".{name}.*{suffix}"))
+
+
+def _new_file(p: Path) -> int:
+    return os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _named(e: OSError, path) -> OSError:
+    """``e`` naming ``path`` when it names no file (a write or fsync failing with ENOSPC names none)."""
+    if e.filename is None and e.errno is not None:
+        return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    return e
+
+
+def write_new_file(path: str | os.PathLike, data: bytes) -> None:
+    """Create ``path`` (which must not exist: inside a run's own staging folder) and write ``data``; an
+    error names the file."""
+    try:
+        fd = _new_file(Path(path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise _named(e, path) from None
+
+
+def _listing(folder: Path) -> list[Path]:
+    """Every entry below ``folder`` (not following symlinks), deepest first."""
+    found = []
+    for root, dirs, files in os.walk(folder, topdown=False):
+        found += [Path(root) / f for f in files] + [Path(root) / d for d in dirs]
+    return found
+
+
+_commits = [0]  # commits completed in this process: the CLI's closing line after a late signal says whether outputs were written
+
+
+def commits() -> int:
+    return _commits[0]
+
+
 class Outputs:
     """A run's outputs, committed together or not at all.
 
-    Each output is first written complete to a hidden temporary beside its destination (so a full disk
-    or a signal fails the run while nothing of the user's has changed); :meth:`commit` then moves every
-    one into place, keeping what it replaces aside until all moves succeeded and restoring it otherwise
-    (a stop signal meanwhile is recorded and raised after the moves). Leaving the ``with`` block without
-    commit removes every temporary. Used as ``with Outputs() as out: out.bytes(p, b); d = out.folder(q); ...; out.commit()``.
+    Each output is first written complete to a hidden temporary beside its destination, created
+    exclusively under an unguessable name (so a full disk or a signal fails the run while nothing of the
+    user's has changed); :meth:`commit` then moves every one into place, keeping what it replaces aside
+    (in a folder of its own, created exclusively) until all moves succeeded and restoring it otherwise
+    (a stop signal meanwhile is recorded and raised after the moves). A folder the run replaces whole is
+    checked again once it is aside (``foreign``): anything the run may not delete that appeared during the
+    run refuses the commit and everything is put back. Only what was there at that check is deleted
+    afterwards. Leaving the ``with`` block without commit removes every temporary. Used as
+    ``with Outputs() as out: out.bytes(p, b); d = out.folder(q); ...; out.commit()``.
     """
 
     def __init__(self):
-        self._staged: list[tuple[Path, Path]] = []  # (temporary, destination)
+        self._staged: list[tuple[Path | None, Path, Callable | None]] = []  # (temporary or None, destination, foreign check)
         self._made: list[Path] = []  # folders created for an output (missing parents), deepest last
 
     def _parent(self, p: Path) -> Path:
@@ -215,28 +308,47 @@ class Outputs:
 
     def bytes(self, path: str | os.PathLike, data: bytes) -> None:
         p = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=self._parent(p))
-        self._staged.append((Path(tmp), p))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        try:
+            tmp, fd = _exclusive(self._parent(p), p.name, ".tmp", _new_file)
+        except OSError as e:
+            raise _named(e, p) from None
+        stop.track(tmp)
+        self._staged.append((tmp, p, None))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+        except OSError as e:  # ENOSPC from write or fsync names no file: name the output
+            raise _named(e, p) from None
 
     def text(self, path: str | os.PathLike, text: str) -> None:
         self.bytes(path, text.encode("utf-8"))
 
-    def folder(self, path: str | os.PathLike) -> Path:
-        """An empty temporary folder to fill; it replaces ``path`` whole on commit."""
+    def folder(self, path: str | os.PathLike, foreign: Callable[[Path], list[str]] | None = None) -> Path:
+        """An empty temporary folder to fill; it replaces ``path`` whole on commit. ``foreign(folder)``
+        lists what in the folder being replaced the run may not delete; it is asked again at commit time."""
         p = Path(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=self._parent(p)))
+        try:
+            tmp, _ = _exclusive(self._parent(p), p.name, ".tmp", os.mkdir)
+        except OSError as e:
+            raise _named(e, p) from None
+        stop.track(tmp)
         os.chmod(tmp, 0o755)
-        self._staged.append((tmp, p))
+        self._staged.append((tmp, p, foreign))
         return tmp
 
+    def remove(self, path: str | os.PathLike, foreign: Callable[[Path], list[str]] | None = None) -> None:
+        """Remove the folder ``path`` (if present) on commit, with the same checks as a folder replaced whole:
+        an earlier run's output that this run no longer writes."""
+        self._staged.append((None, Path(path), foreign))
+
     def discard(self) -> None:
-        for tmp, _ in self._staged:
-            _remove(tmp)
+        for tmp, _, _ in self._staged:
+            if tmp is not None:
+                _remove(tmp)
+                stop.untrack(tmp)
         if self._staged:  # not committed: the folders made for it go too (only while empty: never a user's file)
             for f in reversed(self._made):
                 try:
@@ -248,43 +360,85 @@ class Outputs:
     def commit(self) -> None:
         """Move every staged output into place. A stop signal arriving meanwhile (on any thread) is
         recorded, not acted on, and raised as :class:`Interrupted` once the commit is complete."""
+        with stop.committing():
+            self._commit()
+
+    def _commit(self) -> None:
         stopped: list[int] = []
         previous = handle_signals(lambda signum, frame: stopped.append(signum))  # recorded, acted on after the moves
         locks: list[int] = []
-        moved: list[tuple[Path, Path | None]] = []  # (destination, what it replaced: kept aside until the end)
+        moved: list[list] = []  # [destination, what it replaced (kept aside until the end) or None, placed, listing]
         try:
-            locks = _lock_folders({dest.parent for _, dest in self._staged})  # concurrent runs commit one after the other
-            for tmp, dest in self._staged:
-                aside = None
-                if dest.is_dir() and not dest.is_symlink() and not tmp.is_dir():
+            locks = _lock_folders({dest.parent for _, dest, _ in self._staged})  # concurrent runs commit one after the other
+            for tmp, dest, foreign in self._staged:
+                if tmp is not None and dest.is_dir() and not dest.is_symlink() and not tmp.is_dir():
                     raise UsageError(f"{dest}: is a folder; refusing to replace it by a file")
+                entry = [dest, None, False, []]
                 if os.path.lexists(dest):
-                    aside = dest.with_name(f".{dest.name}.{os.getpid()}.replaced")
-                    os.replace(dest, aside)
-                try:
+                    holder, _ = _exclusive(dest.parent, dest.name, ".aside", os.mkdir)
+                    try:
+                        os.replace(dest, holder / dest.name)
+                    except BaseException:
+                        os.rmdir(holder)
+                        raise
+                    entry[1] = holder / dest.name
+                    moved.append(entry)
+                    if entry[1].is_dir() and not entry[1].is_symlink():
+                        entry[3] = _listing(entry[1])  # checked now that no one else can reach it by its name
+                        other = foreign(entry[1]) if foreign else []
+                        if other:
+                            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+                            raise UsageError(f"{dest}: holds files this run did not write ({shown}), added while it ran; "
+                                             "the folder is replaced whole, so nothing was written")
+                elif tmp is None:
+                    continue
+                if tmp is not None:
                     os.replace(tmp, dest)
-                except BaseException:
-                    if aside is not None:
-                        os.replace(aside, dest)
-                    raise
-                moved.append((dest, aside))
+                    entry[2] = True
+                if entry[1] is None:
+                    moved.append(entry)
         except BaseException:
-            for dest, aside in reversed(moved):  # put back what was there before this run
-                _remove(dest)
+            for dest, aside, placed, _ in reversed(moved):  # put back what was there before this run
+                if placed:
+                    _remove(dest)
                 if aside is not None:
                     os.replace(aside, dest)
+                    os.rmdir(aside.parent)
             raise
         else:
-            for _, aside in moved:
+            for _, aside, _, listing in moved:
                 if aside is not None:
-                    _remove(aside)
+                    _remove_listed(aside, listing)
+            for tmp, _, _ in self._staged:
+                if tmp is not None:
+                    stop.untrack(tmp)
             self._staged = []
+            _commits[0] += 1
         finally:
             for fd in locks:
                 os.close(fd)
             restore_signals(previous)
         if stopped:
             raise Interrupted(stopped[0], written=True)
+
+
+def _remove_listed(aside: Path, listing: list[Path]) -> None:
+    """Delete what a commit replaced: a file, or a folder's entries that were there when it was checked
+    (never one that appeared since: that folder is kept, and named on stderr)."""
+    try:
+        if not listing and not (aside.is_dir() and not aside.is_symlink()):
+            os.unlink(aside)
+        else:
+            for p in listing:  # deepest first
+                if p.is_dir() and not p.is_symlink():
+                    os.rmdir(p)
+                else:
+                    os.unlink(p)
+            os.rmdir(aside)
+        os.rmdir(aside.parent)
+    except OSError:
+        print(f"[warning] {aside.parent}: kept; it holds what the run replaced and files added while it was removed",
+              file=sys.stderr)
 
 
 def _lock_folders(folders) -> list[int]:

@@ -4,6 +4,9 @@
 #   lock, pyproject.toml or the Python version changes. A failed or interrupted setup removes the
 #   half-built .venv, so the next run starts clean. Python: $PYTHON, else the first of python3,
 #   python3.13, python3.12, python3.11 that is a supported version (keep in step with pyproject.toml).
+#   A command started by run_*.sh holds a shared lock on .venv.inuse for its lifetime (quant_hold_venv);
+#   a rebuild needs that lock exclusively and is refused (exit 2, one line) while any command runs from
+#   the .venv (a benchmark running from it died with "No module named 'numpy.ma'" when it was rebuilt).
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUANT_PY_MIN=11 QUANT_PY_MAX=13   # Python 3.11 .. 3.13 (pyproject.toml: requires-python)
 
@@ -40,6 +43,22 @@ _setup_venv() {  # $1 python, $2 venv folder; runs with the setup lock held
   echo "[setup] done in $(( SECONDS - t0 )) s; $venv is $(du -sh "$venv" | cut -f1)" >&2
 }
 
+quant_hold_venv() {  # in the calling shell, before quant_python: held until the command it execs ends
+  [ -n "${QUANT_PYTHON:-}" ] && return 0
+  exec 8>>"$_repo/.venv.inuse"
+  flock -s 8  # waits while a set-up rebuilds the .venv
+}
+
+_venv_mapped_by_others() {  # a process not started by run_*.sh (.venv/bin/python run by hand) with files of the venv mapped
+  local real maps
+  real="$(cd "$1" 2>/dev/null && pwd -P)" || return 1
+  for maps in /proc/[0-9]*/maps; do
+    case "$maps" in "/proc/$$/maps"|"/proc/$BASHPID/maps") continue ;; esac
+    if grep -qsF -- "$real/" "$maps" 2>/dev/null; then echo "${maps#/proc/}" | cut -d/ -f1; return 0; fi
+  done
+  return 1
+}
+
 quant_python() {
   if [ -n "${QUANT_PYTHON:-}" ]; then echo "$QUANT_PYTHON"; return 0; fi
   local venv="$_repo/.venv" stamp="$_repo/.venv/.mnist-quant-installed" py want
@@ -51,6 +70,15 @@ quant_python() {
     exec 9>"$_repo/.venv.lock"
     flock 9
     if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then exit 0; fi
+    if [ -e "$venv" ]; then  # never delete a .venv another command runs from
+      flock -u 8 2>/dev/null || true  # this command's own shared lock (quant_hold_venv): taken again below
+      exec 7>>"$_repo/.venv.inuse"
+      local pid=""
+      if ! flock -n -x 7 || pid="$(_venv_mapped_by_others "$venv")"; then
+        echo "error: $venv must be rebuilt (requirements.lock, pyproject.toml or the Python changed) but a command is running from it${pid:+ (PID $pid)}; run again when it has finished, or set QUANT_PYTHON" >&2
+        exit 2
+      fi
+    fi
     trap 'rm -rf "$venv"; echo "[setup] interrupted; removed the unfinished $venv" >&2; exit 130' INT TERM HUP
     if ! _setup_venv "$py" "$venv"; then
       rm -rf "$venv"
@@ -58,6 +86,10 @@ quant_python() {
       exit 1
     fi
     echo "$want" > "$stamp"
-  ) || return 1
+    flock -u 7 2>/dev/null || true
+    flock -s 8 2>/dev/null || true  # the caller's shared lock again (same open file as the caller's fd 8)
+  )
+  local rc=$?
+  [ "$rc" -eq 0 ] || return "$rc"
   echo "$venv/bin/python"
 }

@@ -102,6 +102,8 @@ SCHEMA: dict[str, Any] = {
     "evaluation": {
         "batch_size": F("int", 1, min=1, max=10000, doc="batch for accuracy runs (models with a fixed batch of 1 use 1; "
                         "at most the 10,000 test images)"),
+        "timeout_seconds": F("float", 600.0, min=0.1, max=7 * 24 * 3600, doc="time bound of one inference (one onnxruntime run); a "
+                             "model still running after it ends the command with exit 4 naming it"),
     },
     "benchmark": {
         "batch_size": F("int", 1, min=1, max=10000, doc="images per timed inference (at most the 10,000 test images)"),

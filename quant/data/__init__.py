@@ -199,8 +199,13 @@ def resolve_data_dir(flag: str | None, config_root: str | None) -> tuple[Path, s
     return default_cache_dir() / "mnist", "cache"
 
 
-def missing_files(root: Path) -> list[str]:
-    return [stem for stem in CANONICAL_MD5 if find_file(root, stem) is None]
+def missing_files(root: Path, splits=("train", "test")) -> list[str]:
+    """The canonical stems of ``splits`` that ``root`` lacks."""
+    return [stem for stem in CANONICAL_MD5 if stem in _stems(splits) and find_file(root, stem) is None]
+
+
+def _stems(splits) -> set[str]:
+    return {stem for s in splits for stem in SPLIT_FILES[s]}
 
 
 Opener = Callable[..., object]
@@ -228,13 +233,14 @@ def fetch_url(url: str, dest: Path, digest: str, algo: str, opener: Opener = url
     atomic_write_bytes(dest, b"".join(chunks))
 
 
-def download_mnist(root: Path, mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print) -> None:
+def download_mnist(root: Path, mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print,
+                   splits=("train", "test")) -> None:
     """Download the missing canonical files into ``root``, trying each mirror, md5-verified. Folders it
     had to create are removed again when a download fails (a failed run leaves nothing)."""
     created = [p for p in (root, *root.parents) if not p.exists()]
     root.mkdir(parents=True, exist_ok=True)
     try:
-        _download_missing(root, mirrors, opener, log)
+        _download_missing(root, mirrors, opener, log, splits)
     except BaseException:
         for p in created:  # deepest first; only if still empty
             try:
@@ -244,8 +250,8 @@ def download_mnist(root: Path, mirrors=MNIST_MIRRORS, opener: Opener = urllib.re
         raise
 
 
-def _download_missing(root: Path, mirrors, opener: Opener, log) -> None:
-    for stem in missing_files(root):
+def _download_missing(root: Path, mirrors, opener: Opener, log, splits=("train", "test")) -> None:
+    for stem in missing_files(root, splits):
         name = f"{stem}.gz"
         errors = []
         for mirror in mirrors:
@@ -264,8 +270,9 @@ def _download_missing(root: Path, mirrors, opener: Opener, log) -> None:
 
 
 def ensure_data_dir(flag: str | None, config_root: str | None, download: bool = True,
-                    mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print) -> Path:
-    """Resolve the MNIST folder and make sure the four files are there (downloading if allowed)."""
+                    mirrors=MNIST_MIRRORS, opener: Opener = urllib.request.urlopen, log=print, splits=("train", "test")) -> Path:
+    """Resolve the MNIST folder and make sure the files of ``splits`` are there (downloading if allowed): a
+    command that reads only the test split neither requires nor downloads the train split."""
     root, source = resolve_data_dir(flag, config_root)
     try:
         if not stat.S_ISDIR(os.stat(root).st_mode):
@@ -274,7 +281,7 @@ def ensure_data_dir(flag: str | None, config_root: str | None, download: bool = 
         pass
     except OSError as e:  # a name over 255 bytes, a file as a parent folder, a symlink loop
         raise DataError(f"{root} (from {source}): cannot open the MNIST folder ({e.strerror})") from None
-    missing = missing_files(root) if root.is_dir() else list(CANONICAL_MD5)
+    missing = missing_files(root, splits) if root.is_dir() else [s for s in CANONICAL_MD5 if s in _stems(splits)]
     if missing:
         if not download:
             raise DataError(
@@ -282,7 +289,7 @@ def ensure_data_dir(flag: str | None, config_root: str | None, download: bool = 
                 f"set --data_dir, dataset.root or {ENV_DATA_DIR}, or enable dataset.download"
             )
         try:
-            download_mnist(root, mirrors=mirrors, opener=opener, log=log)
+            download_mnist(root, mirrors=mirrors, opener=opener, log=log, splits=splits)
         except PermissionError as e:
             raise DataError(f"{root} (from {source}): cannot write downloaded files ({e.strerror})") from None
     return root
@@ -296,12 +303,20 @@ def fetch_model(name: str, dest_dir: Path, opener: Opener = urllib.request.urlop
         if sha256_bytes(read_regular_file(dest, f"zoo model {name}", MAX_DOWNLOAD_BYTES)) == sha:
             return dest
         raise InputError(f"{dest}: exists but its sha256 does not match the zoo's {name}; remove it or choose another folder")
+    created = [p for p in (dest_dir, *dest_dir.parents) if not p.exists()]  # removed again when the download fails
     dest_dir.mkdir(parents=True, exist_ok=True)
     log(f"downloading {url}")
     try:
         fetch_url(url, dest, sha, "sha256", opener=opener)
-    except OSError as e:
-        raise InputError(f"could not download {url} ({getattr(e, 'reason', None) or e}); pass --input_model with a local copy") from None
+    except BaseException as e:
+        for p in created:  # deepest first; only if still empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        if isinstance(e, OSError):
+            raise InputError(f"could not download {url} ({getattr(e, 'reason', None) or e}); pass --input_model with a local copy") from None
+        raise
     return dest
 
 

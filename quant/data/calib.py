@@ -131,6 +131,9 @@ def build(spec: CalibSpec, train: Split) -> CalibrationSet:
     mpath = spec.manifest
     entry = next((s for s in read_manifest(mpath) if {k: s.get(k) for k in key} == key), None)
     indices = entry["indices"] if entry else select_indices(len(train.labels), spec.count, spec.seed)
+    if entry and indices and max(indices) >= len(train.labels):  # the manifest is checked against 60,000; the file may hold fewer
+        raise ConfigError(f"{mpath}: calibration set {entry.get('name', '?')} uses {spec.split} image {max(indices)}, but the "
+                          f"{spec.split} split loaded has {len(train.labels)} images")
     x = preprocess(train.images[indices], float(Fraction(p["scale"])), p["mean"], p["std"], p["layout"])
     sha = array_sha256(x)
     if entry and entry["sha256"] != sha:

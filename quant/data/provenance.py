@@ -15,6 +15,8 @@ words the warning printed when a config says otherwise. Nothing here overrides a
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 
 import onnx
@@ -22,12 +24,13 @@ import onnx
 from quant import __version__, data
 from quant import config as config_mod
 from quant.config import recipe
-from quant.errors import ConfigError
+from quant.errors import ConfigError, printable
 
 PRODUCER = "mnist-quant"
 KEY_PREPROCESSING = "mnist_quant.preprocessing"
 KEY_CALIBRATION = "mnist_quant.calibration_sha256"
 MAX_METADATA_CHARS = 4096  # a stamped value is ~60 characters
+MAX_JSON_DEPTH = 8  # a stamped value is one flat object
 
 # The zoo README (onnx/models validated/vision/classification/mnist/README.md), for every MNIST model
 # it lists, int8 included: grayscale 28x28, white digit on black, "color value is scaled to [0.0, 1.0]",
@@ -76,19 +79,52 @@ def _from_metadata(model: onnx.ModelProto, path: str) -> Documented | None:
     props = {p.key: p.value for p in model.metadata_props}
     if KEY_PREPROCESSING not in props:
         return None
-    who = f"{path}'s metadata ({model.producer_name or 'unknown producer'} {model.producer_version})".replace(" )", ")")
+    producer = " ".join(printable(v, 60) for v in (model.producer_name or "unknown producer", model.producer_version) if v)
+    who = f"{path}'s metadata ({producer})"
     raw = props[KEY_PREPROCESSING]
     try:
-        if len(raw) > MAX_METADATA_CHARS:
-            raise ValueError(f"{len(raw)} characters")
-        value = json.loads(raw)
+        value = parse_metadata_json(raw)
         if not isinstance(value, dict) or set(value) != {"scale", "mean", "std", "layout"}:
             raise ValueError("expected {scale, mean, std, layout}")
-        cfg = config_mod.from_dict({"preprocessing": value}, f"{path}: metadata {KEY_PREPROCESSING}")
-    except (ValueError, ConfigError, RecursionError) as e:
-        return Documented(None, who, problem=f"{KEY_PREPROCESSING} is unusable ({str(e)[:200]}); ignored")
+        cfg = config_mod.from_dict({"preprocessing": value}, f"metadata {KEY_PREPROCESSING}")
+    except (ValueError, ConfigError, RecursionError, TypeError) as e:
+        return Documented(None, who, problem=f"{KEY_PREPROCESSING} is unusable ({printable(e, 200)}); ignored")
     cal = props.get(KEY_CALIBRATION)
-    return Documented(cfg.preprocessing_dict(), who, cal if cal and len(cal) == 64 else None)
+    return Documented(cfg.preprocessing_dict(), who, cal if cal and re.fullmatch(r"[0-9a-f]{64}", cal) else None)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{printable(text, 40)} is not a finite number")
+    return v
+
+
+def parse_metadata_json(raw: str):
+    """A JSON value from a model's metadata, parsed with limits: at most MAX_METADATA_CHARS characters and
+    MAX_JSON_DEPTH levels of nesting (counted before parsing), no NaN/Infinity and no number that overflows
+    (1e999). Anything else raises ValueError."""
+    if len(raw) > MAX_METADATA_CHARS:
+        raise ValueError(f"{len(raw):,} characters, over the {MAX_METADATA_CHARS:,} limit")
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in raw:  # nesting depth outside strings
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    if deepest > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {deepest} levels deep, over the {MAX_JSON_DEPTH} limit")
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite, parse_int=lambda t: int(_finite(t)) if len(t) > 300 else int(t))
 
 
 def documented(model: onnx.ModelProto, path: str, file_sha256: str) -> Documented | None:

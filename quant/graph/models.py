@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from quant.errors import ModelError, first_line
+from quant.errors import ModelError, first_line, printable
 from quant.files import read_regular_file, regular_file_size, sha256_bytes
 
 MAX_MODEL_BYTES = 256 << 20  # MNIST classifiers are kilobytes; refuse absurd files (with their external data) early
@@ -205,8 +205,37 @@ def load(path: str | os.PathLike, role: str = "model") -> LoadedModel:
     except Exception as e:
         first = first_line(e)
         raise ModelError(f"{p}: ONNX checker failed: {first}") from None
+    check_names(proto, str(p))
     raw = serialize(proto) if external else file_raw
     return LoadedModel(str(p), proto, raw, len(file_raw), sha256_bytes(file_raw), external)
+
+
+MAX_NAME_CHARS = 4096  # a node or tensor name; exporters write a few dozen characters
+
+
+def _graph_names(g: onnx.GraphProto):
+    for vi in [*g.input, *g.output, *g.value_info]:
+        yield "tensor", vi.name
+    for t in g.initializer:
+        yield "initializer", t.name
+    for n in g.node:
+        yield "node", n.name
+        for t in [*n.input, *n.output]:
+            yield "tensor", t
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _graph_names(sub)
+
+
+def check_names(proto: onnx.ModelProto, path: str) -> None:
+    """Node and tensor names are data a model brings: each at most MAX_NAME_CHARS characters and free of control
+    characters, line separators and bidirectional overrides (they appear in messages and reports), else ModelError."""
+    for kind, name in _graph_names(proto.graph):
+        if len(name) > MAX_NAME_CHARS:
+            raise ModelError(f"{path}: a {kind} name is {len(name):,} characters, over the {MAX_NAME_CHARS:,} limit "
+                             f"({printable(name, 40)})")
+        if not name.isprintable() and printable(name, None) != name:
+            raise ModelError(f"{path}: the {kind} name '{printable(name, 80)}' holds control or invisible characters")
 
 
 # ---------------------------------------------------------------------------------- signature

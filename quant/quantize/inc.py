@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 import onnx
 
+from quant import stop
 from quant.config.criterion import Criterion
 from quant.errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
 from quant.graph import controlflow
@@ -207,6 +208,7 @@ def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResul
                                          max_trials=spec.max_trials, objective="accuracy"),
     )
     workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
+    stop.track(workspace)  # removed also when a stop signal has to end the process from the watcher
     saved = (options.workspace, options.resume_from, options.random_seed)
     options.workspace, options.resume_from, options.random_seed = workspace, None, spec.random_seed
     # INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
@@ -237,6 +239,7 @@ def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResul
         restore_signals(previous)
         options.workspace, options.resume_from, options.random_seed = saved
         shutil.rmtree(workspace, ignore_errors=True)
+        stop.untrack(workspace)
     if stopped:
         raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
     if q is None:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from quant.errors import UsageError
+from quant.errors import UsageError, printable
 from quant.files import Outputs
 
 SCHEMA_VERSION = 1
@@ -108,8 +108,8 @@ def pct(x: float | None) -> str:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    out = ["| " + " | ".join(printable(c, None) for c in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(printable(c, None) for c in r) + " |" for r in rows]  # a cell is one line
     return "\n".join(out)
 
 
@@ -119,7 +119,7 @@ def _ops(summary: dict) -> str:
 
 def warning_lines(doc: dict) -> list[str]:
     """Warnings (preprocessing that contradicts what a model documents) as Markdown quote lines."""
-    return [line for w in doc.get("warnings") or [] for line in (f"> **Warning:** {w}", "")]
+    return [line for w in doc.get("warnings") or [] for line in (f"> **Warning:** {printable(w, None)}", "")]
 
 
 def provenance_lines(doc: dict) -> list[str]:
@@ -173,7 +173,7 @@ def render_tune(doc: dict) -> str:
         f"- config: `{doc['config']['path']}` (sha256 `{doc['config']['sha256'][:16]}…`)",
         f"- versions: neural-compressor {doc['environment'].get('neural_compressor')}, onnxruntime {doc['environment']['onnxruntime']}, "
         f"onnx {doc['environment']['onnx']}, numpy {doc['environment']['numpy']}, Python {doc['environment']['python']}",
-        f"- command: `{doc['command']}`",
+        f"- command: `{printable(doc['command'], None)}`",
         *([f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}"] if doc.get("plots") else []),
         "",
     ]

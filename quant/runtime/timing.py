@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from quant import stop
 from quant.runtime import evaluation
 
 METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a plain onnxruntime session "
@@ -30,10 +31,11 @@ METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a pl
 def plain_session(model: bytes, threads: int = 1, name: str = "model", **extra) -> ort.InferenceSession:
     """``evaluation.session_options`` (defaults but the thread count) plus ``extra`` settings such as profiling."""
     evaluation.refuse_aborting(model, name)
+    evaluation.check_threads(threads)
     so = evaluation.session_options(threads)
     for k, v in extra.items():
         setattr(so, k, v)
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    return stop.session(model, sess_options=so, providers=["CPUExecutionProvider"], name=name)
 
 
 def latency_stats(ns: np.ndarray) -> dict:

@@ -21,8 +21,8 @@ import numpy as np
 
 from quant import report
 from quant.config import check_value, criterion
-from quant.errors import AccuracyError, UsageError
-from quant.files import Outputs, check_distinct, check_writable_target
+from quant.errors import AccuracyError, UsageError, printable
+from quant.files import Outputs, append_summary, check_distinct, check_writable_target
 from quant.graph import models
 from quant.report import plots as plots_mod
 from quant.runtime import evaluation, timing
@@ -136,10 +136,9 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
         for p in (json_path, md_path):
             check_writable_target(p, "--report")
         plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path, mode)] if plots else []
-    check_distinct(reads=[("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model),
-                                                                         ("--config", inputs.config_file(cfg)),
-                                                                         *inputs.data_files(cfg, data_dir)],
-                   writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+    reads = [("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
+                                                          *inputs.data_files(cfg, data_dir)]
+    check_distinct(reads=reads, writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
 
     # --- load and check every model before measuring anything
     names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
@@ -305,12 +304,10 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             report.write(json_path, doc, md_path, md, staged)
             staged.commit()
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if json_path else None
-    if summary and (os.path.isfile(summary) and os.access(summary, os.W_OK)  # CI's summary file; never a FIFO or folder
-                    or not os.path.lexists(summary) and os.path.isdir(os.path.dirname(os.path.abspath(summary)))):
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(md + "\n")
-    elif summary:
-        log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: not a writable regular file; summary not appended")
+    if summary:  # CI's summary file; never a FIFO, a folder or a file this run reads or writes
+        why = append_summary(summary, md + "\n", reads + [("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+        if why:
+            log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: {why}; summary not appended")
     doc["markdown"] = md
     if doc.get("gate") and not doc["gate"]["passed"]:
         raise AccuracyError(doc["gate"]["verdict"], doc)
@@ -422,7 +419,7 @@ def render(doc: dict) -> str:
               *report.provenance_lines(doc),
               f"- machine: {env['cpu']['model']}, {env['cpu']['cores']} cores, int8 CPU flags: {flags}",
               f"- versions: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}",
-              f"- command: `{doc['command']}`"]
+              f"- command: `{printable(doc['command'], None)}`"]
     if doc.get("plots"):
         lines.append(f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,11 @@ from quant.graph import models
 
 
 def load_config(cfg):
-    return cfg if isinstance(cfg, config_mod.Config) else config_mod.load(cfg)
+    from quant import stop
+
+    cfg = cfg if isinstance(cfg, config_mod.Config) else config_mod.load(cfg)
+    stop.configure(cfg.evaluation.timeout_seconds)  # every command that runs a model reads its config here
+    return cfg
 
 
 def config_file(cfg) -> str | None:
@@ -27,7 +31,7 @@ def data_files(cfg, data_dir: str | None) -> list[tuple[str, object]]:
 
 
 def load_splits(cfg, data_dir: str | None, splits=("train", "test"), log: Callable = print) -> dict[str, data.Split]:
-    root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log)
+    root = data.ensure_data_dir(data_dir, cfg.dataset.root, download=cfg.dataset.download, log=log, splits=splits)
     return {s: data.load_split(root, s, verify=cfg.dataset.verify_md5) for s in splits}
 
 

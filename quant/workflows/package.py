@@ -26,7 +26,7 @@ from typing import Callable
 import onnx
 
 from quant import report
-from quant.errors import UsageError
+from quant.errors import UsageError, printable
 from quant.files import Outputs, check_distinct, check_writable_target, read_regular_file, sha256_bytes
 from quant.graph import models
 from quant.runtime import evaluation
@@ -82,7 +82,7 @@ def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, 
          sets: int, made_by: str | None, command: str) -> str:
     opset = models.opset_of(lm.proto)
     return "\n".join([
-        f"{CARD_MARK}{name}, written by `{command}` -->",
+        f"{CARD_MARK}{name}, written by `{printable(command, None)}` -->",
         "| Model | Download | Download (with sample test data) | ONNX version | Opset version | Top-1 error |",
         "|---|---|---|---|---|---|",
         f"| {name} | [{len(lm.raw) / 1024:.0f} KB](model/{name}.onnx) | [{len(archive) / 1024:.0f} KB](model/{name}{SUFFIX}) | "

@@ -18,8 +18,8 @@ import onnx
 from onnx import numpy_helper
 
 from quant.config import DEFAULT_ATOL, DEFAULT_RTOL
-from quant.errors import AccuracyError, DataError, UsageError, first_line
-from quant.files import check_name_length, check_writable_target, read_regular_file
+from quant.errors import AccuracyError, DataError, QuantError, UsageError, first_line
+from quant.files import check_name_length, check_writable_target, read_regular_file, write_new_file
 from quant.runtime.evaluation import make_session
 
 MAX_TENSOR_BYTES = 64 << 20
@@ -57,9 +57,7 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
         return
     if not dest.is_dir():
         raise UsageError(f"{what} {dest}: exists and is not a folder")
-    other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and SET_NAME.fullmatch(p.name)))
-    other += sorted(f"{p.parent.name}/{p.name}" for d in dest.iterdir() if d.is_dir() and SET_NAME.fullmatch(d.name)
-                    for p in d.iterdir() if not (TENSOR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()))
+    other = foreign_entries(dest)
     if other:
         shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
         raise UsageError(f"{what} {dest}: holds other files ({shown}); the test-data folder is replaced whole, "
@@ -67,6 +65,17 @@ def check_replaceable(dest: str | os.PathLike, what: str) -> None:
     stuck = [d for d in [dest, *dest.iterdir()] if not os.access(d, os.W_OK | os.X_OK)]
     if stuck:  # the old folder could not be removed after the new one is in place
         raise UsageError(f"{what} {dest}: {stuck[0]} is not writable, so the old test data could not be removed")
+
+
+def foreign_entries(dest: Path) -> list[str]:
+    """What in the test-data folder ``dest`` is not an earlier run's output (``test_data_set_N`` folders of
+    ``input_N.pb``/``output_N.pb`` files): it may not be deleted with the folder. Asked before any work and
+    again when the commit has moved the folder aside."""
+    dest = Path(dest)
+    other = sorted(p.name for p in dest.iterdir() if not (p.is_dir() and not p.is_symlink() and SET_NAME.fullmatch(p.name)))
+    other += sorted(f"{p.parent.name}/{p.name}" for d in dest.iterdir() if d.is_dir() and not d.is_symlink() and SET_NAME.fullmatch(d.name)
+                    for p in d.iterdir() if not (TENSOR_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()))
+    return other
 
 
 def make_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, name: str = "model") -> list[tuple[bytes, bytes]]:
@@ -89,8 +98,8 @@ def write_sets(model: bytes, input_name: str, output_name: str, x: np.ndarray, f
     for i, (xb, yb) in enumerate(sets):
         d = folder / f"test_data_set_{i}"
         d.mkdir()
-        (d / "input_0.pb").write_bytes(xb)
-        (d / "output_0.pb").write_bytes(yb)
+        write_new_file(d / "input_0.pb", xb)
+        write_new_file(d / "output_0.pb", yb)
     return len(sets)
 
 
@@ -126,6 +135,8 @@ def read_tensor(path: Path) -> tuple[str, np.ndarray]:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise DataError(f"{path}: refers to external data; a test data tensor must hold its values")
         arr = numpy_helper.to_array(t)
+        if arr.dtype.kind not in "biuf":  # STRING (object) or complex: no model output to compare with
+            raise DataError(f"{path}: holds a {onnx.TensorProto.DataType.Name(t.data_type)} tensor; test data must be numeric")
     except DataError:
         raise
     except Exception as e:
@@ -152,6 +163,8 @@ def check_sets(model: bytes, sets: list[Path], input_name: str, output_name: str
         _, ref = read_tensor(d / "output_0.pb")
         try:
             got = sess.run([output_name], {input_name: x})[0]
+        except QuantError:  # stop.RunTimeout: said as it is
+            raise
         except Exception as e:
             first = first_line(e)
             raise DataError(f"{d / 'input_0.pb'}: the model cannot run on it: {first}") from None
@@ -194,7 +207,7 @@ def write_test_data(input_model: str, output_dir: str, config=None, data_dir: st
     inputs.say_inferred(inferred, m.path, log)
     x = inputs.test_inputs(cfg, test)[pick_indices(len(test.labels), count, cfg.quantization.calibration.seed)]
     with Outputs() as out:
-        n = write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest), m.path)
+        n = write_sets(m.raw, sig.input_name, sig.output_name, x, out.folder(dest, foreign_entries), m.path)
         out.commit()
     log(f"[test-data] wrote {n} test_data_set folders in {dest}")
     return dest

@@ -23,7 +23,7 @@ from quant import config as config_mod
 from quant import report
 from quant.config.criterion import Criterion
 from quant.data import calib, provenance
-from quant.errors import AccuracyError, UsageError
+from quant.errors import AccuracyError, UsageError, printable
 from quant.files import Outputs, check_distinct, check_writable_target, sha256_bytes
 from quant.graph import finalize, models, prepare
 from quant.graph import plan as plan_mod
@@ -272,10 +272,15 @@ def _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig,
 
 def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Outputs, staged: Outputs) -> dict | None:
     if not cfg.output.test_data_sets:
+        # an earlier run's test data beside the model it replaces would no longer match it (validate fails it): removed with the
+        # commit when it holds nothing but test_data_set_N folders, else left alone
+        td = Path(out.test_data)
+        if td.is_dir() and not td.is_symlink() and not testdata.foreign_entries(td):
+            staged.remove(td, testdata.foreign_entries)
         return None
     int8_sig = models.signature(finished, out.model, sig.input_name)
     picks = testdata.pick_indices(len(x_test), cfg.output.test_data_sets, cfg.quantization.calibration.seed)
-    n = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], staged.folder(out.test_data), out.model)
+    n = testdata.write_sets(int8_bytes, int8_sig.input_name, int8_sig.output_name, x_test[picks], staged.folder(out.test_data, testdata.foreign_entries), out.model)
     return {"folder": str(out.test_data), "sets": n, "test_images": [int(i) for i in picks]}
 
 
@@ -312,7 +317,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "finishing": finish_notes,
         "calibration": cs.summary(),
         "test_data": td,
-        "metadata": {p.key: p.value for p in finished.metadata_props},
+        "metadata": {printable(p.key, 200): printable(p.value, 1000) for p in finished.metadata_props},
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range, "kernel_aware": cfg.quantization.kernel_aware,
                          "inc_options_pinned": inc.pinned_options(inc_spec(cfg)), "inc_recipes": inc.recipes(inc_spec(cfg)),

@@ -32,7 +32,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quant import report
 from quant.config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag, criterion
-from quant.errors import AccuracyError
+from quant.data import provenance
+from quant.errors import AccuracyError, ModelError, printable
 from quant.files import check_distinct, check_writable_target
 from quant.graph import models
 from quant.runtime import evaluation
@@ -566,6 +567,9 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
+    own = provenance.documented(int8.proto, int8.path, int8.file_sha256)
+    if own is not None and own.problem:  # validate checks a model against what it documents: unusable documentation is its defect
+        raise ModelError(f"{int8.path}: {own.problem.removesuffix('; ignored')}")
     # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
     cfg, _, inferred = settle_model(cfg, base, others=(int8,))  # the fp32 baseline speaks for the input and outputs
     prov = preprocessing_for(cfg, config is None, [int8, base], log)
@@ -656,5 +660,5 @@ def render(doc: dict) -> str:
                    for s in td["details"]["sets"]]), ""]
     lines += [f"- input model: {doc['input_model']['bytes']:,} bytes, sha256 `{doc['input_model']['sha256'][:16]}…`, opset {doc['input_model']['opset']}",
               f"- baseline: {doc['baseline_model']['bytes']:,} bytes, sha256 `{doc['baseline_model']['sha256'][:16]}…`",
-              f"- command: `{doc['command']}`", ""]
+              f"- command: `{printable(doc['command'], None)}`", ""]
     return "\n".join(lines)

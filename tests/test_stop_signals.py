@@ -1,0 +1,156 @@
+"""Stop signals always stop, also while onnxruntime runs native code; every inference has a time bound;
+signals during start-up, repeated signals and signals after the commit end in one truthful line."""
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+from conftest import REPO, synth_config, write_config
+from helpers import mnist12_like, save
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+
+def loop_model(trips: int = 10**12) -> onnx.ModelProto:
+    """A valid MNIST-shaped classifier whose Loop of ``trips`` iterations never finishes in practice."""
+    body = h.make_graph([h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_in"], ["v_out"])], "body",
+                        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c_in", T.BOOL, []),
+                         h.make_tensor_value_info("v_in", T.FLOAT, None)],
+                        [h.make_tensor_value_info("c_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, None)])
+    w = nh.from_array(np.random.default_rng(0).standard_normal((784, 10)).astype(np.float32), "W")
+    inits = [w, nh.from_array(np.array(trips, dtype=np.int64), "M"), nh.from_array(np.array(True), "C"),
+             nh.from_array(np.array([-1, 784], dtype=np.int64), "S")]
+    g = h.make_graph([h.make_node("Loop", ["M", "C", "X"], ["Y"], body=body), h.make_node("Reshape", ["Y", "S"], ["F"]),
+                      h.make_node("MatMul", ["F", "W"], ["out"])], "g",
+                     [h.make_tensor_value_info("X", T.FLOAT, ["N", 1, 28, 28])], [h.make_tensor_value_info("out", T.FLOAT, ["N", 10])],
+                     inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def _start(args, cwd, **kw):
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+
+
+def _benchmark_loop(tmp_path, synth_dir, extra=()):
+    m = save(loop_model(), tmp_path / "loop.onnx")
+    return ["-m", "quant", "benchmark", f"--input_model={m}", "--mode=accuracy", f"--config={synth_config(tmp_path)}",
+            f"--data_dir={synth_dir}", f"--report={tmp_path / 'out' / 'b.json'}", *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_ends_a_model_that_never_finishes_within_two_seconds(sig, tmp_path, synth_dir):
+    """A Loop of 10^12 trips: Ctrl-C and SIGTERM were ignored for as long as onnxruntime ran (only SIGKILL ended it)."""
+    (tmp_path / "out").mkdir()
+    p = _start(_benchmark_loop(tmp_path, synth_dir), tmp_path)
+    time.sleep(4)  # loaded, checked and inside session.run by now (the Loop never returns)
+    assert p.poll() is None
+    t0 = time.monotonic()
+    os.killpg(p.pid, sig)
+    out, err = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert p.returncode == 128 + sig and took < 3, (p.returncode, took, err)
+    said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
+    assert err.strip().splitlines()[-1] == said and "Traceback" not in err, err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", ["tune", "benchmark", "validate"])
+def test_an_inference_that_outlasts_evaluation_timeout_seconds_ends_in_exit_4(cmd, tmp_path, synth_dir):
+    m = save(loop_model(), tmp_path / "loop.onnx")
+    good = save(mnist12_like(), tmp_path / "good.onnx")
+    cfg = synth_config(tmp_path, {"evaluation": {"timeout_seconds": 1}})
+    common = [f"--config={cfg}", f"--data_dir={synth_dir}"]
+    args = {"tune": ["tune", f"--input_model={m}", f"--output_model={tmp_path / 'q.onnx'}"],
+            "benchmark": ["benchmark", f"--input_model={m}", "--mode=accuracy", f"--report={tmp_path / 'b.json'}"],
+            "validate": ["validate", f"--input_model={m}", f"--baseline_model={good}", f"--report={tmp_path / 'v.json'}"]}[cmd]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "quant", *args, *common], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {m}: one inference ran longer than evaluation.timeout_seconds (1 s)") and "Traceback" not in r.stderr
+    assert time.monotonic() - t0 < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "loop.onnx", "mnist", "synth.yaml"]
+
+
+def test_the_inference_time_bound_is_a_checked_config_key(tmp_path):
+    from conftest import run_cli
+
+    for bad in (0, -1, ".nan"):
+        cfg = write_config(tmp_path / "c.yaml", {"evaluation": {"timeout_seconds": bad}})
+        r = run_cli("benchmark", f"--input_model={save(mnist12_like(), tmp_path / 'm.onnx')}", f"--config={cfg}")
+        assert r.returncode == 2 and "evaluation.timeout_seconds" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_signals_during_start_up_and_repeated_signals_never_print_a_traceback(sig, tmp_path, synth_dir):
+    (tmp_path / "out").mkdir()
+    args = _benchmark_loop(tmp_path, synth_dir)
+    for delay in (0.15, 0.3, 0.5, 0.8, 1.2, 2.0, 3.5):
+        p = _start(args, tmp_path)
+        time.sleep(delay)
+        os.killpg(p.pid, sig)
+        time.sleep(0.02)
+        try:
+            os.killpg(p.pid, sig)  # a second one while the first is being handled
+        except ProcessLookupError:
+            pass
+        out, err = p.communicate(timeout=30)
+        assert p.returncode in (128 + sig, -sig), (delay, p.returncode, err)  # -sig: before Python set up its handlers
+        assert "Traceback" not in err and "Error" not in err, (delay, err)
+        assert p.returncode < 0 or err.strip().splitlines()[-1].startswith("interrupted"), (delay, err)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+_BLOCKED_STDOUT = """
+import sys, time
+from quant import cli
+class Blocked:
+    def write(self, s):
+        print("[test] printing after the commit", file=sys.stderr, flush=True)
+        time.sleep(60)
+    def flush(self):
+        pass
+sys.stdout = Blocked()
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_after_the_commit_says_the_outputs_were_written(tmp_path, synth_dir):
+    """Said "no output written" although the outputs had been replaced (stdout blocked by a paused terminal)."""
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+    dest = tmp_path / "sets"
+    p = _start(["-c", _BLOCKED_STDOUT, "write-test-data", f"--input_model={m}", f"--config={synth_config(tmp_path)}",
+                f"--data_dir={synth_dir}", f"--output_dir={dest}"], REPO)
+    for line in p.stderr:
+        if "[test] printing after the commit" in line:
+            os.killpg(p.pid, signal.SIGTERM)
+            break
+    err = p.communicate(timeout=30)[1]
+    assert p.returncode == 143 and err.strip().splitlines()[-1] == "interrupted by SIGTERM after the outputs were written", err
+    assert sorted(x.name for x in dest.iterdir()) == ["test_data_set_0", "test_data_set_1", "test_data_set_2"]
+
+
+def test_threads_the_address_space_cannot_hold_are_refused_not_a_deadlock(tmp_path, synth_dir):
+    """--threads=256 under a 4 GB address-space limit hung with 340 threads and ignored SIGTERM."""
+    m = save(mnist12_like(), tmp_path / "m.onnx")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "quant", "benchmark", f"--input_model={m}", f"--config={synth_config(tmp_path)}",
+                        f"--data_dir={synth_dir}", "--threads=256", "--iterations=2", "--warmup=0", f"--report={tmp_path / 'b.json'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --threads 256: the address-space limit (ulimit -v") and "use fewer threads" in last, r.stderr
+    assert not (tmp_path / "b.json").exists()
