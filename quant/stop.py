@@ -111,6 +111,12 @@ def stop_signal() -> int | None:
     return _state.signum
 
 
+def run_options():
+    """The RunOptions every run shares (the watcher sets ``terminate`` on a stop signal)."""
+    with _state.lock:
+        return _state.options or _options()
+
+
 def _options():
     """The shared RunOptions (under the lock), made on first use in the main thread: the watcher never imports
     onnxruntime (a signal during start-up would import it beside the main thread's interrupted import)."""

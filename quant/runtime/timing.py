@@ -9,6 +9,8 @@ side by side on a shared machine do not fight over cores).
 
 from __future__ import annotations
 
+import functools
+
 import os
 import sys
 import time
@@ -84,12 +86,15 @@ def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progres
     elif progress:  # progress lines for logs (CI): every quarter
         marks = {iterations * q // 4 for q in (1, 2, 3)} - {0}
     clock = time.perf_counter_ns
+    # onnxruntime's own InferenceSession.run, as a user's program calls it (not the stoppable wrapper of
+    # quant.stop.session, which adds about 1 us per call); the shared RunOptions still let a stop signal end it
+    options = stop.run_options()
     for i in it:
         for t in targets:
-            run, fd, calls = t.sess.run, t.feed, t.calls
+            run, fd, calls = functools.partial(ort.InferenceSession.run, t.sess), t.feed, t.calls
             t0 = clock()
             for _ in range(calls):
-                run(None, fd)
+                run(None, fd, options)
             times[t.name][i] = clock() - t0
         if i in marks:
             print(f"[benchmark] timing: {i}/{iterations} rounds", file=sys.stderr, flush=True)
