@@ -302,7 +302,7 @@ def cmd_tune(args) -> int:
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
-    say(f"PASSED: int8 top-1 {100 * doc['int8']['accuracy']:.2f} % vs fp32 {100 * doc['fp32']['accuracy']:.2f} % "
+    say(f"tune PASSED: int8 top-1 {100 * doc['int8']['accuracy']:.2f} % vs fp32 {100 * doc['fp32']['accuracy']:.2f} % "
         f"(criterion {doc['criterion']['kind']} {doc['criterion']['tolerance']:g}); wrote {args.output_model}")
     return 0
 

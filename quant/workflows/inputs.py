@@ -85,9 +85,10 @@ def settle_model(cfg, lm, others: tuple = ()):
         if models.layout_of(osig) != layout:
             raise UsageError(f"{other.path} input {osig.input_name!r} has shape {list(osig.input_shape)} ({models.layout_of(osig)}) "
                               f"but {lm.path} takes {layout}; one run feeds every model the same images")
-    if inferred:
-        cfg = config_mod.replace(cfg, {s: {k: v for k, v in vs.items() if getattr(getattr(cfg, s), k) is None} for s, vs in facts.items()},
-                                 noted=False)
+    # the input name stays per model (a run's other models, an int8 model and its baseline, may name theirs otherwise)
+    fill = {s: {k: v for k, v in vs.items() if getattr(getattr(cfg, s), k) is None and k != "input_name"} for s, vs in facts.items()}
+    if any(fill.values()):
+        cfg = config_mod.replace(cfg, fill, noted=False)
     return cfg, sig, inferred
 
 
