@@ -114,3 +114,18 @@ def test_a_line_break_in_a_model_path_stays_inside_its_markdown_table_cell(tmp_p
     md = (tmp_path / "b.md").read_text()
     assert "m\\nPASS.onnx" in md and not any(line.startswith("PASS") for line in md.splitlines()), md[:2000]
     _no_forged_lines(r.stderr)
+
+
+def test_a_line_break_in_a_path_never_starts_a_markdown_line_in_any_report(tmp_path, synth_dir):
+    d = tmp_path / "a\nPASS"
+    d.mkdir()
+    m = save(mnist12_like(), d / "m.onnx")
+    cfg = synth_config(tmp_path, {"tuning": {"accuracy_criterion": {"absolute": 0.9}, "max_trials": 2}})
+    common = [f"--config={cfg}", f"--data_dir={synth_dir}"]
+    r = run_cli("tune", f"--input_model={m}", f"--output_model={d / 'q.onnx'}", "--no_plots", *common, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r2 = run_cli("validate", f"--input_model={d / 'q.onnx'}", f"--baseline_model={m}", f"--report={d / 'v.json'}", "--samples=5",
+                 *common, timeout=300)
+    assert r2.returncode in (0, 3), r2.stderr[-2000:]
+    for text in (r.stdout, (d / "q.report.md").read_text(), (d / "v.md").read_text(), r2.stdout):
+        assert "a\\nPASS" in text and not any(line.startswith("PASS") for line in text.splitlines()), text[:3000]

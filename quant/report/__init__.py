@@ -103,6 +103,35 @@ def write(json_path: Path, doc: dict, md_path: Path, markdown: str, staged: Outp
             own.commit()
 
 
+def escaped(doc):
+    """A copy of a report document with every string (keys too) passed through :func:`errors.printable`, for
+    rendering: no value (a path, a model's text) can start a new Markdown line. Objects shared inside the
+    document stay shared in the copy (renderers compare entries by identity)."""
+    memo: dict[int, object] = {}
+
+    def walk(v):
+        if isinstance(v, str):
+            return printable(v, None)
+        if not isinstance(v, (dict, list, tuple)):
+            return v
+        if id(v) in memo:
+            return memo[id(v)]
+        if isinstance(v, dict):
+            out: dict = {}
+            memo[id(v)] = out
+            out.update((walk(k), walk(x)) for k, x in v.items())
+        elif isinstance(v, list):
+            out = []
+            memo[id(v)] = out
+            out.extend(walk(x) for x in v)
+        else:
+            out = tuple(walk(x) for x in v)
+            memo[id(v)] = out
+        return out
+
+    return walk(doc)
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
@@ -130,6 +159,7 @@ def provenance_lines(doc: dict) -> list[str]:
 
 
 def render_tune(doc: dict) -> str:
+    doc = escaped(doc)
     f, q = doc["fp32"], doc["int8"]
     crit = doc["criterion"]
     cal = doc["calibration"]

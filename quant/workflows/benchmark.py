@@ -341,6 +341,7 @@ def _spread_row(cols: list[dict], blocks: list[list[float] | None], bs: int) -> 
 
 
 def render(doc: dict) -> str:
+    doc = report.escaped(doc)
     cols = ([doc["baseline"]] if doc.get("baseline") else []) + doc["models"]
     head = ["", *[f"`{e['path']}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
     rows = [["file bytes", *[f"{e['bytes']:,}" for e in cols]],

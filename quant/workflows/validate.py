@@ -639,6 +639,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
 
 
 def render(doc: dict) -> str:
+    doc = report.escaped(doc)
     mark = {"pass": "PASS", "fail": "**FAIL**", "warn": "**warn**", "skip": "skip", "info": "info"}
     lines = [f"# Validation report: `{doc['input_model']['path']}`", "",
              f"**{'PASSED' if doc['passed'] else 'FAILED'}** against baseline `{doc['baseline_model']['path']}` "
