@@ -10,7 +10,6 @@ side by side on a shared machine do not fight over cores).
 from __future__ import annotations
 
 import functools
-
 import os
 import sys
 import time

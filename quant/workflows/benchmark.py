@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -98,11 +99,64 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     Raises AccuracyError (exit 3, the report in ``details``) when a model fails the gate,
     UsageError/ConfigError (exit 2) for bad arguments, InputError/ModelError (exit 4) for bad models.
     """
+    _check_arguments(mode, input_models, baseline_model, max_accuracy_drop, (batch_size, *extra_batch_sizes), iterations, warmup, threads)
+    input_models = [input_models] if isinstance(input_models, (str, os.PathLike)) else list(input_models)
+    cfg = inputs.load_config(config)
+    t = _timing_settings(cfg, batch_size, tuple(extra_batch_sizes), iterations, warmup, threads)
+    log = log or LOG.info
+    out = _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, reports, plots, mode)
+    run, prov, inferred = _load(cfg, config is None, input_models, baseline_model, data_dir, dynamic_batch, t.threads, log)
+    if mode in ("accuracy", "all"):
+        _measure_accuracy(run)
+    timing_doc, samples = _measure_latency(run, t, profile, progress) if mode in ("performance", "all") else (None, {})
+    doc = {**report.envelope("benchmark", {"path": run.cfg.source, "sha256": run.cfg.sha256}, run.cfg.preprocessing_dict(), prov,
+                             inferred, command), "mode": mode}
+    _compare(doc, run.entries, samples, t.batch_size, timing_doc)
+    if mode in ("accuracy", "all") and doc["baseline"] is not None:  # every model under test is gated against the baseline
+        _gate(doc, run.cfg, max_accuracy_drop)
+    doc["reports"] = {"json": str(out.json), "markdown": str(out.md)} if out.json else None
+    doc["markdown"] = _write(doc, out, samples, run.entries, mode, plots, log)
+    if doc.get("gate") and not doc["gate"]["passed"]:
+        raise AccuracyError(doc["gate"]["verdict"], doc)
+    return doc
 
+
+@dataclass(frozen=True)
+class _Timing:
+    batch_size: int
+    extra_batch_sizes: tuple[int, ...]
+    iterations: int
+    warmup: int
+    threads: int
+
+
+@dataclass
+class _Outputs:
+    json: Path | None
+    md: Path | None
+    plots: list  # (what, path) of the figures
+    reads: list  # (what, path) of everything the run reads
+
+
+@dataclass
+class _Run:
+    """The loaded models and what every measurement step shares; keys: "baseline", "model", "model1", ..."""
+
+    cfg: object
+    loaded: dict
+    sigs: dict
+    run_bytes: dict  # what runs: the file, or its dynamic-batch rewrite
+    sessions: dict
+    entries: dict  # key -> the report's entry for that model
+    x: np.ndarray
+    labels: np.ndarray
+    log: Callable[[str], None]
+
+
+def _check_arguments(mode, input_models, baseline_model, max_accuracy_drop, batch_sizes, iterations, warmup, threads) -> None:
+    """Each argument's own range, before anything is read (the config's values are checked by its loader)."""
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
-    if isinstance(input_models, (str, os.PathLike)):  # one model given as a path, not a list
-        input_models = [input_models]
     if not input_models:
         raise UsageError("--input_model: at least one model is required")
     if max_accuracy_drop is not None:  # a drop, like the config's criterion: [0, 1)
@@ -112,158 +166,189 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
     if max_accuracy_drop is not None and mode == "performance":  # a budget nobody checks would be a silent pass
         raise UsageError("--max_accuracy_drop needs accuracy: --mode=performance measures size and latency only; "
                          "use --mode=all (the default) or --mode=accuracy")
-    for key, v in (("batch_size", batch_size), *(("batch_size", x) for x in extra_batch_sizes), ("iterations", iterations),
-                   ("warmup", warmup), ("threads", threads)):
-        if v is not None:  # the flag (or argument) gets the config key's range; the config's own values are checked already
+    for key, v in (*(("batch_size", x) for x in batch_sizes), ("iterations", iterations), ("warmup", warmup), ("threads", threads)):
+        if v is not None:  # the flag (or argument) gets the config key's range
             check_value(f"benchmark.{key}", v, f"--{key}")
-    cfg = inputs.load_config(config)
+
+
+def _timing_settings(cfg, batch_size, extra_batch_sizes, iterations, warmup, threads) -> _Timing:
+    """The arguments, else the config's ``benchmark`` section; their product bounded."""
     b = cfg.benchmark
     pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (warmup 0 is not "unset")
-    batch_size, iterations, warmup, threads = (pick(batch_size, b.batch_size), pick(iterations, b.iterations),
-                                               pick(warmup, b.warmup), pick(threads, b.threads))
-    sizes = [batch_size, *extra_batch_sizes]
+    t = _Timing(pick(batch_size, b.batch_size), extra_batch_sizes, pick(iterations, b.iterations), pick(warmup, b.warmup),
+                pick(threads, b.threads))
+    sizes = [t.batch_size, *t.extra_batch_sizes]
     if len(set(sizes)) != len(sizes):
         raise UsageError(f"--batch_size {','.join(map(str, sizes))}: give each batch size once")
-    if (warmup + iterations) * sum(sizes) > MAX_TIMED_IMAGES:  # each value is in range; their product must be too
-        raise UsageError(f"--iterations {iterations} and --warmup {warmup} at --batch_size {','.join(map(str, sizes))}: "
-                         f"{(warmup + iterations) * sum(sizes):,} images per model, over the {MAX_TIMED_IMAGES:,} limit")
-    first = input_models[0]
-    log = log or LOG.info
+    if (t.warmup + t.iterations) * sum(sizes) > MAX_TIMED_IMAGES:  # each value is in range; their product must be too
+        raise UsageError(f"--iterations {t.iterations} and --warmup {t.warmup} at --batch_size {','.join(map(str, sizes))}: "
+                         f"{(t.warmup + t.iterations) * sum(sizes):,} images per model, over the {MAX_TIMED_IMAGES:,} limit")
+    return t
+
+
+def _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, reports, plots, mode) -> _Outputs:
+    """Where the reports and figures go (only when asked), checked against everything the run reads."""
     json_path = md_path = None
     plot_paths: list = []
     if report.wanted(reports, report_path, cfg):
-        json_path, md_path = report.default_report_paths(first, report_path or cfg.output.report, kind="benchmark", folder=".")
+        json_path, md_path = report.default_report_paths(input_models[0], report_path or cfg.output.report, kind="benchmark", folder=".")
         for p in (json_path, md_path):
             check_writable_target(p, "--report")
         plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path, mode)] if plots else []
     reads = [("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
                                                           *inputs.data_files(cfg, data_dir)]
     check_distinct(reads=reads, writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+    return _Outputs(json_path, md_path, plot_paths, reads)
 
-    # --- load and check every model before measuring anything
+
+def _load(cfg, adopt_documented: bool, input_models, baseline_model, data_dir, dynamic_batch: bool, threads: int, log):
+    """Load and check every model before measuring anything; the first model under test speaks for the run's
+    input (layout, name) and every model must take the same. Returns ``(run, provenance, inferred)``."""
     names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
-    loaded, sigs = {}, {}
-    for key, path in names:
-        loaded[key] = models.load(path, "baseline model" if key == "baseline" else "input model")
-    # the first model under test speaks for the run's input (layout, name); every model must take the same
+    loaded = {key: models.load(path, "baseline model" if key == "baseline" else "input model") for key, path in names}
     cfg, _, inferred = inputs.settle_model(cfg, loaded["model"], others=tuple(lm for k, lm in loaded.items() if k != "model"))
     # without --config, the preprocessing the models document (metadata, zoo README); warnings either way
-    prov = inputs.preprocessing_for(cfg, config is None, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
-    for key, lm in loaded.items():
-        sigs[key] = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
+    prov = inputs.preprocessing_for(cfg, adopt_documented, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
+    sigs = {key: models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout) for key, lm in loaded.items()}
     splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
     inputs.say_inferred(inferred, loaded["model"].path, log)
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
     entries = {k: _model_entry(lm) for k, lm in loaded.items()}
     run_bytes = {k: lm.raw for k, lm in loaded.items()}
-    if dynamic_batch:  # serve fixed-batch models (the zoo's) at any batch: rewrite in memory, verify, say so
-        from quant.graph import prepare
-
-        for k, lm in loaded.items():
-            m, note = prepare.make_batch_dynamic(lm.proto, sigs[k], lm.path)
-            if note:
-                run_bytes[k] = models.serialize(m)
-                evaluation.check_same_outputs(lm.raw, run_bytes[k], x_test[:128], sigs[k].input_name, 64, lm.path,
-                                           hint="run it without --dynamic_batch")
-                sigs[k] = models.signature(m, lm.path, sigs[k].input_name)
-                entries[k]["rewritten"] = note + "; outputs checked identical image by image on 128 test images"
-                log(f"[benchmark] {lm.path}: {note}")
+    if dynamic_batch:
+        _rewrite_fixed_batches(loaded, sigs, run_bytes, entries, x_test, log)
     sessions = {k: evaluation.make_session(run_bytes[k], threads, name=lm.path) for k, lm in loaded.items()}
+    return _Run(cfg, loaded, sigs, run_bytes, sessions, entries, x_test, labels, log), prov, inferred
 
-    # --- accuracy
-    if mode in ("accuracy", "all"):
-        outs = {}
-        for k in loaded:
-            t0 = time.perf_counter()
-            bs = evaluation.effective_batch(sigs[k].fixed_batch, cfg.evaluation.batch_size)
-            outs[k] = evaluation.predict(sessions[k], x_test, sigs[k].input_name, bs, loaded[k].path)
-            log(f"[benchmark] accuracy {loaded[k].path}: {100 * evaluation.accuracy(outs[k], labels):.2f} % ({time.perf_counter() - t0:.1f} s)")
-        if "baseline" in outs:
-            evaluation.require_above_chance(evaluation.accuracy(outs["baseline"], labels), loaded["baseline"].path,
-                                            cfg.preprocessing_dict(), cfg.dataset.verify_md5)
-        for k in loaded:
-            entries[k]["accuracy_stats"] = accuracy_stats(outs[k], labels, outs.get("baseline") if k != "baseline" else None)
-            entries[k]["accuracy"] = entries[k]["accuracy_stats"]["top1"]
 
-    # --- latency / throughput
-    timing_doc = None
-    samples: dict[str, dict[str, np.ndarray]] = {}  # batch size -> model key -> per-run ns (for the latency plot)
+def _rewrite_fixed_batches(loaded, sigs, run_bytes, entries, x_test, log) -> None:
+    """Serve fixed-batch models (the zoo's) at any batch: rewrite in memory, verify, say so."""
+    from quant.graph import prepare
+
+    for k, lm in loaded.items():
+        m, note = prepare.make_batch_dynamic(lm.proto, sigs[k], lm.path)
+        if note:
+            run_bytes[k] = models.serialize(m)
+            evaluation.check_same_outputs(lm.raw, run_bytes[k], x_test[:128], sigs[k].input_name, 64, lm.path,
+                                          hint="run it without --dynamic_batch")
+            sigs[k] = models.signature(m, lm.path, sigs[k].input_name)
+            entries[k]["rewritten"] = note + "; outputs checked identical image by image on 128 test images"
+            log(f"[benchmark] {lm.path}: {note}")
+
+
+def _measure_accuracy(run: _Run) -> None:
+    """Top-1 of every model on the test images, the baseline first; each entry gets its accuracy statistics."""
+    outs = {}
+    for k, lm in run.loaded.items():
+        t0 = time.perf_counter()
+        bs = evaluation.effective_batch(run.sigs[k].fixed_batch, run.cfg.evaluation.batch_size)
+        outs[k] = evaluation.predict(run.sessions[k], run.x, run.sigs[k].input_name, bs, lm.path)
+        run.log(f"[benchmark] accuracy {lm.path}: {100 * evaluation.accuracy(outs[k], run.labels):.2f} % ({time.perf_counter() - t0:.1f} s)")
+    if "baseline" in outs:
+        evaluation.require_above_chance(evaluation.accuracy(outs["baseline"], run.labels), run.loaded["baseline"].path,
+                                        run.cfg.preprocessing_dict(), run.cfg.dataset.verify_md5)
+    for k in run.loaded:
+        run.entries[k]["accuracy_stats"] = accuracy_stats(outs[k], run.labels, outs.get("baseline") if k != "baseline" else None)
+        run.entries[k]["accuracy"] = run.entries[k]["accuracy_stats"]["top1"]
+
+
+def _targets(run: _Run, bs: int) -> list:
+    """What one timed round runs at batch size ``bs``: each model, image by image when its batch is fixed."""
+    targets = []
+    for k, lm in run.loaded.items():
+        per_call = evaluation.effective_batch(run.sigs[k].fixed_batch, bs)
+        if bs % per_call:
+            raise UsageError(f"--batch_size {bs}: {lm.path} has a fixed batch of {per_call}; use a multiple of it or --dynamic_batch")
+        xb = run.x[:per_call] if per_call <= len(run.x) else np.resize(run.x, (per_call, *run.x.shape[1:]))
+        targets.append(timing.Timed(k, run.sessions[k], timing.feed(run.sigs[k].input_name, xb), per_call, bs // per_call))
+    return targets
+
+
+def _measure_latency(run: _Run, t: _Timing, profile: bool, progress: bool) -> tuple[dict, dict]:
+    """Every batch size in turn, the models interleaved; returns the report's ``timing`` section and the per-run
+    samples (batch size -> model key -> ns) for the ratios and the latency figure."""
+    samples: dict[str, dict[str, np.ndarray]] = {}
     profile_rounds: dict[str, int] = {}  # batch size -> profiled rounds
-    peak_n = min(PEAK_SAMPLES, iterations)  # GEMM peak samples per batch size, spread evenly over the timed rounds
-    if mode in ("performance", "all"):
-        peak = timing.GemmPeak(threads=threads)
-        for pos, bs in enumerate([batch_size, *extra_batch_sizes]):
-            targets = []
-            for k in loaded:
-                per_call = evaluation.effective_batch(sigs[k].fixed_batch, bs)
-                if bs % per_call:
-                    raise UsageError(f"--batch_size {bs}: {loaded[k].path} has a fixed batch of {per_call}; use a multiple of it "
-                                     "or --dynamic_batch")
-                xb = x_test[:per_call] if per_call <= len(x_test) else np.resize(x_test, (per_call, *x_test.shape[1:]))
-                targets.append(timing.Timed(k, sessions[k], timing.feed(sigs[k].input_name, xb), per_call, bs // per_call))
-            with (timing.OpProfiler({t.name: (run_bytes[t.name], sigs[t.name].input_name, t.feed[sigs[t.name].input_name], t.calls)
-                                     for t in targets}, threads) if profile else contextlib.nullcontext()) as prof:
-                # profiled rounds, spread evenly over the timed rounds: no more than onnxruntime's profiler holds
-                profile_n = min(PROFILE_RUNS, iterations, prof.capacity) if profile else 0
-                log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {iterations} iterations after {warmup} warm-up, "
-                    f"{threads} thread(s)" + (f"; {profile_n} profiled rounds spread over them" if profile else ""))
-                if profile and profile_n < min(PROFILE_RUNS, iterations):
-                    log(f"[benchmark] {'warning: no profile at ' if not profile_n else ''}batch {bs}: {profile_n} profiled rounds, "
-                        f"not {min(PROFILE_RUNS, iterations)}: onnxruntime's profiler holds {timing.OpProfiler.MAX_EVENTS:,} events "
-                        "per session")
-                profiling = profile_n > 0
-                if profiling:
-                    prof.warmup()
-
-                def between(i: int) -> bool:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
-                    ran = False
-                    if profiling and _spread(i, profile_n, iterations):
-                        prof.round()
-                        ran = True
-                    if _spread(i, peak_n, iterations):
-                        peak.sample()
-                        ran = True
-                    return ran  # time_interleaved then re-warms every model, untimed, before the next timed round
-                times = timing.time_interleaved(targets, iterations, warmup, progress=progress, between=between)
-                if profile:
-                    profile_rounds[str(bs)] = prof.rounds  # 0: no profile at this batch size, which the report says
-                if profiling:
-                    for k, rows in prof.results().items():
-                        entries[k].setdefault("profile", {})[str(bs)] = rows
-                        entries[k].setdefault("profile_rounds", {})[str(bs)] = prof.recorded[k]
-                        if prof.recorded[k] < prof.rounds:
-                            log(f"[benchmark] warning: {loaded[k].path}, batch {bs}: onnxruntime's profiler stopped recording at "
-                                f"{timing.OpProfiler.MAX_EVENTS:,} events; its profile holds the first {prof.recorded[k]} of "
-                                f"{prof.rounds} rounds (the start of the run)")
-            samples[str(bs)] = times
-            for k, t in zip(loaded, targets):
-                st = timing.latency_stats(times[k])
-                m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": t.per_call_images < bs}
-                if entries[k].get("macs_per_image"):  # achieved multiply-add rate at the median latency
-                    m["gmacs"] = entries[k]["macs_per_image"] * bs / (st["p50"] / 1e3) / 1e9
-                entries[k].setdefault("by_batch", {})[str(bs)] = m
-                if pos == 0:
-                    entries[k].update(m)
-        if profile_rounds:
-            log(f"[benchmark] onnxruntime per-op profile taken ({', '.join(f'batch {b}: {n}' for b, n in profile_rounds.items())} "
+    peak = timing.GemmPeak(threads=t.threads)
+    for pos, bs in enumerate([t.batch_size, *t.extra_batch_sizes]):
+        targets = _targets(run, bs)
+        samples[str(bs)] = _time_one_batch_size(run, t, bs, targets, peak, profile, progress, profile_rounds)
+        for k, target in zip(run.loaded, targets):
+            st = timing.latency_stats(samples[str(bs)][k])
+            m = {"latency_ms": st, "throughput_per_s": bs / (st["mean"] / 1e3), "image_by_image": target.per_call_images < bs}
+            if run.entries[k].get("macs_per_image"):  # achieved multiply-add rate at the median latency
+                m["gmacs"] = run.entries[k]["macs_per_image"] * bs / (st["p50"] / 1e3) / 1e9
+            run.entries[k].setdefault("by_batch", {})[str(bs)] = m
+            if pos == 0:
+                run.entries[k].update(m)
+    if profile_rounds:
+        run.log(f"[benchmark] onnxruntime per-op profile taken ({', '.join(f'batch {b}: {n}' for b, n in profile_rounds.items())} "
                 f"rounds, between the timed rounds, models round-robin)")
-        timing_doc = {"batch_size": batch_size, "extra_batch_sizes": list(extra_batch_sizes), "iterations": iterations, "warmup": warmup,
-                  "threads": threads, "order": "interleaved round-robin: " + ", ".join(k for k in loaded),
+    timing_doc = {"batch_size": t.batch_size, "extra_batch_sizes": list(t.extra_batch_sizes), "iterations": t.iterations,
+                  "warmup": t.warmup, "threads": t.threads, "order": "interleaved round-robin: " + ", ".join(k for k in run.loaded),
                   "method": timing.METHOD + "; a model with a fixed batch smaller than batch_size is run image by image inside the timed unit",
-                  "session_options": {"intra_op_num_threads": threads, "other_options": "onnxruntime defaults",
+                  "session_options": {"intra_op_num_threads": t.threads, "other_options": "onnxruntime defaults",
                                       "providers": ["CPUExecutionProvider"]},
                   "gemm_peak": peak.result()}
-        if profile:
-            timing_doc["profile"] = {"rounds": profile_rounds,
-                                     "when": "after a warm-up round, profiled rounds (every model, round-robin) spread evenly "
-                                             "between the timed rounds, outside the clock, no more than onnxruntime's profiler "
-                                             "holds; each model's recorded rounds: profile_rounds"}
-        pk = timing_doc["gemm_peak"]
-        log(f"[benchmark] single-thread GEMM peak here (best of {pk['samples']} samples taken between the timed rounds): fp32 {pk['fp32_gmacs']:.1f}, "
-            f"u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, {pk['u8s8_gmacs_median']:.1f})")
+    if profile:
+        timing_doc["profile"] = {"rounds": profile_rounds,
+                                 "when": "after a warm-up round, profiled rounds (every model, round-robin) spread evenly "
+                                         "between the timed rounds, outside the clock, no more than onnxruntime's profiler "
+                                         "holds; each model's recorded rounds: profile_rounds"}
+    pk = timing_doc["gemm_peak"]
+    run.log(f"[benchmark] single-thread GEMM peak here (best of {pk['samples']} samples taken between the timed rounds): "
+            f"fp32 {pk['fp32_gmacs']:.1f}, u8s8 {pk['u8s8_gmacs']:.1f} GMAC/s (medians {pk['fp32_gmacs_median']:.1f}, "
+            f"{pk['u8s8_gmacs_median']:.1f})")
+    return timing_doc, samples
 
-    # --- ratios and gate
-    doc: dict = {**report.envelope("benchmark", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), prov, inferred, command), "mode": mode}
+
+def _time_one_batch_size(run: _Run, t: _Timing, bs: int, targets: list, peak, profile: bool, progress: bool,
+                         profile_rounds: dict) -> dict:
+    """The timed rounds at one batch size, with the profiled rounds and GEMM samples spread evenly between them."""
+    peak_n = min(PEAK_SAMPLES, t.iterations)
+    feeds = {x.name: (run.run_bytes[x.name], run.sigs[x.name].input_name, x.feed[run.sigs[x.name].input_name], x.calls) for x in targets}
+    with (timing.OpProfiler(feeds, t.threads) if profile else contextlib.nullcontext()) as prof:
+        # profiled rounds, spread evenly over the timed rounds: no more than onnxruntime's profiler holds
+        profile_n = min(PROFILE_RUNS, t.iterations, prof.capacity) if profile else 0
+        run.log(f"[benchmark] timing {len(targets)} model(s) interleaved: batch {bs}, {t.iterations} iterations after {t.warmup} "
+                f"warm-up, {t.threads} thread(s)" + (f"; {profile_n} profiled rounds spread over them" if profile else ""))
+        if profile and profile_n < min(PROFILE_RUNS, t.iterations):
+            run.log(f"[benchmark] {'warning: no profile at ' if not profile_n else ''}batch {bs}: {profile_n} profiled rounds, "
+                    f"not {min(PROFILE_RUNS, t.iterations)}: onnxruntime's profiler holds {timing.OpProfiler.MAX_EVENTS:,} events "
+                    "per session")
+        profiling = profile_n > 0
+        if profiling:
+            prof.warmup()
+
+        def between(i: int) -> bool:  # after timed round i: profiled rounds and GEMM samples spread evenly over the run
+            ran = False
+            if profiling and _spread(i, profile_n, t.iterations):
+                prof.round()
+                ran = True
+            if _spread(i, peak_n, t.iterations):
+                peak.sample()
+                ran = True
+            return ran  # time_interleaved then re-warms every model, untimed, before the next timed round
+        times = timing.time_interleaved(targets, t.iterations, t.warmup, progress=progress, between=between)
+        if profile:
+            profile_rounds[str(bs)] = prof.rounds  # 0: no profile at this batch size, which the report says
+        if profiling:
+            _keep_profile(run, bs, prof)
+    return times
+
+
+def _keep_profile(run: _Run, bs: int, prof) -> None:
+    for k, rows in prof.results().items():
+        run.entries[k].setdefault("profile", {})[str(bs)] = rows
+        run.entries[k].setdefault("profile_rounds", {})[str(bs)] = prof.recorded[k]
+        if prof.recorded[k] < prof.rounds:
+            run.log(f"[benchmark] warning: {run.loaded[k].path}, batch {bs}: onnxruntime's profiler stopped recording at "
+                    f"{timing.OpProfiler.MAX_EVENTS:,} events; its profile holds the first {prof.recorded[k]} of "
+                    f"{prof.rounds} rounds (the start of the run)")
+
+
+def _compare(doc: dict, entries: dict, samples: dict, batch_size: int, timing_doc: dict | None) -> None:
+    """Each model against the baseline (sizes, accuracy drop, latency and throughput ratios); the report's model lists."""
     base = entries.get("baseline")
     for k, e in entries.items():
         if k == "baseline" or base is None:
@@ -287,31 +372,35 @@ def benchmark_models(input_models: list[str], baseline_model: str | None = None,
             doc[key] = entries["model"][key]
     if timing_doc:
         doc["timing"] = timing_doc
-    if mode in ("accuracy", "all") and base is not None:  # every model under test is gated against the baseline
-        source = ("--max_accuracy_drop" if max_accuracy_drop is not None
-                  else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})")
-        budget = criterion.budget(cfg.criterion, base["accuracy"], max_accuracy_drop)
-        for e in doc["models"]:
-            e["gate"] = {**criterion.gate(base["accuracy"], e["accuracy"], budget), "budget_source": source}
-        doc["gate"] = gate_summary(doc["models"], budget, source)
-    doc["reports"] = {"json": str(json_path), "markdown": str(md_path)} if json_path else None
+
+
+def _gate(doc: dict, cfg, max_accuracy_drop: float | None) -> None:
+    """Every model under test against the baseline, one budget: each model's verdict and the run's."""
+    base = doc["baseline"]
+    source = ("--max_accuracy_drop" if max_accuracy_drop is not None
+              else f"config tuning.accuracy_criterion ({cfg.criterion[0]} {cfg.criterion[1]:g})")
+    budget = criterion.budget(cfg.criterion, base["accuracy"], max_accuracy_drop)
+    for e in doc["models"]:
+        e["gate"] = {**criterion.gate(base["accuracy"], e["accuracy"], budget), "budget_source": source}
+    doc["gate"] = gate_summary(doc["models"], budget, source)
+
+
+def _write(doc: dict, out: _Outputs, samples: dict, entries: dict, mode: str, plots: bool, log) -> str:
+    """The reports and figures, committed together (when asked), and CI's step summary; returns the Markdown."""
     md = render(doc)
-    if json_path:
-        with Outputs() as staged:  # reports and plots committed together
+    if out.json:
+        with Outputs() as staged:
             if plots:
-                doc["plots"] = write_plots(json_path, doc, {bs: [t[k] for k in entries] for bs, t in samples.items()}, mode, log, staged)
+                doc["plots"] = write_plots(out.json, doc, {bs: [t[k] for k in entries] for bs, t in samples.items()}, mode, log, staged)
                 md = render(doc)
-            report.write(json_path, doc, md_path, md, staged)
+            report.write(out.json, doc, out.md, md, staged)
             staged.commit()
-    summary = os.environ.get("GITHUB_STEP_SUMMARY") if json_path else None
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") if out.json else None
     if summary:  # CI's summary file; never a FIFO, a folder or a file this run reads or writes
-        why = append_summary(summary, md + "\n", reads + [("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
+        why = append_summary(summary, md + "\n", out.reads + [("--report (JSON)", out.json), ("--report (Markdown)", out.md), *out.plots])
         if why:
             log(f"[benchmark] $GITHUB_STEP_SUMMARY {summary}: {why}; summary not appended")
-    doc["markdown"] = md
-    if doc.get("gate") and not doc["gate"]["passed"]:
-        raise AccuracyError(doc["gate"]["verdict"], doc)
-    return doc
+    return md
 
 
 def gate_summary(entries: list[dict], budget: float, source: str) -> dict:
