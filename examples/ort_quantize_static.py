@@ -25,6 +25,7 @@ import onnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from quant import data  # noqa: E402
+from quant.config import preprocessing  # noqa: E402
 
 
 class Reader:
@@ -69,7 +70,7 @@ def quantize(input_model: str, output_model: str, x: np.ndarray, fmt: str = "QDQ
 def calibration_images(data_dir: str, count: int = 100) -> np.ndarray:
     """The first ``count`` MNIST train images, [0, 1], NCHW (the zoo's documented preprocessing)."""
     train = data.load_split(data_dir, "train")
-    return data.preprocess(train.images[:count], 1 / 255, 0.0, 1.0, "NCHW")
+    return preprocessing.apply(train.images[:count], 1 / 255, 0.0, 1.0, "NCHW")
 
 
 def main() -> int:

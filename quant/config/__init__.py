@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from quant.config import recipe
+from quant.config.preprocessing import Preprocessing
 from quant.errors import ConfigError, UsageError, first_line
 from quant.files import read_regular_file, sha256_bytes
 
@@ -155,11 +156,14 @@ class Config(Section):
 
     @property
     def scale(self) -> float:
-        return float(fractions.Fraction(self.preprocessing.scale))
+        return self.preprocessing_value().factor
+
+    def preprocessing_value(self) -> Preprocessing:
+        p = self.preprocessing
+        return Preprocessing(str(p.scale), float(p.mean), float(p.std), p.layout)
 
     def preprocessing_dict(self) -> dict[str, Any]:
-        p = self.preprocessing
-        return {"scale": str(p.scale), "mean": p.mean, "std": p.std, "layout": p.layout}
+        return self.preprocessing_value().as_dict()
 
 
 def suggest(value: str, options) -> str | None:

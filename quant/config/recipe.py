@@ -29,13 +29,14 @@ import os
 from fractions import Fraction
 from typing import Any
 
+from quant.config.preprocessing import LAYOUT_SHAPES, Preprocessing, same, scale_value
 from quant.errors import ConfigError
 
 FRAMEWORKS = {"onnxrt_qlinearops": "QOperator", "onnxrt_qdq": "QDQ", "onnxrt_qdqops": "QDQ"}
 TRANSFORMS = ("Cast", "Rescale", "Normalize", "Transpose", "Reshape", "ToArray")
 # INC 1.x's MNIST dataset item: np.expand_dims(uint8 image, -1), i.e. HWC
 _INC_IMAGE_SHAPE = (28, 28, 1)
-_LAYOUTS = {(1, 28, 28): "NCHW", (28, 28, 1): "NHWC", (784,): "flat"}
+_LAYOUTS = {shape: layout for layout, shape in LAYOUT_SHAPES.items()}
 _DATALOADER_KEYS = ("batch_size", "dataset", "transform", "shuffle", "last_batch")
 # (section path, what the dataloader is for)
 _LOADERS = (("quantization.calibration", "calibration"), ("evaluation.accuracy", "accuracy"),
@@ -147,12 +148,6 @@ def preprocessing_of(chain: Any, key: str, source: str) -> dict:
     return {"scale": str(scale), "mean": mean, "std": std, "layout": _LAYOUTS[shape]}
 
 
-def describe(p: dict) -> str:
-    pixels = "raw 0..255 pixels" if Fraction(p["scale"]) == 1 and p["mean"] == 0 and p["std"] == 1 else \
-        f"pixels * {p['scale']}, minus {p['mean']:g}, divided by {p['std']:g}"
-    return f"{pixels}, {p['layout']} (scale {p['scale']}, mean {p['mean']:g}, std {p['std']:g})"
-
-
 def _dataloader(dl: Any, key: str, source: str) -> dict:
     dl = _mapping(dl, key, source)
     _only(dl, _DATALOADER_KEYS, key, source)
@@ -179,33 +174,6 @@ def _dataloader(dl: Any, key: str, source: str) -> dict:
                 out[flag] = mn[flag]
     out["preprocessing"] = preprocessing_of(dl.get("transform"), f"{key}.transform", source)
     return out
-
-
-def scale_value(v: Any) -> float | None:
-    """A scale (number, or text like '1/255' or '0.5') as a float, or None when it is not one. Bounded:
-    a fraction's text is at most 100 characters and other text goes through float(), so '1e-999999999'
-    costs nothing (Fraction would expand its exponent)."""
-    try:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, str) and "/" in v:
-            return float(Fraction(v)) if len(v) <= 100 else None
-        x = float(v)
-        return x if math.isfinite(x) else None
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-        return None
-
-
-def same_preprocessing(a: dict, b: dict) -> bool:
-    """Two preprocessings feed the same numbers (up to float rounding: 0.00392156862745098 is 1/255)."""
-    sa, sb = scale_value(a["scale"]), scale_value(b["scale"])
-    try:
-        ma, mb, da, db = (float(a["mean"]), float(b["mean"]), float(a["std"]), float(b["std"]))
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return sa is not None and sb is not None and math.isclose(sa, sb, rel_tol=1e-9) and math.isclose(ma, mb, rel_tol=1e-9, abs_tol=1e-12) \
-        and math.isclose(da, db, rel_tol=1e-9) and a["layout"] == b["layout"]
-
 
 
 def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes: list[str], base: str | None) -> None:
@@ -249,8 +217,8 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
     # one preprocessing
     (k0, first), *rest = loaders.items()
     for k, v in rest:
-        if not same_preprocessing(first["preprocessing"], v["preprocessing"]):
-            raise _err(source, f"{k}.transform", f"gives {describe(v['preprocessing'])} but {k0}.transform gives {describe(first['preprocessing'])}: "
+        if not same(first["preprocessing"], v["preprocessing"]):
+            raise _err(source, f"{k}.transform", f"gives {Preprocessing.of(v['preprocessing']).describe()} but {k0}.transform gives {Preprocessing.of(first['preprocessing']).describe()}: "
                        "a model must be calibrated and evaluated with the same preprocessing")
     pre = first["preprocessing"]
     explicit = _mapping(d.get("preprocessing"), "preprocessing", source)
@@ -258,11 +226,11 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
         merged = {**pre, **explicit}
         bad = scale_value(merged["scale"]) is None or not all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool)
                                                                for k in ("mean", "std"))
-        if not bad and not same_preprocessing(pre, merged):  # (a bad value is named by the schema afterwards)
-            raise _err(source, "preprocessing", f"contradicts {k0}.transform, which gives {describe(pre)}")
+        if not bad and not same(pre, merged):  # (a bad value is named by the schema afterwards)
+            raise _err(source, "preprocessing", f"contradicts {k0}.transform, which gives {Preprocessing.of(pre).describe()}")
     else:
         d["preprocessing"] = dict(pre)
-        notes.append(f"preprocessing from {k0}.transform: {describe(pre)} (INC 1.x's MNIST dataset yields raw 0..255 pixels; "
+        notes.append(f"preprocessing from {k0}.transform: {Preprocessing.of(pre).describe()} (INC 1.x's MNIST dataset yields raw 0..255 pixels; "
                      "only Rescale divides by 255)")
     # batch sizes and the split
     c = loaders.get("quantization.calibration.dataloader")

@@ -333,16 +333,3 @@ def fetch(data_dir: str | None = None, models_dir: str | None = None, log=print)
 
 
 # ------------------------------------------------------------------------------ preprocessing
-def preprocess(images: np.ndarray, scale: float, mean: float, std: float, layout: str) -> np.ndarray:
-    """uint8 [N,28,28] -> float32 model input: ``(pixel * scale - mean) / std`` in ``layout``.
-
-    layout: NCHW -> [N,1,28,28]; NHWC -> [N,28,28,1]; flat -> [N,784].
-    """
-    x = images.astype(np.float32) * np.float32(scale)
-    if mean != 0.0:
-        x -= np.float32(mean)
-    if std != 1.0:
-        x /= np.float32(std)
-    n = len(images)
-    shape = {"NCHW": (n, 1, 28, 28), "NHWC": (n, 28, 28, 1), "flat": (n, 784)}[layout]
-    return np.ascontiguousarray(x.reshape(shape), dtype=np.float32)

@@ -12,12 +12,12 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from quant.data import SPLIT_SIZES, Split, preprocess
+from quant.config.preprocessing import Preprocessing
+from quant.data import SPLIT_SIZES, Split
 from quant.errors import ConfigError, DataError, first_line
 from quant.files import Outputs, atomic_write_bytes, atomic_write_text, read_regular_file, sha256_bytes
 
@@ -134,7 +134,7 @@ def build(spec: CalibSpec, train: Split) -> CalibrationSet:
     if entry and indices and max(indices) >= len(train.labels):  # the manifest is checked against 60,000; the file may hold fewer
         raise ConfigError(f"{mpath}: calibration set {entry.get('name', '?')} uses {spec.split} image {max(indices)}, but the "
                           f"{spec.split} split loaded has {len(train.labels)} images")
-    x = preprocess(train.images[indices], float(Fraction(p["scale"])), p["mean"], p["std"], p["layout"])
+    x = Preprocessing.of(p).apply(train.images[indices])
     sha = array_sha256(x)
     if entry and entry["sha256"] != sha:
         raise DataError(

@@ -23,7 +23,7 @@ import onnx
 
 from quant import __version__, data
 from quant import config as config_mod
-from quant.config import recipe
+from quant.config.preprocessing import Preprocessing, same
 from quant.errors import ConfigError, printable
 
 PRODUCER = "mnist-quant"
@@ -54,14 +54,6 @@ class Documented:
     problem: str | None = None  # metadata present but unusable (then preprocessing is None)
 
 
-def canonical(p: dict) -> dict:
-    return {"scale": str(p["scale"]), "mean": float(p["mean"]), "std": float(p["std"]), "layout": str(p["layout"])}
-
-
-def text(p: dict) -> str:
-    return f"scale {p['scale']}, mean {float(p['mean']):g}, std {float(p['std']):g}, {p['layout']}"
-
-
 def stamp(model: onnx.ModelProto, preprocessing: dict, calibration_sha256: str) -> onnx.ModelProto:
     """Record this tool, the preprocessing and the calibration set in ``model`` (in place; returned).
     Deterministic: the same values give the same bytes."""
@@ -70,7 +62,7 @@ def stamp(model: onnx.ModelProto, preprocessing: dict, calibration_sha256: str) 
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     props = {**{p.key: p.value for p in keep}, KEY_CALIBRATION: calibration_sha256,
-             KEY_PREPROCESSING: json.dumps(canonical(preprocessing), sort_keys=True, separators=(",", ":"))}
+             KEY_PREPROCESSING: Preprocessing.of(preprocessing).to_metadata()}
     onnx.helper.set_model_props(model, dict(sorted(props.items())))
     return model
 
@@ -139,8 +131,8 @@ def documented(model: onnx.ModelProto, path: str, file_sha256: str) -> Documente
 
 def disagreement(doc: Documented, preprocessing: dict, used_source: str) -> str | None:
     """The warning for preprocessing that differs from the documented one, or None."""
-    if doc.preprocessing is None or recipe.same_preprocessing(doc.preprocessing, preprocessing):
+    if doc.preprocessing is None or same(doc.preprocessing, preprocessing):
         return None
-    return (f"the preprocessing in use ({text(preprocessing)}, from {used_source}) differs from the one documented in "
-            f"{doc.source} ({text(doc.preprocessing)}); it is used as given. A model calibrated for one and fed the other "
+    return (f"the preprocessing in use ({Preprocessing.of(preprocessing).text()}, from {used_source}) differs from the one documented in "
+            f"{doc.source} ({Preprocessing.of(doc.preprocessing).text()}); it is used as given. A model calibrated for one and fed the other "
             "is how the zoo's mnist-12-int8 scores 54.5 % instead of 98.9 %")

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from quant.config.preprocessing import LAYOUT_SHAPES
 from quant.errors import ModelError, first_line, printable
 from quant.files import read_regular_file, regular_file_size, sha256_bytes
 
@@ -261,7 +262,6 @@ class Signature:
         return d if isinstance(d, int) and d > 0 else None
 
 
-LAYOUT_SHAPES = {"NCHW": (1, 28, 28), "NHWC": (28, 28, 1), "flat": (784,)}
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

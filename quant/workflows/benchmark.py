@@ -208,7 +208,7 @@ def _load(cfg, adopt_documented: bool, input_models, baseline_model, data_dir, d
     loaded = {key: models.load(path, "baseline model" if key == "baseline" else "input model") for key, path in names}
     cfg, _, inferred = inputs.settle_model(cfg, loaded["model"], others=tuple(lm for k, lm in loaded.items() if k != "model"))
     # without --config, the preprocessing the models document (metadata, zoo README); warnings either way
-    prov = inputs.preprocessing_for(cfg, adopt_documented, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
+    cfg, prov = inputs.preprocessing_for(cfg, adopt_documented, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
     sigs = {key: models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout) for key, lm in loaded.items()}
     splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
     inputs.say_inferred(inferred, loaded["model"].path, log)

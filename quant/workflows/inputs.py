@@ -6,6 +6,7 @@ from typing import Callable
 
 from quant import config as config_mod
 from quant import data
+from quant.config import preprocessing
 from quant.data import calib, provenance
 from quant.errors import ConfigError, QuantError, UsageError
 from quant.graph import models
@@ -47,8 +48,7 @@ def calibration_set(cfg, train: data.Split) -> calib.CalibrationSet:
 
 
 def test_inputs(cfg, test: data.Split):
-    p = cfg.preprocessing
-    return data.preprocess(test.images, cfg.scale, p.mean, p.std, p.layout)
+    return cfg.preprocessing_value().apply(test.images)
 
 
 def model_name(path) -> str:
@@ -68,7 +68,7 @@ def settle_model(cfg, lm, others: tuple = ()):
     sig = models.signature(lm.proto, lm.path, cfg.model.input_name)
     layout = models.layout_of(sig)
     if cfg.preprocessing.layout not in (None, layout):
-        want = ["N", *models.LAYOUT_SHAPES[cfg.preprocessing.layout]]
+        want = ["N", *preprocessing.LAYOUT_SHAPES[cfg.preprocessing.layout]]
         raise ConfigError(f"{source}: preprocessing.layout is {cfg.preprocessing.layout} ({want}) but {lm.path} input "
                           f"{sig.input_name!r} has shape {list(sig.input_shape)} ({layout}); remove the key or set it to {layout}")
     output = "probabilities" if models.output_producer(lm.proto, sig) in ("Softmax", "QLinearSoftmax") else "logits"
@@ -98,16 +98,16 @@ def say_inferred(inferred: dict, path: str, log: Callable) -> None:
         log(f"[model] {path}: " + ", ".join(f"{k} {v}" for k, v in inferred.items()) + " (read from the model)")
 
 
-def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable = print) -> dict:
+def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable = print) -> tuple:
     """Settle the preprocessing a run uses and say where it came from.
 
     ``loaded`` are the run's models (``models.LoadedModel``), the one under test first. The config is
     used as given, with a warning for every model that documents something else
     (:mod:`quant.data.provenance`). Only with ``adopt_documented`` (benchmark, validate and package without
-    ``--config``) the preprocessing the model under test documents replaces the defaults in ``cfg``
-    (a baseline's documentation is never adopted for it; documented layouts that do not fit the
-    model's input are ignored with a warning). Returns ``{"source", "warnings", "config_notes"}`` for
-    reports, plus per model (in ``loaded`` order) ``"documented"`` (:class:`provenance.Documented` or
+    ``--config``) the preprocessing the model under test documents replaces the defaults (a
+    baseline's documentation is never adopted for it; documented layouts that do not fit the model's
+    input are ignored with a warning). Returns ``(cfg, prov)``: the config the run uses (a copy when
+    something was adopted) and ``prov``: ``{"source", "warnings", "config_notes"}`` for reports, plus per model (in ``loaded`` order) ``"documented"`` (:class:`provenance.Documented` or
     None) and ``"disagreements"`` (its warning or None); ``cfg.notes`` (what the INC-1.x key mapping
     decided) are logged here too.
     """
@@ -126,8 +126,8 @@ def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable =
             except QuantError as e:
                 warnings.append(f"{first.source}: layout {first.preprocessing['layout']} does not fit the model's input ({e}); ignored")
             else:
-                # only without a config: cfg is this run's own fresh defaults, not a caller's object
-                cfg.preprocessing.__dict__.update({k: first.preprocessing[k] for k in ("scale", "mean", "std", "layout")})
+                adopted = {k: first.preprocessing[k] for k in ("scale", "mean", "std", "layout")}
+                cfg = config_mod.replace(cfg, {"preprocessing": adopted}, noted=False)  # reported as the preprocessing source
                 source = first.source
     used = cfg.preprocessing_dict()
     disagreements = [provenance.disagreement(d, used, source) if d is not None else None for _, d in docs]
@@ -135,6 +135,6 @@ def preprocessing_for(cfg, adopt_documented: bool, loaded: list, log: Callable =
     for w in warnings:
         log(f"[warning] {w}")
     if source != original:  # adopted from the model: say so (a config's own preprocessing is in every report)
-        log(f"[data] preprocessing: {provenance.text(used)} (from {source})")
-    return {"source": source, "warnings": warnings, "config_notes": list(getattr(cfg, "notes", [])),
-            "documented": [d for _, d in docs], "disagreements": disagreements}
+        log(f"[data] preprocessing: {preprocessing.Preprocessing.of(used).text()} (from {source})")
+    return cfg, {"source": source, "warnings": warnings, "config_notes": list(getattr(cfg, "notes", [])),
+                 "documented": [d for _, d in docs], "disagreements": disagreements}

@@ -130,7 +130,7 @@ def package_model(input_model: str, output_model: str, config=None, data_dir: st
                    writes=[("--output_model (archive)", archive_path), ("--output_model (model card)", card_path)])
     lm = models.load(input_model, "input model")
     cfg, _, inferred = inputs.settle_model(cfg, lm)
-    prov = inputs.preprocessing_for(cfg, config is None, [lm], log)
+    cfg, prov = inputs.preprocessing_for(cfg, config is None, [lm], log)
     sig = models.signature(lm.proto, lm.path, cfg.model.input_name, cfg.preprocessing.layout)
     test = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)["test"]
     inputs.say_inferred(inferred, lm.path, log)

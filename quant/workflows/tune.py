@@ -178,7 +178,7 @@ def tune_model(input_model: str, output_model: str, config=None, data_dir: str |
     out = _check_outputs(input_model, output_model, report_path, cfg, data_dir, plots,
                          reports=report.wanted(reports, report_path, cfg))
     cfg, fp32, sig, inferred = _load_fp32(input_model, cfg)
-    prov = inputs.preprocessing_for(cfg, False, [fp32], log)  # warns when the fp32 model documents other preprocessing
+    cfg, prov = inputs.preprocessing_for(cfg, False, [fp32], log)  # warns when the fp32 model documents other preprocessing
     dynamic = bool(cfg.model.dynamic_batch if dynamic_batch is None else dynamic_batch)
     # --- data: calibration images (train split) and the preprocessed test set
     splits = inputs.load_splits(cfg, data_dir, log=log)

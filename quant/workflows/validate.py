@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quant import report
 from quant.config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag, criterion
+from quant.config.preprocessing import Preprocessing
 from quant.data import provenance
 from quant.errors import AccuracyError, ModelError, printable
 from quant.files import check_distinct, check_writable_target
@@ -514,7 +515,7 @@ def documented_check(int8, prov: dict) -> Check:
                      f"metadata, not a known zoo file); validated with {prov['source']}", details)
     if disagreement:
         return Check("documented preprocessing", "warn", disagreement, details)
-    return Check("documented preprocessing", "pass", f"{doc.source} documents {provenance.text(doc.preprocessing)}; "
+    return Check("documented preprocessing", "pass", f"{doc.source} documents {Preprocessing.of(doc.preprocessing).text()}; "
                  f"the run uses the same (from {prov['source']})", details)
 
 
@@ -572,7 +573,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
         raise ModelError(f"{int8.path}: {own.problem.removesuffix('; ignored')}")
     # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
     cfg, _, inferred = settle_model(cfg, base, others=(int8,))  # the fp32 baseline speaks for the input and outputs
-    prov = preprocessing_for(cfg, config is None, [int8, base], log)
+    cfg, prov = preprocessing_for(cfg, config is None, [int8, base], log)
     sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
     sig_b = models.signature(base.proto, base.path, cfg.model.input_name, cfg.preprocessing.layout)
     sets = testdata.find_sets(test_data) if test_data else None

@@ -17,6 +17,7 @@ import yaml
 from conftest import run_cli
 
 from quant import config, data
+from quant.config import preprocessing
 from quant.data import provenance
 from quant.errors import ConfigError
 
@@ -101,7 +102,7 @@ def test_transform_chains_become_the_preprocessing_inc_applies(tmp_path, chain, 
     assert (p.mean, p.std) == pytest.approx(want[1:3])
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    ours = data.preprocess(images, cfg.scale, p.mean, p.std, p.layout)
+    ours = preprocessing.apply(images, cfg.scale, p.mean, p.std, p.layout)
     inc = _inc_chain(images, chain)
     assert ours.shape[1:] == inc.shape[1:]
     np.testing.assert_allclose(ours, inc, rtol=1e-5, atol=1e-5)

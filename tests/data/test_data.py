@@ -13,6 +13,7 @@ import pytest
 from helpers import idx_bytes, write_idx, write_mnist
 
 from quant import data
+from quant.config import preprocessing
 from quant.errors import DataError, InputError
 
 
@@ -151,10 +152,10 @@ def test_fetch_model_checks_sha256(tmp_path, monkeypatch):
 def test_preprocess_layouts_and_values(layout, shape):
     imgs = np.zeros((2, 28, 28), np.uint8)
     imgs[0, 3, 5] = 255
-    x = data.preprocess(imgs, 1 / 255, 0.0, 1.0, layout)
+    x = preprocessing.apply(imgs, 1 / 255, 0.0, 1.0, layout)
     assert x.shape == shape and x.dtype == np.float32 and x.max() == 1.0 and x.min() == 0.0
     assert x.reshape(2, 28, 28)[0, 3, 5] == 1.0
-    y = data.preprocess(imgs, 1 / 255, 0.1307, 0.3081, layout)
+    y = preprocessing.apply(imgs, 1 / 255, 0.1307, 0.3081, layout)
     assert np.isclose(y.reshape(2, 784)[1, 0], -0.1307 / 0.3081)
 
 

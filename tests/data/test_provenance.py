@@ -68,7 +68,7 @@ def test_a_baseline_documentation_is_never_adopted_for_the_model_under_test(tmp_
     bare = models.load(save(mnist12_like(), tmp_path / "bare.onnx"))
     documented = models.load(_stamped(tmp_path, RAW, "base.onnx"))
     cfg, logs = inputs.settle_model(config.defaults(), bare)[0], []  # as every run does first
-    prov = inputs.preprocessing_for(cfg, True, [bare, documented], logs.append)
+    cfg, prov = inputs.preprocessing_for(cfg, True, [bare, documented], logs.append)
     assert cfg.preprocessing_dict() == UNIT and prov["source"] == "the built-in defaults"
     assert any("bare.onnx documents no preprocessing" in line for line in logs) and "base.onnx's metadata" in prov["warnings"][0]
 
@@ -76,7 +76,7 @@ def test_a_baseline_documentation_is_never_adopted_for_the_model_under_test(tmp_
 def test_a_documented_layout_that_does_not_fit_is_ignored(tmp_path):
     m = models.load(_stamped(tmp_path, {**UNIT, "layout": "flat"}, "flat.onnx"))  # the model takes [N,1,28,28]
     cfg = inputs.settle_model(config.defaults(), m)[0]
-    prov = inputs.preprocessing_for(cfg, True, [m], lambda s: None)
+    cfg, prov = inputs.preprocessing_for(cfg, True, [m], lambda s: None)
     assert cfg.preprocessing.layout == "NCHW" and "layout flat does not fit the model's input" in prov["warnings"][0]
 
 
@@ -84,10 +84,10 @@ def test_runs_adopt_the_documented_preprocessing_only_without_a_config(tmp_path)
     m = models.load(_stamped(tmp_path))
     logs = []
     cfg = inputs.settle_model(config.defaults(), m)[0]
-    prov = inputs.preprocessing_for(cfg, True, [m], logs.append)
+    cfg, prov = inputs.preprocessing_for(cfg, True, [m], logs.append)
     assert cfg.preprocessing_dict() == RAW and "metadata" in prov["source"] and not prov["warnings"]
     cfg = inputs.settle_model(config.defaults(), m)[0]
-    prov = inputs.preprocessing_for(cfg, False, [m], logs.append)  # a config (here the defaults) is used as given
+    cfg, prov = inputs.preprocessing_for(cfg, False, [m], logs.append)  # a config (here the defaults) is used as given
     assert cfg.preprocessing_dict() == UNIT and len(prov["warnings"]) == 1 and "from the built-in defaults" in prov["warnings"][0]
     assert any(line.startswith("[warning] ") for line in logs)
 

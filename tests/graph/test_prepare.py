@@ -6,6 +6,7 @@ import pytest
 from helpers import mnist12_like, pattern_linear, read_in_if_body
 from onnx import TensorProto, helper, numpy_helper
 
+from quant.config import preprocessing
 from quant.errors import ModelError
 from quant.graph import models, plan, prepare
 from quant.runtime import evaluation
@@ -96,8 +97,7 @@ def test_initializers_listed_as_inputs_are_dropped():
 
 @pytest.mark.parametrize("name", ["mnist-7.onnx", "mnist-8.onnx", "mnist-12.onnx"])
 def test_zoo_models_prepare_to_identical_outputs_on_real_images(models_dir, splits, name):
-    from quant.data import preprocess
-
+    
     m = models.load(models_dir / name)
     sig = models.signature(m.proto, m.path)
     p = prepare.prepare(m.proto, sig, "QDQ", False, dynamic_batch=True, path=m.path)
@@ -112,6 +112,6 @@ def test_zoo_models_prepare_to_identical_outputs_on_real_images(models_dir, spli
     for want in ("folded 1 constant", "-> Conv with bias", "-> Gemm", "flatten in (H, W, C) order", "MaxPool moved before Relu"):
         assert want in kinds
     assert [n.op_type for n in p.model.graph.node] == ["Conv", "MaxPool", "Relu", "Conv", "Relu", "MaxPool", "Transpose", "Reshape", "Gemm"]
-    x = preprocess(splits["test"].images[:500], 1 / 255, 0.0, 1.0, "NCHW")
+    x = preprocessing.apply(splits["test"].images[:500], 1 / 255, 0.0, 1.0, "NCHW")
     diff = evaluation.check_same_outputs(m.raw, models.serialize(p.model), x, sig.input_name, batch=64)  # raises if not the same
     assert diff <= 1e-4

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from helpers import mnist12_like, pattern_images, pattern_linear
 
-from quant import data
+from quant.config import preprocessing
 from quant.runtime import evaluation
 
 
@@ -10,7 +10,7 @@ def test_batched_prediction_equals_image_by_image():
     model = pattern_linear("N", "flat").SerializeToString()
     rng = np.random.default_rng(1)
     labels = np.arange(37) % 10
-    x = data.preprocess(pattern_images(labels, rng), 1 / 255, 0, 1, "flat")
+    x = preprocessing.apply(pattern_images(labels, rng), 1 / 255, 0, 1, "flat")
     s = evaluation.make_session(model)
     a = evaluation.predict(s, x, "input", batch_size=1)
     b = evaluation.predict(s, x, "input", batch_size=16)
@@ -42,13 +42,13 @@ def test_unloadable_model_message():
 @pytest.mark.parametrize("scale,expected", [(1 / 255, 0.9890), (1.0, 0.9891)])
 def test_zoo_fp32_accuracy(models_dir, splits, scale, expected):
     """Figures of ../shared/README.md: mnist-12 98.90 % on [0,1], 98.91 % on raw pixels."""
-    x = data.preprocess(splits["test"].images, scale, 0, 1, "NCHW")
+    x = preprocessing.apply(splits["test"].images, scale, 0, 1, "NCHW")
     ev = evaluation.Evaluator(x, splits["test"].labels, "Input3")
     assert ev((models_dir / "mnist-12.onnx").read_bytes()) == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.realdata
 def test_zoo_int8_is_broken_for_documented_preprocessing(models_dir, splits):
-    x = data.preprocess(splits["test"].images, 1 / 255, 0, 1, "NCHW")
+    x = preprocessing.apply(splits["test"].images, 1 / 255, 0, 1, "NCHW")
     ev = evaluation.Evaluator(x, splits["test"].labels, "Input3")
     assert ev((models_dir / "mnist-12-int8.onnx").read_bytes()) == pytest.approx(0.5452, abs=1e-4)

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quant import data
+from quant.config import preprocessing
 from quant.runtime import reference
 
 
@@ -66,7 +66,7 @@ def test_default_int8_computes_like_the_integer_reference_on_this_cpu(tuned_mnis
     across a quantization step on a rare image (2 of 10,000 on the AVX2 host of docs/benchmarks.md),
     so: no top-1 change, at most 2 % of images touched, each by at most a few steps of the logits."""
     out, _ = tuned_mnist12
-    x = data.preprocess(splits["test"].images[:256], 1 / 255, 0, 1, "NCHW")
+    x = preprocessing.apply(splits["test"].images[:256], 1 / 255, 0, 1, "NCHW")
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     agr = reference.compare(onnx.load(out), s, "Input3", x)
     assert agr.top1_disagreements == 0 and agr.images_differing <= 0.02 * agr.images and agr.max_abs_diff < 0.25, agr

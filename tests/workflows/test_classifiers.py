@@ -12,12 +12,12 @@ from helpers import CLASSIFIERS, fitted_classifier, save
 
 @pytest.fixture(scope="module")
 def classifiers(tmp_path_factory, splits):
-    from quant.data import preprocess
+    from quant.config.preprocessing import apply
 
     root = tmp_path_factory.mktemp("classifiers")
     out = {}
     for kind, (_, _, p) in CLASSIFIERS.items():
-        x = preprocess(splits["train"].images[:10000], float(fractions.Fraction(p["scale"])), p["mean"], p["std"], p["layout"])
+        x = apply(splits["train"].images[:10000], float(fractions.Fraction(p["scale"])), p["mean"], p["std"], p["layout"])
         out[kind] = save(fitted_classifier(kind, x, splits["train"].labels[:10000]), root / f"{kind}.onnx")
     return out
 

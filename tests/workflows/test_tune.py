@@ -129,11 +129,11 @@ def test_real_tuning_is_reproducible(tuned_mnist12, models_dir, mnist_dir, tmp_p
 
 @pytest.mark.realdata
 def test_tuned_model_computes_like_fp32(tuned_mnist12, models_dir, splits):
-    from quant import data
+    from quant.config import preprocessing
     from quant.runtime import evaluation
 
     out, _ = tuned_mnist12
-    x = data.preprocess(splits["test"].images[:500], 1 / 255, 0, 1, "NCHW")
+    x = preprocessing.apply(splits["test"].images[:500], 1 / 255, 0, 1, "NCHW")
     f = evaluation.predict(evaluation.make_session((models_dir / "mnist-12.onnx").read_bytes()), x, "Input3")
     q = evaluation.predict(evaluation.make_session(out.read_bytes()), x, "Input3")
     assert np.mean(np.argmax(f, 1) == np.argmax(q, 1)) >= 0.99
