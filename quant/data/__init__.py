@@ -1,4 +1,5 @@
-"""MNIST data: IDX reading with validation, locating/downloading the files, preprocessing.
+"""MNIST data: IDX reading with validation, locating and downloading the files (the preprocessing of the
+images is quant.config.preprocessing).
 
 The four canonical LeCun files are read gzip-compressed or raw. Every read checks the IDX magic
 number, the dimensions and the byte count; labels must be 0..9 and images/labels must agree in
