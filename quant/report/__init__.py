@@ -87,10 +87,10 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
     return where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
 
 
-def wanted(reports: bool | None, report_path: str | None, cfg) -> bool:
-    """Whether a run writes report files: ``reports`` when given (the command line passes True), else only
-    when a path is asked for (``report_path`` or the config's ``output.report``): the Python API's default."""
-    return bool(report_path or cfg.output.report) if reports is None else reports
+def wanted(reports: bool | None, report_path: str | None, configured: str | None) -> bool:
+    """Whether a run writes report files: ``reports`` when given (tune's command line passes True), else only
+    when a path is asked for (``report_path`` or the config's ``output.report``, ``configured``)."""
+    return bool(report_path or configured) if reports is None else reports
 
 
 def write(json_path: Path, doc: dict, md_path: Path, markdown: str, staged: Outputs | None = None) -> None:

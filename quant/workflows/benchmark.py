@@ -190,7 +190,7 @@ def _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, repo
     """Where the reports and figures go (only when asked), checked against everything the run reads."""
     json_path = md_path = None
     plot_paths: list = []
-    if report.wanted(reports, report_path, cfg):
+    if report.wanted(reports, report_path, cfg.output.report):
         json_path, md_path = report.default_report_paths(input_models[0], report_path or cfg.output.report, kind="benchmark", folder=".")
         for p in (json_path, md_path):
             check_writable_target(p, "--report")

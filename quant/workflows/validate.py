@@ -558,7 +558,7 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     cfg = load_config(config)
     log = log or logging.getLogger("quant").info
     json_path = md_path = None
-    if report.wanted(reports, report_path, cfg):
+    if report.wanted(reports, report_path, cfg.output.report):
         json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate", folder=".")
     for p in filter(None, (json_path, md_path)):
         check_writable_target(p, "--report")
