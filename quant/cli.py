@@ -119,6 +119,10 @@ class _Parser(argparse.ArgumentParser):
 def renamed(argv: list[str], notice: Callable[[str], None]) -> list[str]:
     """``argv`` with deprecated flag spellings (:data:`DEPRECATED`) replaced, one notice per flag."""
     command = next((a for a in argv if not a.startswith("-")), None)
+    given = {a.partition("=")[0] for a in argv}
+    for old, (new, commands) in DEPRECATED.items():
+        if command in commands and old in given and new in given:
+            raise UsageError(f"{old} and {new} are one flag ({old} is its old spelling): give it once")
     out, told = [], set()
     for a in argv:
         name, eq, value = a.partition("=")

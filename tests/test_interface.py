@@ -271,3 +271,54 @@ def test_calib_writes_into_the_folder_it_is_given(tmp_path, synth_dir):
     assert out.parent == tmp_path / "new" / "calib" and out.name.startswith("calib-") and out.suffix == ".npy"
     r = run_cli("calib", f"--config={cfg}", f"--data_dir={synth_dir}", f"--out_dir={tmp_path / 'old'}")
     assert r.returncode == 0 and "--out_dir is deprecated" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------- what a hostile user tries
+def test_a_report_never_replaces_a_users_file_beside_it(tmp_path, synth_dir):
+    m = save(pattern_linear(layout="flat"), tmp_path / "m.onnx")
+    notes = tmp_path / "mine.md"
+    notes.write_text("my notes\n")
+    r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
+                f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'mine.json'}")
+    assert r.returncode == 2 and "mine.md exists and is not a report this toolkit wrote" in r.stderr, r.stderr
+    assert notes.read_text() == "my notes\n" and not (tmp_path / "mine.json").exists()
+    r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
+                f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'ours.json'}")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
+                f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'ours.json'}")
+    assert r.returncode == 0, r.stderr  # its own earlier report is replaced
+
+
+def test_a_config_input_name_the_model_lacks_is_exit_2_naming_both(tmp_path, synth_dir):
+    m = save(pattern_linear(layout="flat"), tmp_path / "m.onnx")
+    cfg = synth_config(tmp_path, {"model": {"input_name": "Input3"}})
+    r = run_cli("write-test-data", f"--input_model={m}", f"--config={cfg}", f"--data_dir={synth_dir}", f"--output_dir={tmp_path / 'td'}")
+    assert r.returncode == 2 and "model.input_name is 'Input3'" in r.stderr and str(cfg) in r.stderr and str(m) in r.stderr, r.stderr
+
+
+def test_an_old_and_a_new_spelling_together_are_a_usage_error(tmp_path):
+    r = run_cli("package", f"--input_model={tmp_path / 'm.onnx'}", f"--output={tmp_path / 'a.tar.gz'}",
+                f"--output_model={tmp_path / 'b.tar.gz'}")
+    assert r.returncode == 2 and "--output and --output_model are one flag" in r.stderr, r.stderr
+
+
+def test_a_tune_that_misses_the_criterion_says_it_in_one_line(tmp_path):
+    """Calibrated on dim images and tested on noisy ones with 8-bit ranges, the int8 model misses the criterion:
+    one error line, not neural-compressor's own log line too (also with --json)."""
+    from helpers import write_mnist
+
+    d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
+    cfg = synth_config(tmp_path, {"quantization": {"reduce_range": False}, "tuning": {"max_trials": 1}})
+    r = run_cli("tune", f"--input_model={save(pattern_linear('N', 'flat'), tmp_path / 'm.onnx')}", f"--config={cfg}",
+                f"--output_model={tmp_path / 'q.onnx'}", f"--data_dir={d}", "--json")
+    assert r.returncode == 3 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: no int8 model met"), r.stderr
+
+
+def test_the_api_logs_to_the_quant_logger_not_stdout(tmp_path, synth_dir, capsys, caplog):
+    import logging
+
+    m = save(pattern_linear(layout="flat"), tmp_path / "m.onnx")
+    with caplog.at_level(logging.INFO, logger="quant"):
+        quant.write_test_data(str(m), str(tmp_path / "td"), config=str(synth_config(tmp_path)), data_dir=str(synth_dir), count=1)
+    assert capsys.readouterr().out == "" and any("[test-data] wrote 1" in r.getMessage() for r in caplog.records)

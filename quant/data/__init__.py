@@ -11,6 +11,7 @@ IDX header declares (itself at most :data:`MAX_IDX_BYTES`), so a gzip bomb costs
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import stat
@@ -321,11 +322,12 @@ def fetch_model(name: str, dest_dir: Path, opener: Opener = urllib.request.urlop
     return dest
 
 
-def fetch(data_dir: str | None = None, models_dir: str | None = None, log=print) -> Path:
+def fetch(data_dir: str | None = None, models_dir: str | None = None, log=None) -> Path:
     """Download what the toolkit reads, checksum-verified: the four MNIST files into ``data_dir`` (else
     ``$MNIST_DIR``, else the user cache) and the zoo's mnist-12.onnx into ``models_dir`` (else the user
     cache). Files already there are verified, not downloaded again. Returns the model's path.
     Raises DataError/InputError (exit 4) when a download fails or a file's checksum does not match."""
+    log = log or logging.getLogger("quant").info
     root = ensure_data_dir(data_dir, None, download=True, log=log)
     for split in ("train", "test"):
         s = load_split(root, split, verify=True)

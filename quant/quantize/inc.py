@@ -151,7 +151,7 @@ class _INCLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.level > logging.INFO:  # not --verbose: no copy of an error _tune raises itself
             msg = str(record.msg)
-            if msg.startswith("Unexpected exception") or (self.run_failed and "Not found any quantized model" in msg):
+            if msg.startswith("Unexpected exception") or "Not found any quantized model" in msg:  # tune's own error says it
                 return False
         return record.levelno >= self.level
 

@@ -80,11 +80,36 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
         if base.name in ("", ".", "..") or str(report).endswith(os.sep) or special:
             # the reports are <report>.json/.md: "/", ".", "~" or /dev/null would put them beside or in system folders
             raise UsageError(f"--report {report}: expected a file path such as reports/run.json (a folder or device was given)")
-        return base.with_suffix(".json"), base.with_suffix(".md")
-    m = Path(model_path)
-    stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
-    where = m.parent if folder is None else Path(folder)
-    return where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
+        paths = base.with_suffix(".json"), base.with_suffix(".md")
+    else:
+        m = Path(model_path)
+        stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
+        where = m.parent if folder is None else Path(folder)
+        paths = where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
+    for p in paths:
+        if not is_replaceable(p):
+            raise UsageError(f"--report {report or paths[0]}: {p} exists and is not a report this toolkit wrote; move it or choose "
+                             "another report path")
+    return paths
+
+
+# how the reports this toolkit writes begin (JSON: the envelope's first key; Markdown: the title)
+_REPORT_STARTS = {".json": (b'{\n  "schema_version"',), ".md": (b"# Tuning report", b"# Benchmark", b"# Validation report")}
+
+
+def is_replaceable(path: Path) -> bool:
+    """A report may replace ``path`` only when nothing is there or it is a report this toolkit wrote (a user's
+    notes.md beside ``--report=notes.json`` are never overwritten). Other kinds of file are judged by the
+    output checks (folders, devices)."""
+    try:
+        if not path.is_file():
+            return True
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return True  # not readable: the output checks say so
+    starts = _REPORT_STARTS.get(path.suffix)
+    return not head or starts is None or head.startswith(starts)
 
 
 def wanted(reports: bool | None, report_path: str | None, configured: str | None) -> bool:

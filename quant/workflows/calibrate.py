@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -14,13 +15,14 @@ from quant.workflows import inputs
 
 
 def build_calibration_set(output_dir: str | os.PathLike, config=None, data_dir: str | None = None,
-                          add_to_manifest: str | None = None, log: Callable[[str], None] = print) -> Path:
+                          add_to_manifest: str | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Materialize the calibration set ``config`` defines (train images picked by count and seed,
     preprocessed; a null ``preprocessing.layout`` gives NCHW) as ``output_dir/calib-<sha12>.npy``, checked
     against the manifest's sha256. ``add_to_manifest``: also record it under that name in the manifest
     the config names (``quantization.calibration.manifest``; never the built-in one); the array and
     the manifest are committed together. Returns the array's path. Raises UsageError/ConfigError (exit
     2), DataError (exit 4)."""
+    log = log or logging.getLogger("quant").info
     cfg = inputs.load_config(config)
     folder = Path(output_dir)
     check_writable_target(folder / "calib-0123456789ab.npy", "--output_dir")

@@ -65,6 +65,12 @@ def settle_model(cfg, lm, others: tuple = ()):
     signature, inferred)``: ``cfg`` a copy with the model's values filled in, ``inferred`` what was read
     from the model (recorded in the reports; :func:`say_inferred` says it once)."""
     source = "the built-in defaults" if cfg.source.startswith("<") else cfg.source
+    names = [i.name for i in models.graph_inputs(lm.proto)]
+    for m in (lm, *others):
+        names = [i.name for i in models.graph_inputs(m.proto)]
+        if cfg.model.input_name is not None and cfg.model.input_name not in names:
+            raise ConfigError(f"{source}: model.input_name is {cfg.model.input_name!r} but {m.path} has no such input "
+                              f"(its inputs: {names}); remove the key or set it to the model's")
     sig = models.signature(lm.proto, lm.path, cfg.model.input_name)
     layout = models.layout_of(sig)
     if cfg.preprocessing.layout not in (None, layout):

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -101,7 +102,7 @@ def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, 
 
 
 def package_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, count: int | None = None,
-                  log: Callable[[str], None] = print, command: str | None = None) -> dict:
+                  log: Callable[[str], None] | None = None, command: str | None = None) -> dict:
     """Package ``input_model`` the zoo's way: ``output_model`` (``NAME.tar.gz``: ``NAME/model.onnx`` plus
     ``count`` ``test_data_set_N`` folders of test images run through the model) and the model-card
     fragment ``NAME.card.md`` beside it (size, md5, sha256, top-1 on the 10,000 test images, the
@@ -112,6 +113,7 @@ def package_model(input_model: str, output_model: str, config=None, data_dir: st
     summary dict (paths, bytes, md5, sha256, top-1, the card's text under ``"card_text"``).
     Raises UsageError/ConfigError (exit 2), InputError/ModelError (exit 4).
     """
+    log = log or logging.getLogger("quant").info
     t0 = time.perf_counter()
     output = output_model
     name, archive_path, card_path = names(output)

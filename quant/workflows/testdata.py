@@ -7,6 +7,7 @@ Each file is one serialized ``onnx.TensorProto``. ``write_sets`` writes N such f
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -179,13 +180,14 @@ def check_sets(model: bytes, sets: list[Path], input_name: str, output_name: str
 
 
 def write_test_data(input_model: str, output_dir: str, config=None, data_dir: str | None = None, count: int | None = None,
-                    log: Callable[[str], None] = print) -> Path:
+                    log: Callable[[str], None] | None = None) -> Path:
     """Write ``count`` zoo-style ``test_data_set_N`` folders for ``input_model`` into ``output_dir``
     (replaced whole, atomically; it may hold only earlier test data): test images preprocessed per
     ``config`` (a YAML path, a :class:`quant.config.Config` or None for the defaults), picked with the
     calibration seed, and the model's outputs for them. ``count`` None: the config's
     ``output.test_data_sets``. Returns ``output_dir``. Raises UsageError/ConfigError (exit 2),
     InputError/ModelError (exit 4)."""
+    log = log or logging.getLogger("quant").info
     from quant import config as config_mod
     from quant.files import Outputs, check_distinct
     from quant.graph import models
