@@ -290,6 +290,21 @@ def test_a_report_never_replaces_a_users_file_beside_it(tmp_path, synth_dir):
     assert r.returncode == 0, r.stderr  # its own earlier report is replaced
 
 
+def test_a_figure_never_replaces_a_users_png_beside_the_report(tmp_path, synth_dir):
+    m = save(pattern_linear(layout="flat"), tmp_path / "m.onnx")
+    png = tmp_path / "b.summary.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n my holiday photo")
+    r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
+                f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'b.json'}")
+    assert r.returncode == 2 and "b.summary.png: exists and is not a figure or report this toolkit wrote" in r.stderr, r.stderr
+    assert png.read_bytes().endswith(b"my holiday photo") and not (tmp_path / "b.json").exists()
+    png.unlink()
+    for _ in range(2):  # its own figures are replaced by the next run
+        r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
+                    f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'b.json'}")
+        assert r.returncode == 0 and png.is_file(), r.stderr
+
+
 def test_a_config_input_name_the_model_lacks_is_exit_2_naming_both(tmp_path, synth_dir):
     m = save(pattern_linear(layout="flat"), tmp_path / "m.onnx")
     cfg = synth_config(tmp_path, {"model": {"input_name": "Input3"}})

@@ -95,6 +95,7 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
 
 # how the reports this toolkit writes begin (JSON: the envelope's first key; Markdown: the title)
 _REPORT_STARTS = {".json": (b'{\n  "schema_version"',), ".md": (b"# Tuning report", b"# Benchmark", b"# Validation report")}
+_FIGURE_MARK = b"Software\x00mnist-quant"  # the tEXt chunk right after a figure's PNG header (plots.SOFTWARE)
 
 
 def is_replaceable(path: Path) -> bool:
@@ -105,11 +106,21 @@ def is_replaceable(path: Path) -> bool:
         if not path.is_file():
             return True
         with open(path, "rb") as f:
-            head = f.read(64)
+            head = f.read(128)
     except OSError:
         return True  # not readable: the output checks say so
+    if path.suffix == ".png":
+        return not head or _FIGURE_MARK in head
     starts = _REPORT_STARTS.get(path.suffix)
     return not head or starts is None or head.startswith(starts)
+
+
+def check_replaceable(path: Path, what: str) -> Path:
+    """UsageError (exit 2) unless :func:`is_replaceable`; returns ``path``."""
+    if not is_replaceable(path):
+        raise UsageError(f"{what} {path}: exists and is not a figure or report this toolkit wrote; move it or choose another "
+                         "report path")
+    return path
 
 
 def wanted(reports: bool | None, report_path: str | None, configured: str | None) -> bool:

@@ -6,7 +6,8 @@ it is not. Callers stage the returned bytes through :class:`quant.files.Outputs`
 
 No pyplot and no global state: each figure is a ``matplotlib.figure.Figure`` drawn under
 matplotlib's default style (a user's matplotlibrc changes nothing) and rendered by Agg with no
-Software or date metadata, so the same inputs give the same bytes.
+date and a constant Software text ("mnist-quant", no version), so the same inputs give the same bytes
+and a figure is known as this toolkit's (a report never replaces a user's PNG of the same name).
 
 Benchmark figures (``<report stem>.<name>.png`` beside the benchmark report):
 
@@ -49,6 +50,9 @@ def available() -> bool:
     return matplotlib is not None
 
 
+SOFTWARE = "mnist-quant"  # the PNG's Software text: constant (no version, no date), so a figure is known as ours
+
+
 def path_for(json_path: str | os.PathLike, name: str) -> Path:
     """``<report stem>.<name>.png`` beside the JSON report."""
     p = Path(json_path)
@@ -65,7 +69,7 @@ def _figure(width: float, height: float):
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, metadata={"Software": SOFTWARE})
     return buf.getvalue()
 
 

@@ -194,7 +194,8 @@ def _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, repo
         json_path, md_path = report.default_report_paths(input_models[0], report_path or cfg.output.report, kind="benchmark", folder=".")
         for p in (json_path, md_path):
             check_writable_target(p, "--report")
-        plot_paths = [("plot", check_writable_target(p, "plot")) for p in plot_targets(json_path, mode)] if plots else []
+        plot_paths = [("plot", report.check_replaceable(check_writable_target(p, "plot"), "plot")) for p in plot_targets(json_path, mode)
+                      ] if plots else []
     reads = [("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
                                                           *inputs.data_files(cfg, data_dir)]
     check_distinct(reads=reads, writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])

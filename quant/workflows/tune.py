@@ -62,7 +62,7 @@ def _check_outputs(input_model: str, output_model: str, report_path: str | None,
         json_path, md_path = report.default_report_paths(output_model, report_path or cfg.output.report)
         for p in (json_path, md_path):
             check_writable_target(p, "--report")
-        plot = check_writable_target(_plots.path_for(json_path, "trials"), "plot") if plots else None
+        plot = report.check_replaceable(check_writable_target(_plots.path_for(json_path, "trials"), "plot"), "plot") if plots else None
     td_dir = testdata.default_dir(output_model)
     check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)),
                           ("quantization.calibration.manifest", cfg.quantization.calibration.manifest),
