@@ -280,7 +280,7 @@ def test_a_report_never_replaces_a_users_file_beside_it(tmp_path, synth_dir):
     notes.write_text("my notes\n")
     r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
                 f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'mine.json'}")
-    assert r.returncode == 2 and "mine.md exists and is not a report this toolkit wrote" in r.stderr, r.stderr
+    assert r.returncode == 2 and "mine.md: exists and is not a report this toolkit wrote" in r.stderr, r.stderr
     assert notes.read_text() == "my notes\n" and not (tmp_path / "mine.json").exists()
     r = run_cli("benchmark", f"--input_model={m}", f"--baseline_model={m}", f"--config={synth_config(tmp_path)}",
                 f"--data_dir={synth_dir}", "--mode=accuracy", f"--report={tmp_path / 'ours.json'}")

@@ -86,11 +86,15 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
         stem = m.name[:-5] if m.name.endswith(".onnx") else m.name
         where = m.parent if folder is None else Path(folder)
         paths = where / f"{stem}.{kind}.json", where / f"{stem}.{kind}.md"
-    for p in paths:
-        if not is_replaceable(p):
-            raise UsageError(f"--report {report or paths[0]}: {p} exists and is not a report this toolkit wrote; move it or choose "
-                             "another report path")
     return paths
+
+
+def check_reports_replaceable(*paths) -> None:
+    """UsageError (exit 2) when a report path holds a file that is not a report this toolkit wrote (checked after
+    the collision checks, which name an input the path would overwrite more precisely)."""
+    for p in filter(None, paths):
+        if not is_replaceable(Path(p)):
+            raise UsageError(f"--report {p}: exists and is not a report this toolkit wrote; move it or choose another report path")
 
 
 # how the reports this toolkit writes begin (JSON: the envelope's first key; Markdown: the title)

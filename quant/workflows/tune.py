@@ -70,6 +70,7 @@ def _check_outputs(input_model: str, output_model: str, report_path: str | None,
                    writes=[("--output_model", output_model), ("--report (JSON)", json_path), ("--report (Markdown)", md_path),
                            *([("plot", plot)] if plot else [])],
                    replaced=[("the output model's test data folder", td_dir)] if cfg.output.test_data_sets else [])
+    report.check_reports_replaceable(json_path, md_path)
     if cfg.output.test_data_sets:
         testdata.check_replaceable(td_dir, f"--output_model {output_model}: its test data folder")
     return _Outputs(output_model, json_path, md_path, td_dir, plot)
