@@ -89,14 +89,6 @@ def default_report_paths(model_path: str | os.PathLike, report: str | None, kind
     return paths
 
 
-def check_reports_replaceable(*paths) -> None:
-    """UsageError (exit 2) when a report path holds a file that is not a report this toolkit wrote (checked after
-    the collision checks, which name an input the path would overwrite more precisely)."""
-    for p in filter(None, paths):
-        if not is_replaceable(Path(p)):
-            raise UsageError(f"--report {p}: exists and is not a report this toolkit wrote; move it or choose another report path")
-
-
 # how the reports this toolkit writes begin (JSON: the envelope's first key; Markdown: the title)
 _REPORT_STARTS = {".json": (b'{\n  "schema_version"',), ".md": (b"# Tuning report", b"# Benchmark", b"# Validation report")}
 _FIGURE_MARK = b"Software\x00mnist-quant"  # the tEXt chunk right after a figure's PNG header (plots.SOFTWARE)
@@ -119,11 +111,12 @@ def is_replaceable(path: Path) -> bool:
     return not head or starts is None or head.startswith(starts)
 
 
-def check_replaceable(path: Path, what: str) -> Path:
-    """UsageError (exit 2) unless :func:`is_replaceable`; returns ``path``."""
-    if not is_replaceable(path):
-        raise UsageError(f"{what} {path}: exists and is not a figure or report this toolkit wrote; move it or choose another "
-                         "report path")
+def check_replaceable(path: Path | None, what: str = "--report") -> Path | None:
+    """UsageError (exit 2) unless :func:`is_replaceable`; returns ``path``. Called after the collision checks,
+    which name an input the path would overwrite more precisely."""
+    if path is not None and not is_replaceable(Path(path)):
+        kind = "figure or report" if Path(path).suffix == ".png" else "report"
+        raise UsageError(f"{what} {path}: exists and is not a {kind} this toolkit wrote; move it or choose another report path")
     return path
 
 

@@ -199,7 +199,8 @@ def _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, repo
     reads = [("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
                                                           *inputs.data_files(cfg, data_dir)]
     check_distinct(reads=reads, writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
-    report.check_reports_replaceable(json_path, md_path)
+    for p in (json_path, md_path):
+        report.check_replaceable(p)
     return _Outputs(json_path, md_path, plot_paths, reads)
 
 

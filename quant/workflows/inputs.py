@@ -65,7 +65,6 @@ def settle_model(cfg, lm, others: tuple = ()):
     signature, inferred)``: ``cfg`` a copy with the model's values filled in, ``inferred`` what was read
     from the model (recorded in the reports; :func:`say_inferred` says it once)."""
     source = "the built-in defaults" if cfg.source.startswith("<") else cfg.source
-    names = [i.name for i in models.graph_inputs(lm.proto)]
     for m in (lm, *others):
         names = [i.name for i in models.graph_inputs(m.proto)]
         if cfg.model.input_name is not None and cfg.model.input_name not in names:

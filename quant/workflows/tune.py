@@ -70,7 +70,8 @@ def _check_outputs(input_model: str, output_model: str, report_path: str | None,
                    writes=[("--output_model", output_model), ("--report (JSON)", json_path), ("--report (Markdown)", md_path),
                            *([("plot", plot)] if plot else [])],
                    replaced=[("the output model's test data folder", td_dir)] if cfg.output.test_data_sets else [])
-    report.check_reports_replaceable(json_path, md_path)
+    for p in (json_path, md_path):
+        report.check_replaceable(p)
     if cfg.output.test_data_sets:
         testdata.check_replaceable(td_dir, f"--output_model {output_model}: its test data folder")
     return _Outputs(output_model, json_path, md_path, td_dir, plot)
@@ -298,6 +299,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
                 accs, ties, finish_notes, choice, t_start, command, prov, inferred) -> dict:
     from quant.quantize import inc
 
+    spec = inc_spec(cfg)
     fp32_acc, int8_acc, min_acc, passed = accs
     kind, tol = cfg.criterion
     return {
@@ -321,7 +323,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "metadata": {printable(p.key, 200): printable(p.value, 1000) for p in finished.metadata_props},
         "quantization": {"format": cfg.quantization.format, "per_channel": cfg.quantization.per_channel,
                          "reduce_range": cfg.quantization.reduce_range, "kernel_aware": cfg.quantization.kernel_aware,
-                         "inc_options_pinned": inc.pinned_options(inc_spec(cfg)), "inc_recipes": inc.recipes(inc_spec(cfg)),
+                         "inc_options_pinned": inc.pinned_options(spec), "inc_recipes": inc.recipes(spec),
                          "op_types_to_keep_fp32": cfg.quantization.op_types_to_keep_fp32,
                          "nodes_to_keep_fp32": cfg.quantization.nodes_to_keep_fp32},
         "tuning": {"trials": len(result.trials) - 1, "strategy": cfg.tuning.strategy, "objective": cfg.tuning.objective,

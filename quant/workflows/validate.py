@@ -565,7 +565,8 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", config_file(cfg)),
                           *[("--test_data", d) for d in test_data or []], *data_files(cfg, data_dir)],
                    writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path)])
-    report.check_reports_replaceable(json_path, md_path)
+    for p in (json_path, md_path):
+        report.check_replaceable(p)
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
