@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from quant.errors import AccuracyError
-from quant.runtime import evaluation, timing
+from quant.runtime import sessions, timing
 
 MARGIN = 0.03  # another candidate must be > 3 % faster (geometric mean over batch sizes) to replace the default
 RATIO = ("paired: per batch size, the median over the interleaved rounds of the candidate's time / fp32's time in the "
@@ -69,9 +69,9 @@ def search(build: Callable[[tuple[str, ...]], Candidate], plan_keep: list[str], 
     ratios: dict[int, list[float]] = {i: [] for i in range(len(cands))}
     for bs in batches:
         xb = np.resize(x, (bs, *x.shape[1:])).astype(np.float32)
-        targets = [timing.Timed("fp32", evaluation.make_session(fp32_model, threads), timing.feed(input_name, xb), bs, 1)]
+        targets = [timing.Timed("fp32", sessions.make_session(fp32_model, threads), timing.feed(input_name, xb), bs, 1)]
         for i, c in enumerate(cands):
-            targets.append(timing.Timed(str(i), evaluation.make_session(c.model, threads), timing.feed(input_name, xb), bs, 1))
+            targets.append(timing.Timed(str(i), sessions.make_session(c.model, threads), timing.feed(input_name, xb), bs, 1))
         n = max(50, iterations // bs)
         times = timing.time_interleaved(targets, n, max(10, n // 10), progress=False)
         for i in range(len(cands)):  # median of the per-round ratios: one stretch of the whole run

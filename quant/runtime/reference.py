@@ -167,7 +167,7 @@ def integer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     if not any(n.op_type in ("Conv", "Gemm", "MatMul") and any(i in dq_out for i in n.input) for n in model.graph.node):
         return model
-    from quant.runtime.evaluation import onnxruntime_graph
+    from quant.runtime.sessions import onnxruntime_graph
 
     return unfuse(onnxruntime_graph(model.SerializeToString()))
 

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.graph import finalize, models
-from quant.runtime import evaluation
+from quant.runtime import sessions
 
 
 def _qdq_fc(with_unused_opsets=True) -> onnx.ModelProto:
@@ -39,11 +39,11 @@ def _qdq_fc(with_unused_opsets=True) -> onnx.ModelProto:
 
 
 def _run(m, x):
-    return evaluation.make_session(models.serialize(m)).run(None, {"x": x})[0]
+    return sessions.make_session(models.serialize(m)).run(None, {"x": x})[0]
 
 
 def _executed(m):
-    return [n.op_type for n in evaluation.onnxruntime_graph(models.serialize(m)).graph.node]
+    return [n.op_type for n in sessions.onnxruntime_graph(models.serialize(m)).graph.node]
 
 
 def test_float_outputs_removes_the_output_pair_and_onnxruntime_runs_a_float_qgemm():
@@ -196,7 +196,7 @@ def _with_an_if_reading_an_outer_constant() -> onnx.ModelProto:
 
 def _run_if(m, x, cond, w=None):
     feeds = {"x": x, "cond": np.array(cond)} | ({"W": w} if w is not None else {})
-    return evaluation.make_session(models.serialize(m)).run(None, feeds)[0]
+    return sessions.make_session(models.serialize(m)).run(None, feeds)[0]
 
 
 def test_compact_constants_renames_only_constants_and_keeps_what_is_read_by_name():
@@ -237,7 +237,7 @@ def test_compact_constants_avoids_sparse_initializer_and_value_info_names():
     onnx.checker.check_model(out)
     assert [t.name for t in out.graph.initializer] == ["c2", "c3"]
     x = np.float32([1.0, 1.0])
-    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda mm: sessions.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run(out), run(m)) and np.array_equal(run(m), np.float32([6.0, 32.0]))
 
 
@@ -274,7 +274,7 @@ def test_drop_default_attributes_reads_the_default_of_the_models_opset(opset, ax
     out, n = finalize.drop_default_attributes(m)
     assert n == int(dropped) and len(out.graph.node[0].attribute) == int(not dropped)
     x = np.random.default_rng(9).normal(size=(2, 3, 4)).astype(np.float32)
-    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda mm: sessions.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run(out), run(m))
 
 
@@ -302,7 +302,7 @@ def test_drop_identity_requantization_keeps_a_pair_an_if_body_reads():
     finished, _ = finalize.finish(m)
     onnx.checker.check_model(finished)
     feeds = {"x": np.float32([[[[0.3, -0.2], [1.0, 0.05]]]]), "cond": np.array(False)}
-    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, feeds)  # noqa: E731
+    run = lambda mm: sessions.make_session(models.serialize(mm)).run(None, feeds)  # noqa: E731
     assert all(np.array_equal(a, b) for a, b in zip(run(m), run(finished)))
 
 
