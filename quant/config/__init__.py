@@ -274,31 +274,13 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
                 hint = f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e+6)"
             raise _err(source, key, f"expected a number, got {_typename(value)} {value!r}{hint}")
     elif k == "fraction":
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")
-        number = value = value.strip() if isinstance(value, str) else value
-        if isinstance(value, str):
-            try:  # float() unless 'a/b': Fraction('1e-999999999') would expand the exponent into a billion digits
-                number = fractions.Fraction(value) if "/" in value else float(value)
-            except (ValueError, ZeroDivisionError):
-                raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
-        problem = _range_problem(f, number)
-        if problem:
-            raise _err(source, key, f"{problem}, got {value!r}")
-        return value
+        return _check_fraction(f, value, key, source)
     elif k == "list[str]":
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise _err(source, key, f"expected a list of strings, got {_typename(value)} {value!r}")
         return list(value)
     elif k == "criterion":
-        if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("relative", "absolute"):
-            raise _err(source, key, f"expected exactly one of {{relative: x}} or {{absolute: x}}, got {value!r}")
-        (ck, cv), = value.items()
-        if isinstance(cv, bool) or not isinstance(cv, (int, float)):
-            raise _err(source, f"{key}.{ck}", f"expected a number, got {_typename(cv)} {cv!r}")
-        if _range_problem(f, cv):
-            raise _err(source, f"{key}.{ck}", f"tolerance must be in {range_text(f)}, got {cv!r}")
-        return {ck: float(cv)}
+        return _check_criterion(f, value, key, source)
     if f.choices is not None and value not in f.choices:
         hint = suggest(str(value), f.choices)
         extra = f" (did you mean {hint!r}?)" if hint else ""
@@ -309,6 +291,34 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
             raise _err(source, key, f"{problem}, got {value!r}")
         return float(value) if k == "float" else value
     return value
+
+
+def _check_fraction(f: F, value: Any, key: str, source: str) -> Any:
+    """A ``fraction`` leaf: a number or a string (stripped) holding a number or ``a/b``, in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")
+    number = value = value.strip() if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:  # float() unless 'a/b': Fraction('1e-999999999') would expand the exponent into a billion digits
+            number = fractions.Fraction(value) if "/" in value else float(value)
+        except (ValueError, ZeroDivisionError):
+            raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
+    problem = _range_problem(f, number)
+    if problem:
+        raise _err(source, key, f"{problem}, got {value!r}")
+    return value
+
+
+def _check_criterion(f: F, value: Any, key: str, source: str) -> dict:
+    """A ``criterion`` leaf: exactly one of ``{relative: x}`` or ``{absolute: x}``, x in range."""
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("relative", "absolute"):
+        raise _err(source, key, f"expected exactly one of {{relative: x}} or {{absolute: x}}, got {value!r}")
+    (ck, cv), = value.items()
+    if isinstance(cv, bool) or not isinstance(cv, (int, float)):
+        raise _err(source, f"{key}.{ck}", f"expected a number, got {_typename(cv)} {cv!r}")
+    if _range_problem(f, cv):
+        raise _err(source, f"{key}.{ck}", f"tolerance must be in {range_text(f)}, got {cv!r}")
+    return {ck: float(cv)}
 
 
 def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:

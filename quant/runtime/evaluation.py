@@ -89,10 +89,14 @@ def tied_top1(outputs: np.ndarray) -> int:
     return int(np.sum(top2[:, 0] == top2[:, 1]))
 
 
+# how far a rewritten model's outputs may move from the original's: ATOL + RTOL * max|reference|
+ATOL, RTOL = 1e-5, 1e-6
+
+
 def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_name: str, batch: int, path: str = "model",
-                       atol: float = 1e-5, rtol: float = 1e-6, hint: str = "") -> float:
+                       hint: str = "") -> float:
     """Run ``x`` image by image through ``reference`` and in batches of ``batch`` through
-    ``candidate``; raise ModelError unless the outputs agree within ``atol + rtol * max|reference|``
+    ``candidate``; raise ModelError unless the outputs agree within ``ATOL + RTOL * max|reference|``
     (rewrites may change float summation order, which moves the last bits), or when the candidate fails
     to run (e.g. a Reshape to the old fixed batch that the batch rewrite cannot see, inside an If body).
     ``hint`` ends that message. Returns the largest difference."""
@@ -103,7 +107,7 @@ def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_
         raise ModelError(f"{path}: the rewritten model fails at batch {batch} where the original runs: {e.detail}"
                          + (f" ({hint})" if hint else "")) from None
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
-    limit = atol + rtol * (float(np.max(np.abs(ref))) if len(x) else 0.0)
+    limit = ATOL + RTOL * (float(np.max(np.abs(ref))) if len(x) else 0.0)
     if not diff <= limit:
         raise ModelError(f"{path}: the rewritten model's outputs differ from the original by {diff:g} (> {limit:g})"
                          + (f" ({hint})" if hint else ""))

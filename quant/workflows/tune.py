@@ -268,8 +268,8 @@ def _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig,
         b = models.serialize(q.model)
         return latency.Candidate(tuple(keep), b, evaluator(b), q)
 
-    return latency.search(build, list(plan.keep_fp32), list(plan.int8), fp32_run, x_test[:64], sig.input_name, batches, log=log,
-                          threads=cfg.benchmark.threads)
+    return latency.search(build, list(plan.keep_fp32), list(plan.int8), latency.Timing(fp32_run, x_test[:64], sig.input_name, batches,
+                          threads=cfg.benchmark.threads), log=log)
 
 
 def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Outputs, staged: Outputs) -> dict | None:
