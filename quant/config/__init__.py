@@ -11,7 +11,6 @@ zoo's 2022 recipe are mapped onto this schema before validation (:mod:`quant.con
 from __future__ import annotations
 
 import copy
-import difflib
 import fractions
 import json
 import os
@@ -24,7 +23,7 @@ import yaml
 
 from quant.config import recipe
 from quant.config.preprocessing import Preprocessing
-from quant.errors import ConfigError, UsageError, first_line
+from quant.errors import ConfigError, UsageError, first_line, suggest
 from quant.files import read_regular_file, sha256_bytes
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -164,17 +163,6 @@ class Config(Section):
 
     def preprocessing_dict(self) -> dict[str, Any]:
         return self.preprocessing_value().as_dict()
-
-
-def suggest(value: str, options) -> str | None:
-    """The closest option (case-insensitive prefix first, then difflib), for did-you-mean hints."""
-    opts = [str(o) for o in options]
-    low = str(value).lower()
-    pref = [o for o in opts if o.lower().startswith(low) or low.startswith(o.lower())]
-    if pref and low:
-        return pref[0]
-    hit = difflib.get_close_matches(low, [o.lower() for o in opts], n=1, cutoff=0.5)
-    return opts[[o.lower() for o in opts].index(hit[0])] if hit else None
 
 
 def _err(source: str, key: str, msg: str) -> ConfigError:
@@ -351,6 +339,13 @@ def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None, bas
     cfg.__dict__.update(source=source, sha256=sha256 or sha256_bytes(json.dumps(cfg.to_dict(), sort_keys=True).encode()),
                         notes=notes)
     return cfg
+
+
+def checked_preprocessing(value: Any, source: str) -> Preprocessing:
+    """A ``preprocessing`` mapping found outside a config file (a model's metadata), checked key for key as
+    the config's section is; ConfigError naming ``source`` and the key. The plain value, never a Config, is
+    what the layers below the workflows receive."""
+    return from_dict({"preprocessing": value}, source).preprocessing_value()
 
 
 def replace(cfg: Config, changes: dict[str, Any], noted: bool = True) -> Config:
