@@ -1,10 +1,12 @@
-"""The toolkit's error types and the exit codes they map to.
+"""The toolkit's error types, the exit codes they map to, and the helpers their one-line messages use
+(:func:`first_line`, :func:`printable`, the did-you-mean :func:`suggest`).
 
 Every failure a user can cause is raised as a :class:`QuantError` subclass carrying a one-line
 message and an exit code; the CLI prints the message and exits with the code (no traceback
 unless ``--verbose``).
 """
 
+import difflib
 import signal
 import threading
 
@@ -109,6 +111,17 @@ def printable(text, limit: int | None = PRINT_LIMIT) -> str:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a service manager's stop, a closed terminal
+
+
+def suggest(value: str, options) -> str | None:
+    """The closest option (case-insensitive prefix first, then difflib), for did-you-mean hints."""
+    opts = [str(o) for o in options]
+    low = str(value).lower()
+    pref = [o for o in opts if o.lower().startswith(low) or low.startswith(o.lower())]
+    if pref and low:
+        return pref[0]
+    hit = difflib.get_close_matches(low, [o.lower() for o in opts], n=1, cutoff=0.5)
+    return opts[[o.lower() for o in opts].index(hit[0])] if hit else None
 
 
 def handle_signals(handler, signals=STOP_SIGNALS) -> dict:

@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 from quant.graph import models, prepare
-from quant.runtime import timing
+from quant.runtime import sessions, timing
 from quant.workflows import benchmark
 
 
@@ -38,7 +38,7 @@ def main() -> None:
         m, _ = prepare.make_batch_dynamic(lm.proto, sig, path)  # the zoo's fixed batch of 1 -> any batch
         x = np.random.default_rng(0).random((a.batch_size, *sig.input_shape[1:]), dtype=np.float32)
         feeds[name] = (models.serialize(m), sig.input_name, x, 1)
-        runs.append(timing.Timed(name, timing.plain_session(feeds[name][0], name=path), timing.feed(sig.input_name, x), a.batch_size, 1))
+        runs.append(timing.Timed(name, sessions.plain_session(feeds[name][0], name=path), timing.feed(sig.input_name, x), a.batch_size, 1))
 
     n = a.iterations
     prof_n, peak_n = min(benchmark.PROFILE_RUNS, n), min(benchmark.PEAK_SAMPLES, n)

@@ -11,7 +11,6 @@ zoo's 2022 recipe are mapped onto this schema before validation (:mod:`quant.con
 from __future__ import annotations
 
 import copy
-import difflib
 import fractions
 import json
 import os
@@ -24,7 +23,7 @@ import yaml
 
 from quant.config import recipe
 from quant.config.preprocessing import Preprocessing
-from quant.errors import ConfigError, UsageError, first_line
+from quant.errors import ConfigError, UsageError, first_line, suggest
 from quant.files import read_regular_file, sha256_bytes
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -166,17 +165,6 @@ class Config(Section):
         return self.preprocessing_value().as_dict()
 
 
-def suggest(value: str, options) -> str | None:
-    """The closest option (case-insensitive prefix first, then difflib), for did-you-mean hints."""
-    opts = [str(o) for o in options]
-    low = str(value).lower()
-    pref = [o for o in opts if o.lower().startswith(low) or low.startswith(o.lower())]
-    if pref and low:
-        return pref[0]
-    hit = difflib.get_close_matches(low, [o.lower() for o in opts], n=1, cutoff=0.5)
-    return opts[[o.lower() for o in opts].index(hit[0])] if hit else None
-
-
 def _err(source: str, key: str, msg: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
 
@@ -274,31 +262,13 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
                 hint = f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e+6)"
             raise _err(source, key, f"expected a number, got {_typename(value)} {value!r}{hint}")
     elif k == "fraction":
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")
-        number = value = value.strip() if isinstance(value, str) else value
-        if isinstance(value, str):
-            try:  # float() unless 'a/b': Fraction('1e-999999999') would expand the exponent into a billion digits
-                number = fractions.Fraction(value) if "/" in value else float(value)
-            except (ValueError, ZeroDivisionError):
-                raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
-        problem = _range_problem(f, number)
-        if problem:
-            raise _err(source, key, f"{problem}, got {value!r}")
-        return value
+        return _check_fraction(f, value, key, source)
     elif k == "list[str]":
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise _err(source, key, f"expected a list of strings, got {_typename(value)} {value!r}")
         return list(value)
     elif k == "criterion":
-        if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("relative", "absolute"):
-            raise _err(source, key, f"expected exactly one of {{relative: x}} or {{absolute: x}}, got {value!r}")
-        (ck, cv), = value.items()
-        if isinstance(cv, bool) or not isinstance(cv, (int, float)):
-            raise _err(source, f"{key}.{ck}", f"expected a number, got {_typename(cv)} {cv!r}")
-        if _range_problem(f, cv):
-            raise _err(source, f"{key}.{ck}", f"tolerance must be in {range_text(f)}, got {cv!r}")
-        return {ck: float(cv)}
+        return _check_criterion(f, value, key, source)
     if f.choices is not None and value not in f.choices:
         hint = suggest(str(value), f.choices)
         extra = f" (did you mean {hint!r}?)" if hint else ""
@@ -309,6 +279,34 @@ def _check_leaf(f: F, value: Any, key: str, source: str) -> Any:
             raise _err(source, key, f"{problem}, got {value!r}")
         return float(value) if k == "float" else value
     return value
+
+
+def _check_fraction(f: F, value: Any, key: str, source: str) -> Any:
+    """A ``fraction`` leaf: a number or a string (stripped) holding a number or ``a/b``, in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _err(source, key, f"expected a number or a fraction like '1/255', got {_typename(value)} {value!r}")
+    number = value = value.strip() if isinstance(value, str) else value
+    if isinstance(value, str):
+        try:  # float() unless 'a/b': Fraction('1e-999999999') would expand the exponent into a billion digits
+            number = fractions.Fraction(value) if "/" in value else float(value)
+        except (ValueError, ZeroDivisionError):
+            raise _err(source, key, f"expected a number or a fraction like '1/255', got {value!r}") from None
+    problem = _range_problem(f, number)
+    if problem:
+        raise _err(source, key, f"{problem}, got {value!r}")
+    return value
+
+
+def _check_criterion(f: F, value: Any, key: str, source: str) -> dict:
+    """A ``criterion`` leaf: exactly one of ``{relative: x}`` or ``{absolute: x}``, x in range."""
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("relative", "absolute"):
+        raise _err(source, key, f"expected exactly one of {{relative: x}} or {{absolute: x}}, got {value!r}")
+    (ck, cv), = value.items()
+    if isinstance(cv, bool) or not isinstance(cv, (int, float)):
+        raise _err(source, f"{key}.{ck}", f"expected a number, got {_typename(cv)} {cv!r}")
+    if _range_problem(f, cv):
+        raise _err(source, f"{key}.{ck}", f"tolerance must be in {range_text(f)}, got {cv!r}")
+    return {ck: float(cv)}
 
 
 def _validate(schema: dict, data: Any, prefix: str, source: str) -> dict:
@@ -341,6 +339,13 @@ def from_dict(raw: Any, source: str = "<config>", sha256: str | None = None, bas
     cfg.__dict__.update(source=source, sha256=sha256 or sha256_bytes(json.dumps(cfg.to_dict(), sort_keys=True).encode()),
                         notes=notes)
     return cfg
+
+
+def checked_preprocessing(value: Any, source: str) -> Preprocessing:
+    """A ``preprocessing`` mapping found outside a config file (a model's metadata), checked key for key as
+    the config's section is; ConfigError naming ``source`` and the key. The plain value, never a Config, is
+    what the layers below the workflows receive."""
+    return from_dict({"preprocessing": value}, source).preprocessing_value()
 
 
 def replace(cfg: Config, changes: dict[str, Any], noted: bool = True) -> Config:

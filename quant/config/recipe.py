@@ -112,31 +112,9 @@ def preprocessing_of(chain: Any, key: str, source: str) -> dict:
             s = _number(params.get("std", [1.0]), f"{k}.std", source, lo=1e-6)
             mean, std = mean + m * std, std * s
         elif name == "Transpose":
-            _only(params, ("perm",), k, source)
-            perm = params.get("perm")
-            if not isinstance(perm, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in perm) \
-                    or sorted(perm) != list(range(len(shape))):
-                raise _err(source, f"{k}.perm", f"expected a permutation of {list(range(len(shape)))} (the image is {list(shape)} here), got {perm!r}")
-            if axes is None:
-                raise _err(source, k, f"a Transpose of an image reshaped to {list(shape)} cannot be expressed as a layout")
-            shape, axes = tuple(shape[p] for p in perm), tuple(axes[p] for p in perm)
-            hw = [a for a in axes if a in ("H", "W")]
-            if hw == ["W", "H"]:
-                raise _err(source, f"{k}.perm", f"{perm} swaps the image's height and width: the model would see transposed digits; "
-                           "only the channel axis may move (e.g. [2, 0, 1])")
+            shape, axes = _transpose(params, k, source, shape, axes)
         elif name == "Reshape":
-            _only(params, ("shape",), k, source)
-            new = params.get("shape")
-            ok = isinstance(new, list) and new and all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in new) \
-                and new.count(-1) <= 1
-            if ok:
-                known = math.prod(d for d in new if d != -1)
-                ok = (784 % known == 0) if -1 in new else known == 784
-            if not ok:
-                raise _err(source, f"{k}.shape", f"expected a shape of 784 values (one -1 allowed), got {new!r}")
-            shape = tuple(784 // math.prod(d for d in new if d != -1) if d == -1 else d for d in new)
-            # a reshape keeps the raster order of the pixels (the channel has size 1, so HWC and CHW share it)
-            axes = {(784,): ("P",), (1, 28, 28): ("C", "H", "W"), (28, 28, 1): ("H", "W", "C"), (28, 28): ("H", "W")}.get(shape)
+            shape, axes = _reshape(params, k, source)
         else:
             raise _err(source, k, f"transform {name!r} cannot be expressed as preprocessing; supported: {', '.join(TRANSFORMS)} "
                        "(crops, flips and resizes change the digit)")
@@ -146,6 +124,40 @@ def preprocessing_of(chain: Any, key: str, source: str) -> dict:
         raise _err(source, key, f"leaves images of shape {list(shape)}; the models take [1, 28, 28] (NCHW), [28, 28, 1] (NHWC) "
                    "or [784] (flat) per image: add Transpose {perm: [2, 0, 1]} or Reshape {shape: [784]}")
     return {"scale": str(scale), "mean": mean, "std": std, "layout": _LAYOUTS[shape]}
+
+
+def _transpose(params: dict, k: str, source: str, shape: tuple, axes: tuple | None) -> tuple[tuple, tuple]:
+    """The image's shape and axes after a ``Transpose`` step ``k`` of a transform chain."""
+    _only(params, ("perm",), k, source)
+    perm = params.get("perm")
+    if not isinstance(perm, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in perm) \
+            or sorted(perm) != list(range(len(shape))):
+        raise _err(source, f"{k}.perm", f"expected a permutation of {list(range(len(shape)))} (the image is {list(shape)} here), got {perm!r}")
+    if axes is None:
+        raise _err(source, k, f"a Transpose of an image reshaped to {list(shape)} cannot be expressed as a layout")
+    shape, axes = tuple(shape[p] for p in perm), tuple(axes[p] for p in perm)
+    hw = [a for a in axes if a in ("H", "W")]
+    if hw == ["W", "H"]:
+        raise _err(source, f"{k}.perm", f"{perm} swaps the image's height and width: the model would see transposed digits; "
+                   "only the channel axis may move (e.g. [2, 0, 1])")
+    return shape, axes
+
+
+def _reshape(params: dict, k: str, source: str) -> tuple[tuple, tuple | None]:
+    """The image's shape and axes (None when they are no longer known) after a ``Reshape`` step ``k``."""
+    _only(params, ("shape",), k, source)
+    new = params.get("shape")
+    ok = isinstance(new, list) and new and all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in new) \
+        and new.count(-1) <= 1
+    if ok:
+        known = math.prod(d for d in new if d != -1)
+        ok = (784 % known == 0) if -1 in new else known == 784
+    if not ok:
+        raise _err(source, f"{k}.shape", f"expected a shape of 784 values (one -1 allowed), got {new!r}")
+    shape = tuple(784 // math.prod(d for d in new if d != -1) if d == -1 else d for d in new)
+    # a reshape keeps the raster order of the pixels (the channel has size 1, so HWC and CHW share it)
+    axes = {(784,): ("P",), (1, 28, 28): ("C", "H", "W"), (28, 28, 1): ("H", "W", "C"), (28, 28): ("H", "W")}.get(shape)
+    return shape, axes
 
 
 def _dataloader(dl: Any, key: str, source: str) -> dict:
@@ -177,6 +189,8 @@ def _dataloader(dl: Any, key: str, source: str) -> dict:
 
 
 def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes: list[str], base: str | None) -> None:
+    """The recipe's dataloaders (calibration, accuracy, performance) as the schema's keys: one MNIST folder, one
+    preprocessing, the batch sizes; contradictions are errors naming the key, what is dropped a note."""
     loaders: dict[str, dict] = {}
     cal = quant.get("calibration")
     if isinstance(cal, dict) and "dataloader" in cal:
@@ -188,7 +202,16 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
             loaders[key] = _dataloader(sect.pop("dataloader"), key, source)
     if not loaders:
         return
-    # one MNIST folder
+    _one_folder(d, loaders, source, notes, base)
+    _one_preprocessing(d, loaders, source, notes)
+    _batches_and_split(d, loaders, evaluation, source, notes)
+    for v in loaders.values():
+        for k in v["ignored"]:
+            notes.append(f"ignored: {k}")
+
+
+def _one_folder(d: dict, loaders: dict[str, dict], source: str, notes: list[str], base: str | None) -> None:
+    """The dataloaders' MNIST roots are one folder: ``dataset.root`` (and ``dataset.download``)."""
     roots = {k: v["root"] for k, v in loaders.items() if "root" in v}
 
     def where(r: str) -> str:  # the same folder however it is written (relative to the config's folder, like the schema)
@@ -214,7 +237,10 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
         dataset.setdefault("download", downloads.pop())
     if dataset:
         d["dataset"] = dataset
-    # one preprocessing
+
+
+def _one_preprocessing(d: dict, loaders: dict[str, dict], source: str, notes: list[str]) -> None:
+    """The dataloaders' transforms give one preprocessing, which an explicit ``preprocessing`` must not contradict."""
     (k0, first), *rest = loaders.items()
     for k, v in rest:
         if not same(first["preprocessing"], v["preprocessing"]):
@@ -232,7 +258,10 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
         d["preprocessing"] = dict(pre)
         notes.append(f"preprocessing from {k0}.transform: {Preprocessing.of(pre).describe()} (INC 1.x's MNIST dataset yields raw 0..255 pixels; "
                      "only Rescale divides by 255)")
-    # batch sizes and the split
+
+
+def _batches_and_split(d: dict, loaders: dict[str, dict], evaluation: dict, source: str, notes: list[str]) -> None:
+    """The dataloaders' batch sizes and splits: evaluation.batch_size, benchmark.batch_size, notes on what is ignored."""
     c = loaders.get("quantization.calibration.dataloader")
     if c is not None:
         if "batch_size" in c:
@@ -257,9 +286,6 @@ def _map_dataloaders(d: dict, quant: dict, evaluation: dict, source: str, notes:
         if "batch_size" in bench and bench["batch_size"] != p["batch_size"]:
             raise _err(source, "evaluation.performance.dataloader.batch_size", "contradicts benchmark.batch_size")
         bench["batch_size"] = p["batch_size"]
-    for v in loaders.values():
-        for k in v["ignored"]:
-            notes.append(f"ignored: {k}")
 
 
 def _map_performance(d: dict, evaluation: dict, source: str, notes: list[str]) -> None:

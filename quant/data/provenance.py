@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import onnx
 
 from quant import __version__, data
-from quant import config as config_mod
+from quant.config import checked_preprocessing
 from quant.config.preprocessing import Preprocessing, same
 from quant.errors import ConfigError, printable
 
@@ -78,11 +78,11 @@ def _from_metadata(model: onnx.ModelProto, path: str) -> Documented | None:
         value = parse_metadata_json(raw)
         if not isinstance(value, dict) or set(value) != {"scale", "mean", "std", "layout"}:
             raise ValueError("expected {scale, mean, std, layout}")
-        cfg = config_mod.from_dict({"preprocessing": value}, f"metadata {KEY_PREPROCESSING}")
+        checked = checked_preprocessing(value, f"metadata {KEY_PREPROCESSING}")
     except (ValueError, ConfigError, RecursionError, TypeError) as e:
         return Documented(None, who, problem=f"{KEY_PREPROCESSING} is unusable ({printable(e, 200)}); ignored")
     cal = props.get(KEY_CALIBRATION)
-    return Documented(cfg.preprocessing_dict(), who, cal if cal and re.fullmatch(r"[0-9a-f]{64}", cal) else None)
+    return Documented(checked.as_dict(), who, cal if cal and re.fullmatch(r"[0-9a-f]{64}", cal) else None)
 
 
 def _no_constant(name: str):

@@ -11,7 +11,7 @@ a file aborts the same way, so:
 
 - :func:`hazards` finds the shape in the graph as written (onnxruntime's earlier rewrites, such as
   removing an Identity or folding a scale, can make more graphs take that shape: so sessions load a
-  QDQ model with subgraphs in a child process first, ``evaluation.refuse_aborting``; this module
+  QDQ model with subgraphs in a child process first, ``sessions.refuse_aborting``; this module
   then names the tensor and the body in the message);
 - :func:`mend` gives each such body read its own QuantizeLinear/DequantizeLinear pair with the
   propagated DequantizeLinear's scale and zero point. onnxruntime leaves alone an edge group with an

@@ -1,5 +1,8 @@
 """Finishing touches on INC's int8 model, before it is evaluated and written.
 
+Each touch is a pass, ``model -> PassResult`` (the model, the note :func:`finish` reports, what it
+changed); :data:`ALL` lists them in the order :func:`finish` runs them. What they do:
+
 - :func:`float_outputs`: a graph output that INC quantized (``op -> QuantizeLinear -> DequantizeLinear
   -> output``, or ``-> Softmax -> output`` and other fp32 tail ops) is taken straight from the op
   instead: onnxruntime then runs the classifier head as an
@@ -17,14 +20,17 @@
   onnxruntime runs the same kernels (tested on the executed graph); the file loses ~500 bytes.
 - :func:`drop_unused_opsets`: INC saves its model through onnxruntime, which lists every domain it
   knows in ``opset_import``; only the domains that nodes use are kept.
-- :func:`loadable`: a body that reads a tensor onnxruntime's QDQ propagation reaches gets its own exact
-  QuantizeLinear/DequantizeLinear pair (:mod:`quant.graph.controlflow`: without it, loading the model aborts the
-  process). Also applied to INC's plain result (``kernel_aware: false``), which gets no other touch.
+- :func:`mend_bodies`: a body that reads a tensor onnxruntime's QDQ propagation reaches gets its own
+  exact QuantizeLinear/DequantizeLinear pair (:mod:`quant.graph.controlflow`: without it, loading the
+  model aborts the process). Also applied alone (:func:`loadable`) to INC's plain result
+  (``kernel_aware: false``), which gets no other touch.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -33,6 +39,21 @@ from onnx import numpy_helper
 from quant.errors import QuantError, first_line
 from quant.graph import controlflow
 from quant.graph.models import LAYOUT_ONLY, all_names, all_nodes, consumers, drop_unused_initializers, opset_of, readers, subgraph_reads
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one finishing pass did: the model (its input itself when the pass changed nothing), the note
+    :func:`finish` reports for it (None when there is nothing to say), and what it changed: the tensors
+    (``names``) or how many things (``count``), for the passes that name or count them."""
+
+    model: onnx.ModelProto
+    note: str | None = None
+    names: tuple[str, ...] = ()
+    count: int = 0
+
+
+Pass = Callable[[onnx.ModelProto], PassResult]
+
 
 # ops INC leaves in fp32 between a classifier head and the graph output (softmax heads, a bias or a term
 # added to the logits, a flatten): a pair in front of them quantizes the logits just the same
@@ -58,10 +79,10 @@ def _output_pairs(m: onnx.ModelProto, producers: dict) -> list[onnx.NodeProto]:
     return found
 
 
-def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def float_outputs(model: onnx.ModelProto) -> PassResult:
     """Remove the QuantizeLinear/DequantizeLinear pair between an op and each graph output, directly or
     through fp32 tail ops (``_OUTPUT_TAIL``: a softmax head's logits are quantized in front of the
-    Softmax); returns the names of the tensors that became float."""
+    Softmax); ``names``: the tensors that became float."""
     m = copy.deepcopy(model)
     producers = {o: n for n in m.graph.node for o in n.output}
     uses = consumers(m)
@@ -77,12 +98,13 @@ def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         removed.update((id(q), id(dq)))
         changed.append(dq.output[0])
     if not changed:
-        return model, []
+        return PassResult(model)
     keep = [n for n in m.graph.node if id(n) not in removed]
     del m.graph.node[:]
     m.graph.node.extend(keep)
     drop_unused_initializers(m)
-    return m, changed
+    return PassResult(m, "float outputs (the QuantizeLinear/DequantizeLinear pair between the last int8 op and the output removed): "
+                         f"{', '.join(changed)}", names=tuple(changed), count=len(changed))
 
 
 # ops whose output, re-quantized with their input's scale and zero point, equals their quantized input
@@ -90,10 +112,10 @@ def float_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
 _EXACT_ON_QUANTIZED = LAYOUT_ONLY | {"MaxPool"}
 
 
-def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def drop_identity_requantization(model: onnx.ModelProto) -> PassResult:
     """Remove ``QuantizeLinear -> DequantizeLinear`` pairs that re-quantize the output of an exact op chain
     (``_EXACT_ON_QUANTIZED``) with the scale and zero point of the DequantizeLinear that feeds the chain,
-    when every reader of the pair is another exact op. Returns the model and the number of pairs removed."""
+    when every reader of the pair is another exact op. ``count``: the pairs removed."""
     m = copy.deepcopy(model)
     inits = {t.name: t for t in m.graph.initializer}
     uses = consumers(m)
@@ -140,23 +162,27 @@ def drop_identity_requantization(model: onnx.ModelProto) -> tuple[onnx.ModelProt
             removed.add(id(d))
             rename[d.output[0]] = q.input[0]
     if not removed:
-        return model, 0
+        return PassResult(model)
     keep = [n for n in m.graph.node if id(n) not in removed]
     for n in keep:
         n.input[:] = [rename.get(i, i) for i in n.input]
     del m.graph.node[:]
     m.graph.node.extend(keep)
     drop_unused_initializers(m)
-    return m, pairs
+    return PassResult(m, f"{pairs} QuantizeLinear/DequantizeLinear pair(s) that re-quantized a pool/transpose/reshape output "
+                         "with its input's own scale removed (exact)", count=pairs)
 
 
-def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+def drop_unused_opsets(model: onnx.ModelProto) -> PassResult:
+    """Keep only the opset imports of domains that nodes use (at any depth); ``count``: the imports dropped."""
     used = {n.domain or "" for n in all_nodes(model)} | {""}  # If/Loop bodies' ops need their domains too
     m = copy.deepcopy(model)
+    before = len(m.opset_import)
     keep = [o for o in m.opset_import if (o.domain or "") in used]
     del m.opset_import[:]
     m.opset_import.extend(keep)
-    return m
+    dropped = before - len(keep)
+    return PassResult(m, f"opset imports of unused domains dropped ({before} -> {len(keep)})" if dropped else None, count=dropped)
 
 
 # INC's names for a quantized tensor's constants -> compact_names' suffixes (one constant group per tensor)
@@ -174,7 +200,7 @@ def _stem(name: str) -> str:
     return name
 
 
-def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
+def compact_names(model: onnx.ModelProto) -> PassResult:
     """Shorter names for the QuantizeLinear/DequantizeLinear glue INC adds (its names repeat the
     consumer's name, ~40 bytes each, several times per tensor): a QuantizeLinear's output becomes
     ``<float tensor>.q``, a DequantizeLinear's ``<source>.dq`` (numbered when a source has several),
@@ -225,10 +251,10 @@ def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
             new = f"{src[:-2] if src.endswith('.q') else _stem(src)}.dq"
         taken.discard(out)
         rename[out] = n.output[0] = fresh(new)
-    return m
+    return PassResult(m)
 
 
-def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
+def drop_zero_bias_zero_points(model: onnx.ModelProto) -> PassResult:
     """A DequantizeLinear of an int32 constant (a bias) whose zero point is all zeros loses the zero
     point input (ONNX's default is 0 of the same type), and the initializer goes if unused.
     Only int32: onnxruntime 1.31 stops fusing DequantizeLinear -> Gemm into QGemm when the int8
@@ -240,13 +266,13 @@ def drop_zero_bias_zero_points(model: onnx.ModelProto) -> onnx.ModelProto:
                 and inits[n.input[0]].data_type == onnx.TensorProto.INT32 and not np.any(numpy_helper.to_array(inits[n.input[2]]))):
             del n.input[2]
     drop_unused_initializers(m)
-    return m
+    return PassResult(m)
 
 
 _QPARAM_SUFFIXES = tuple(short for _, short in _INC_TO_SHORT)
 
 
-def compact_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def compact_constants(model: onnx.ModelProto) -> PassResult:
     """Short names for the constants (initializers): ``c<i>`` in the order nodes first read them, a
     quantized tensor's group keeping its suffixes (``Parameter87.q``/``.s``/``.zp`` -> ``c2.q``/``c2.s``/
     ``c2.zp``), and a DequantizeLinear of a constant (a weight) ``c<i>.dq``. A quantization parameter's
@@ -254,7 +280,7 @@ def compact_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     9,692-byte model with INC's names to 8,952. Activations keep their names (validate matches a layer to its
     fp32 twin by name), and so do graph inputs and outputs (an initializer that is also a graph input
     can be fed by name) and every name a subgraph reads; new names avoid every name defined at any
-    depth. Bytes only: no value and no node changes. Returns the model and the number of names changed."""
+    depth. Bytes only: no value and no node changes. ``count``: the names changed."""
     m = copy.deepcopy(model)
     inits = {t.name for t in m.graph.initializer}
     fixed = {i.name for i in m.graph.input} | {o.name for o in m.graph.output} | subgraph_reads(m)
@@ -290,7 +316,8 @@ def compact_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         vi.name = rename.get(vi.name, vi.name)
     for n in m.graph.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
-    return m, sum(old != new for old, new in rename.items())
+    renamed = sum(old != new for old, new in rename.items())
+    return PassResult(m, f"{renamed} constant name(s) shortened (c0, c1, ...)" if renamed else None, count=renamed)
 
 
 # list-valued attributes whose ONNX default (when absent) is this value on every spatial axis
@@ -298,11 +325,11 @@ _SPATIAL_DEFAULTS = {"dilations": 1, "strides": 1, "pads": 0}
 _SPATIAL_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"})
 
 
-def drop_default_attributes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def drop_default_attributes(model: onnx.ModelProto) -> PassResult:
     """Remove attributes (of ONNX-domain nodes) whose value is the one ONNX uses when the attribute is
     absent: the schema's default (``group=1``, ``auto_pad="NOTSET"``, ...) or, for convolutions and
-    pools, all-ones ``dilations``/``strides`` and all-zero ``pads``. Exact by the ONNX spec; returns
-    the model and the number of attributes removed."""
+    pools, all-ones ``dilations``/``strides`` and all-zero ``pads``. Exact by the ONNX spec; ``count``:
+    the attributes removed."""
     m = copy.deepcopy(model)
     opset, dropped = opset_of(m), 0
     for n in m.graph.node:
@@ -327,51 +354,56 @@ def drop_default_attributes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, in
         if len(keep) < len(n.attribute):
             del n.attribute[:]
             n.attribute.extend(keep)
-    return (m, dropped) if dropped else (model, 0)
+    if not dropped:
+        return PassResult(model)
+    return PassResult(m, f"{dropped} attribute(s) equal to their ONNX default dropped", count=dropped)
 
 
-def loadable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """The model with :func:`quant.graph.controlflow.mend` applied, and a note when it changed something; stops
-    (exit 1) if a hazard is left, so no file that makes onnxruntime abort is ever written."""
+def mend_bodies(model: onnx.ModelProto) -> PassResult:
+    """:func:`quant.graph.controlflow.mend`; ``names``: the tensors a body reads that got their own pair.
+    Stops (exit 1) if a hazard is left, so no file that makes onnxruntime abort is ever written."""
     m, mended = controlflow.mend(model)
     left = controlflow.hazards(m)
     if left:
         raise QuantError(f"the int8 model would make onnxruntime abort the process: {left[0]}")
-    notes = [f"QuantizeLinear/DequantizeLinear pair given to a body's read, without which onnxruntime aborts loading the model "
-             f"(exact): {', '.join(sorted({h.tensor for h in mended}))}"] if mended else []
-    return m, notes
+    if not mended:
+        return PassResult(m)
+    names = tuple(sorted({h.tensor for h in mended}))
+    return PassResult(m, "QuantizeLinear/DequantizeLinear pair given to a body's read, without which onnxruntime aborts loading "
+                         f"the model (exact): {', '.join(names)}", names=names, count=len(names))
+
+
+# the finishing passes, in the order finish runs them: the renaming passes come after mend_bodies (which
+# adds pairs with names of its own), and finish checks that they did not undo it
+ALL: tuple[Pass, ...] = (float_outputs, drop_identity_requantization, drop_unused_opsets, mend_bodies, compact_names,
+                         drop_zero_bias_zero_points, compact_constants, drop_default_attributes)
+
+
+def run(passes: tuple[Pass, ...], model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply ``passes`` in order; the model and the notes of the passes that had one."""
+    notes = []
+    for p in passes:
+        result = p(model)
+        model = result.model
+        if result.note:
+            notes.append(result.note)
+    return model, notes
+
+
+def loadable(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Only :func:`mend_bodies`: what INC's plain result (``kernel_aware: false``) gets; the model and its note."""
+    return run((mend_bodies,), model)
 
 
 def finish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """All finishing touches, with a note for each that changed something."""
-    notes = []
-    m, outs = float_outputs(model)
-    if outs:
-        notes.append(f"float outputs (the QuantizeLinear/DequantizeLinear pair between the last int8 op and the output removed): "
-                     f"{', '.join(outs)}")
-    m, pairs = drop_identity_requantization(m)
-    if pairs:
-        notes.append(f"{pairs} QuantizeLinear/DequantizeLinear pair(s) that re-quantized a pool/transpose/reshape output "
-                     "with its input's own scale removed (exact)")
-    before = len(m.opset_import)
-    m = drop_unused_opsets(m)
-    if len(m.opset_import) < before:
-        notes.append(f"opset imports of unused domains dropped ({before} -> {len(m.opset_import)})")
-    m, mended = loadable(m)
-    notes += mended
-    m = compact_names(m)
-    m = drop_zero_bias_zero_points(m)
-    m, renamed = compact_constants(m)
-    if renamed:
-        notes.append(f"{renamed} constant name(s) shortened (c0, c1, ...)")
-    m, attrs = drop_default_attributes(m)
-    if attrs:
-        notes.append(f"{attrs} attribute(s) equal to their ONNX default dropped")
+    """All finishing passes (:data:`ALL`), with a note for each that changed something; then the checks
+    every written int8 model passes."""
+    m, notes = run(ALL, model)
     try:  # never write a file other ONNX tools refuse (onnxruntime loads some invalid graphs, e.g. unsorted ones)
         onnx.checker.check_model(m)
     except Exception as e:
         raise QuantError(f"the finished int8 model fails the ONNX checker: {first_line(e)}") from None
-    left = controlflow.hazards(m)  # the renaming steps after loadable() must not undo it
+    left = controlflow.hazards(m)  # the renaming passes after mend_bodies must not undo it
     if left:
         raise QuantError(f"the finished int8 model would make onnxruntime abort the process: {left[0]}")
     return m, notes

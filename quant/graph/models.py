@@ -353,7 +353,7 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def op_precisions(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Which compute ops run in int8 and which in fp32 (Q/DQ conversion nodes listed apart), for the
-    graph onnxruntime executes (:func:`quant.runtime.evaluation.onnxruntime_graph`).
+    graph onnxruntime executes (:func:`quant.runtime.sessions.onnxruntime_graph`).
 
     A node is int8 when it is a QLinear*/Integer op or when its data input is an int8/uint8 tensor
     (e.g. MaxPool on uint8). In that graph onnxruntime has already fused every DQ -> op -> Q group it

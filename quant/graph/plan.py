@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper, numpy_helper
 
-from quant.config import suggest
-from quant.errors import ConfigError
+from quant.errors import ConfigError, suggest
 from quant.graph.models import subgraph_reads
 
 CONV_SYM_INPUT_ALIGN = 4

@@ -127,6 +127,46 @@ def _per_channel_bias(arr: np.ndarray, channels: int) -> np.ndarray | None:
     return None
 
 
+def _conv_bias(m: onnx.ModelProto, n: onnx.NodeProto, add: onnx.NodeProto, b: np.ndarray, inits: dict) -> str | None:
+    """Fold the constant ``b`` that ``add`` adds to Conv ``n``'s output into its bias (a new initializer);
+    the note, or None (nothing changed) when ``b`` is not one value per output channel."""
+    w = inits.get(n.input[1])
+    if w is None or b.dtype != np.float32:
+        return None
+    bias = _per_channel_bias(b, w.dims[0])
+    if bias is None or (len(n.input) > 2 and n.input[2] not in inits):
+        return None
+    if len(n.input) > 2 and n.input[2]:
+        bias = (numpy_helper.to_array(inits[n.input[2]]) + bias).astype(np.float32)
+    name = fresh_name(m, f"{n.name or n.output[0]}_bias")
+    m.graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
+    inits[name] = m.graph.initializer[-1]
+    del n.input[2:]
+    n.input.append(name)
+    n.output[0] = add.output[0]
+    return f"{n.name or 'Conv'}+{add.name or 'Add'} -> Conv with bias"
+
+
+def _gemm_bias(m: onnx.ModelProto, n: onnx.NodeProto, add: onnx.NodeProto, b: np.ndarray, inits: dict, shapes: dict) -> str | None:
+    """Turn MatMul ``n`` (2-D input, constant 2-D weight) and the constant ``b`` that ``add`` adds into one Gemm;
+    the note, or None (nothing changed) when the shapes do not allow it."""
+    w = inits.get(n.input[1])
+    xs = shapes.get(n.input[0])
+    if w is None or len(w.dims) != 2 or xs is None or len(xs) != 2 or b.dtype != np.float32:
+        return None
+    k = w.dims[1]
+    if not (b.shape in ((k,), (1, k)) or b.size == 1):
+        return None
+    bias = np.broadcast_to(b.reshape(-1), (k,)).astype(np.float32)
+    name = fresh_name(m, f"{n.name or n.output[0]}_bias")
+    m.graph.initializer.append(numpy_helper.from_array(bias, name))
+    inits[name] = m.graph.initializer[-1]
+    n.op_type = "Gemm"
+    n.input.append(name)
+    n.output[0] = add.output[0]
+    return f"{n.name or 'MatMul'}+{add.name or 'Add'} -> Gemm"
+
+
 def fuse_bias(model: onnx.ModelProto, gemm: bool = True) -> tuple[onnx.ModelProto, str | None]:
     """``Conv -> Add(const)`` into Conv's bias; ``MatMul(2-D x, const W) -> Add(const b)`` into ``Gemm``
     (only with ``gemm``: INC's QOperator format turns a Gemm into QGemm, an onnxruntime contrib op it
@@ -148,38 +188,10 @@ def fuse_bias(model: onnx.ModelProto, gemm: bool = True) -> tuple[onnx.ModelProt
         if other not in inits:
             continue
         b = numpy_helper.to_array(inits[other])
-        if n.op_type == "Conv":
-            w = inits.get(n.input[1])
-            if w is None or b.dtype != np.float32:
-                continue
-            bias = _per_channel_bias(b, w.dims[0])
-            if bias is None or (len(n.input) > 2 and n.input[2] not in inits):
-                continue
-            if len(n.input) > 2 and n.input[2]:
-                bias = (numpy_helper.to_array(inits[n.input[2]]) + bias).astype(np.float32)
-            name = fresh_name(m, f"{n.name or n.output[0]}_bias")
-            m.graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
-            inits[name] = m.graph.initializer[-1]
-            del n.input[2:]
-            n.input.append(name)
-            n.output[0] = add.output[0]
-            notes.append(f"{n.name or 'Conv'}+{add.name or 'Add'} -> Conv with bias")
-        else:
-            w = inits.get(n.input[1])
-            xs = shapes.get(n.input[0])
-            if w is None or len(w.dims) != 2 or xs is None or len(xs) != 2 or b.dtype != np.float32:
-                continue
-            k = w.dims[1]
-            if not (b.shape in ((k,), (1, k)) or b.size == 1):
-                continue
-            bias = np.broadcast_to(b.reshape(-1), (k,)).astype(np.float32)
-            name = fresh_name(m, f"{n.name or n.output[0]}_bias")
-            m.graph.initializer.append(numpy_helper.from_array(bias, name))
-            inits[name] = m.graph.initializer[-1]
-            n.op_type = "Gemm"
-            n.input.append(name)
-            n.output[0] = add.output[0]
-            notes.append(f"{n.name or 'MatMul'}+{add.name or 'Add'} -> Gemm")
+        note = _conv_bias(m, n, add, b, inits) if n.op_type == "Conv" else _gemm_bias(m, n, add, b, inits, shapes)
+        if note is None:
+            continue
+        notes.append(note)
         removed.add(id(add))
     if not notes:
         return model, None

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from quant.errors import AccuracyError
-from quant.runtime import evaluation, timing
+from quant.runtime import sessions, timing
 
 MARGIN = 0.03  # another candidate must be > 3 % faster (geometric mean over batch sizes) to replace the default
 RATIO = ("paired: per batch size, the median over the interleaved rounds of the candidate's time / fp32's time in the "
@@ -48,9 +48,23 @@ def candidate_sets(plan_keep: list[str], plan_int8: list[str]) -> list[tuple[str
     return [base] + [base + (name,) for name in plan_int8]
 
 
-def search(build: Callable[[tuple[str, ...]], Candidate], plan_keep: list[str], plan_int8: list[str], fp32_model: bytes,
-           x: np.ndarray, input_name: str, batches: list[int], log: Callable[[str], None] = print,
-           iterations: int = 1500, threads: int = 1) -> Choice:
+@dataclass(frozen=True)
+class Timing:
+    """How the candidates are timed against fp32: ``x`` (resized to each batch size) fed to ``input_name``,
+    about ``iterations`` images per batch size, sessions with ``threads`` threads."""
+
+    fp32_model: bytes
+    x: np.ndarray
+    input_name: str
+    batches: list[int]
+    iterations: int = 1500
+    threads: int = 1
+
+
+def search(build: Callable[[tuple[str, ...]], Candidate], plan_keep: list[str], plan_int8: list[str], timed: Timing,
+           log: Callable[[str], None] = print) -> Choice:
+    """Build every candidate (:func:`candidate_sets`), time those that met the criterion and are distinct against
+    fp32, and choose (:data:`MARGIN`); AccuracyError when none met the criterion."""
     cands: list[Candidate] = []
     seen = set()
     for keep in candidate_sets(plan_keep, plan_int8):
@@ -67,12 +81,13 @@ def search(build: Callable[[tuple[str, ...]], Candidate], plan_keep: list[str], 
     if not cands:
         raise AccuracyError("objective performance: no candidate met the accuracy criterion")
     ratios: dict[int, list[float]] = {i: [] for i in range(len(cands))}
+    batches, threads = timed.batches, timed.threads
     for bs in batches:
-        xb = np.resize(x, (bs, *x.shape[1:])).astype(np.float32)
-        targets = [timing.Timed("fp32", evaluation.make_session(fp32_model, threads), timing.feed(input_name, xb), bs, 1)]
+        xb = np.resize(timed.x, (bs, *timed.x.shape[1:])).astype(np.float32)
+        targets = [timing.Timed("fp32", sessions.make_session(timed.fp32_model, threads), timing.feed(timed.input_name, xb), bs, 1)]
         for i, c in enumerate(cands):
-            targets.append(timing.Timed(str(i), evaluation.make_session(c.model, threads), timing.feed(input_name, xb), bs, 1))
-        n = max(50, iterations // bs)
+            targets.append(timing.Timed(str(i), sessions.make_session(c.model, threads), timing.feed(timed.input_name, xb), bs, 1))
+        n = max(50, timed.iterations // bs)
         times = timing.time_interleaved(targets, n, max(10, n // 10), progress=False)
         for i in range(len(cands)):  # median of the per-round ratios: one stretch of the whole run
             ratios[i].append(timing.block_ratios(times[str(i)], times["fp32"], blocks=1)[0])

@@ -344,30 +344,40 @@ def trials_png(doc: dict) -> bytes:
 
 
 def _trials(doc: dict):
-    from matplotlib.colors import ListedColormap
+    per = doc["tuning"]["per_trial"]
+    layers: list[str] = []
+    for t in per:
+        for name in [*t["fp32_layers"], *t.get("int8_layers", [])]:
+            if name not in layers:
+                layers.append(name)
+
+    width = min(max(6.5, 2.6 + 0.32 * len(per)), 16.0)
+    grid_h = 0.3 * max(len(layers), 1) + 0.7
+    fig = _figure(width, 3.2 + grid_h + 0.9)
+    ax, gx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3.2, grid_h]})
+    _trial_accuracy(ax, doc)
+    _trial_precision(gx, doc, layers)
+
+    t = doc["tuning"]
+    q = doc["int8"]
+    base = 100 * doc["fp32"]["accuracy"]
+    fig.suptitle(f"Tuning {doc.get('model_name', '')}: {len(per) - 1} INC trial(s), strategy {t['strategy']}, objective {t['objective']}"
+                 f"\nwritten model: int8 top-1 {100 * q['accuracy']:.2f} % vs fp32 {base:.2f} % "
+                 f"({'PASSED' if doc['passed'] else 'FAILED'}; independent re-evaluation)",
+                 fontsize=10, x=0.01, ha="left")
+    fig.tight_layout()
+    return fig
+
+
+def _trial_accuracy(ax, doc: dict) -> None:
+    """The trials figure's top panel: accuracy per trial; far-off trials are drawn at the bottom edge with their value."""
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     per = doc["tuning"]["per_trial"]
     crit = doc["criterion"]
     base = 100 * doc["fp32"]["accuracy"]
     floor = 100 * crit["min_accuracy"]
     acc = np.array([100 * t["accuracy"] for t in per])
-    x = np.arange(len(per))
-    layers: list[str] = []
-    for t in per:
-        for name in [*t["fp32_layers"], *t.get("int8_layers", [])]:
-            if name not in layers:
-                layers.append(name)
-    plan = set(((doc.get("precision_plan") or {}).get("keep_fp32") or {}))
-    user = set(doc.get("quantization", {}).get("nodes_to_keep_fp32") or [])
-
-    width = min(max(6.5, 2.6 + 0.32 * len(per)), 16.0)
-    grid_h = 0.3 * max(len(layers), 1) + 0.7
-    fig = _figure(width, 3.2 + grid_h + 0.9)
-    ax, gx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3.2, grid_h]})
-
-    # top: accuracy per trial; far-off trials are drawn at the bottom edge with their value
     gap = max(base - floor, 0.05)
     lo_lim = min(floor - 1.5 * gap, min(acc) - 0.3 * gap) if min(acc) >= floor - 6 * gap else floor - 1.5 * gap
     hi_lim = max(base, max(acc)) + 0.8 * gap
@@ -376,7 +386,7 @@ def _trials(doc: dict):
     ax.axhline(floor, color=BAD, linewidth=1.2, linestyle="--",
                label=f"accuracy floor {floor:.2f} % ({crit['kind']} {crit['tolerance']:g})")
     meets = acc >= floor - 1e-9
-    for i, a in zip(x, acc):
+    for i, a in zip(np.arange(len(per)), acc):
         shown = max(a, lo_lim + 0.08 * gap)
         if i == 0:
             ax.plot(i, shown, "D", color="#555555", markersize=7, zorder=3)
@@ -397,7 +407,15 @@ def _trials(doc: dict):
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
-    # bottom: precision of every quantizable layer in every trial
+
+def _trial_precision(gx, doc: dict, layers: list[str]) -> None:
+    """The trials figure's bottom panel: the precision of every quantizable layer in every trial."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    per = doc["tuning"]["per_trial"]
+    plan = set(((doc.get("precision_plan") or {}).get("keep_fp32") or {}))
+    user = set(doc.get("quantization", {}).get("nodes_to_keep_fp32") or [])
     grid = np.full((max(len(layers), 1), len(per)), 2)
     for j, t in enumerate(per):
         fp32, int8 = set(t["fp32_layers"]), set(t.get("int8_layers", []))
@@ -413,7 +431,7 @@ def _trials(doc: dict):
     gx.set_yticklabels([n + (" (fp32 by the precision plan)" if n in plan else " (fp32 by the config)" if n in user else "")
                         for n in layers], fontsize=8.5)
     step = max(1, math.ceil(len(per) / 25))
-    ticks = [i for i in x if i % step == 0]
+    ticks = [i for i in np.arange(len(per)) if i % step == 0]
     gx.set_xticks(ticks)
     gx.set_xticklabels(["fp32" if i == 0 else str(i) for i in ticks], fontsize=8)
     gx.set_xlabel("trial (0: the fp32 model INC evaluates first)")
@@ -422,12 +440,3 @@ def _trials(doc: dict):
     for side in ("top", "right", "bottom", "left"):
         gx.spines[side].set_visible(False)
     gx.tick_params(length=0)
-
-    t = doc["tuning"]
-    q = doc["int8"]
-    fig.suptitle(f"Tuning {doc.get('model_name', '')}: {len(per) - 1} INC trial(s), strategy {t['strategy']}, objective {t['objective']}"
-                 f"\nwritten model: int8 top-1 {100 * q['accuracy']:.2f} % vs fp32 {base:.2f} % "
-                 f"({'PASSED' if doc['passed'] else 'FAILED'}; independent re-evaluation)",
-                 fontsize=10, x=0.01, ha="left")
-    fig.tight_layout()
-    return fig

@@ -1,1 +1,2 @@
-"""Running models: onnxruntime sessions and top-1 evaluation, latency timing, the exact integer reference."""
+"""Running models: onnxruntime sessions (made in :mod:`quant.runtime.sessions` only), top-1 evaluation, latency timing,
+the exact integer reference."""

@@ -1,132 +1,15 @@
-"""onnxruntime inference over MNIST: sessions, batched prediction, accuracy figures."""
+"""onnxruntime inference over MNIST: batched prediction, accuracy figures, the rewrite output check (the
+sessions come from :mod:`quant.runtime.sessions`)."""
 
 from __future__ import annotations
 
-import hashlib
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from quant import stop
-from quant.errors import InputError, ModelError, QuantError, RunError, UsageError, first_line
-from quant.graph import controlflow
-
-GRAPH_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-_SESSION_HEADROOM = 256 << 20  # address space a session needs besides its threads' stacks
-
-
-def _address_space_used() -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_threads(threads: int) -> None:
-    """Refuse (exit 2) a thread count the process cannot serve: each of onnxruntime's pool threads reserves a
-    stack (RLIMIT_STACK, 8 MiB by default) of address space, and when it cannot create them under an
-    address-space limit (``ulimit -v``) it waits forever instead of failing (--threads 256 under 4 GB hung
-    with 340 threads and ignored SIGTERM). Checked before every session with more than one thread."""
-    if threads <= 1:
-        return
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    used = _address_space_used()
-    if limit == resource.RLIM_INFINITY or used is None:
-        return
-    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    stack = 8 << 20 if stack == resource.RLIM_INFINITY or stack <= 0 else stack
-    room = limit - used - _SESSION_HEADROOM
-    if (threads - 1) * stack > room:
-        fits = max(1, room // stack + 1)
-        raise UsageError(f"--threads {threads}: the address-space limit (ulimit -v, {limit >> 20:,} MiB, {used >> 20:,} MiB in use) "
-                         f"leaves room for about {fits} thread(s) of {stack >> 20} MiB stack in this session; use fewer threads "
-                         "or raise the limit")
-
-
-def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOptions:
-    """onnxruntime's default session options, except the thread count (and the optimization level
-    when asked); no optimizer is ever disabled, so what is measured is what a user's program runs."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    if opt_level != "all":
-        so.graph_optimization_level = GRAPH_OPT_LEVELS[opt_level]
-    so.log_severity_level = 4  # fatal only: an error reaches us as an exception, said once in the one-line message
-    return so
-
-
-_LOAD_IN_CHILD = ("import sys, onnxruntime as o\n"
-                  "so = o.SessionOptions(); so.log_severity_level = 4; so.graph_optimization_level = o.GraphOptimizationLevel(int(sys.argv[1]))\n"
-                  "o.InferenceSession(sys.stdin.buffer.read(), so, providers=['CPUExecutionProvider'])\n")
-_CRASH_SIGNALS = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
-_probed: dict[tuple[str, str], str | None] = {}  # (sha256, level) -> how a load in a child process died, or None
-
-
-def _crash_in_child(model: bytes, opt_level: str) -> str | None:
-    """Load the model in a child process, as :func:`make_session` would; how it crashed, or None when it
-    loaded or failed with an ordinary exception (which make_session then says in one line)."""
-    key = (hashlib.sha256(model).hexdigest(), opt_level)
-    if key not in _probed:
-        try:
-            r = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, str(int(GRAPH_OPT_LEVELS[opt_level]))], input=model,
-                               capture_output=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            r = None
-        crashed = r is not None and r.returncode < 0 and -r.returncode in _CRASH_SIGNALS
-        last = (r.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1] if crashed else ""
-        last = last[last.rfind("Assertion"):] if "Assertion" in last else last[-200:]  # not the C++ template's signature
-        _probed[key] = f"{signal.Signals(-r.returncode).name}: {last}" if crashed else None
-    return _probed[key]
-
-
-def refuse_aborting(model: bytes, name: str = "model", opt_level: str = "all") -> None:
-    """Stop (exit 4) before onnxruntime loads a model whose loading would end the whole process (a C++
-    assertion: no exception to turn into a message; :mod:`quant.graph.controlflow`). A QDQ model with an
-    If/Loop/Scan body or a local function is first loaded in a child process (once per model and
-    level); a model without them, like every model of the default command, costs one parse."""
-    if opt_level == "disable" or not isinstance(model, (bytes, bytearray)) or b"DequantizeLinear" not in model:
-        return  # paths are loaded as bytes before they get here
-    import onnx
-
-    try:
-        proto = onnx.load_from_string(bytes(model))
-    except Exception:
-        return  # onnxruntime refuses it with an exception, which make_session says in one line
-    if not proto.functions and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                       for n in proto.graph.node for a in n.attribute):
-        return
-    crash = _crash_in_child(bytes(model), opt_level)
-    if crash:
-        found = controlflow.hazards(proto)
-        why = (f"{found[0]} (onnxruntime's QDQ propagation cannot reach into a subgraph; a QuantizeLinear/DequantizeLinear "
-               "pair on that read avoids it)") if found else crash
-        raise ModelError(f"{name}: onnxruntime {ort.__version__} aborts the process loading it (tried in a child process): {why}")
-
-
-def make_session(model: bytes, threads: int = 1, opt_level: str = "all", name: str = "model") -> ort.InferenceSession:
-    """An onnxruntime CPU session from serialized model bytes."""
-    refuse_aborting(model, name, opt_level)
-    check_threads(threads)
-    try:
-        return stop.session(model, sess_options=session_options(threads, opt_level), providers=["CPUExecutionProvider"], name=name)
-    except Exception as e:
-        msg = first_line(e)
-        raise ModelError(f"{name}: onnxruntime cannot load it: {msg}") from None
+from quant.errors import InputError, ModelError, QuantError, RunError, first_line
+from quant.runtime import sessions
 
 
 def predict(sess: ort.InferenceSession, x: np.ndarray, input_name: str, batch_size: int = 1, name: str = "model") -> np.ndarray:
@@ -191,7 +74,7 @@ class Evaluator:
     threads: int = 1
 
     def outputs(self, model_bytes: bytes, name: str = "model") -> np.ndarray:
-        sess = make_session(model_bytes, self.threads, name=name)
+        sess = sessions.make_session(model_bytes, self.threads, name=name)
         return predict(sess, self.x, self.input_name, self.batch_size, name)
 
     def __call__(self, model_bytes: bytes, name: str = "model") -> float:
@@ -206,43 +89,25 @@ def tied_top1(outputs: np.ndarray) -> int:
     return int(np.sum(top2[:, 0] == top2[:, 1]))
 
 
-def onnxruntime_graph(model_bytes: bytes, name: str = "model"):
-    """The graph onnxruntime executes for this model after its portable rewrites (level EXTENDED:
-    QuantizeLinear/DequantizeLinear groups fused into int8 kernels such as QLinearConv and QGemm,
-    constants folded), read back from ``SessionOptions.optimized_model_filepath``. Level ALL would add
-    host-specific layouts (NCHWc), so it is not used here; what runs in int8 does not change with it."""
-    import os
-    import tempfile
-
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="mnist-quant-ort-") as d:
-        path = os.path.join(d, "optimized.onnx")
-        so = session_options(1, "extended")
-        so.optimized_model_filepath = path
-        refuse_aborting(model_bytes, name)
-        try:
-            ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelError(f"{name}: onnxruntime cannot load it: {first_line(e)}") from None
-        return onnx.load(path)
+# how far a rewritten model's outputs may move from the original's: ATOL + RTOL * max|reference|
+ATOL, RTOL = 1e-5, 1e-6
 
 
 def check_same_outputs(reference: bytes, candidate: bytes, x: np.ndarray, input_name: str, batch: int, path: str = "model",
-                       atol: float = 1e-5, rtol: float = 1e-6, hint: str = "") -> float:
+                       hint: str = "") -> float:
     """Run ``x`` image by image through ``reference`` and in batches of ``batch`` through
-    ``candidate``; raise ModelError unless the outputs agree within ``atol + rtol * max|reference|``
+    ``candidate``; raise ModelError unless the outputs agree within ``ATOL + RTOL * max|reference|``
     (rewrites may change float summation order, which moves the last bits), or when the candidate fails
     to run (e.g. a Reshape to the old fixed batch that the batch rewrite cannot see, inside an If body).
     ``hint`` ends that message. Returns the largest difference."""
-    ref = predict(make_session(reference, name=path), x, input_name, 1, path)
+    ref = predict(sessions.make_session(reference, name=path), x, input_name, 1, path)
     try:
-        got = predict(make_session(candidate, name=path), x, input_name, batch, path)
+        got = predict(sessions.make_session(candidate, name=path), x, input_name, batch, path)
     except RunError as e:  # the original runs, the rewritten one does not
         raise ModelError(f"{path}: the rewritten model fails at batch {batch} where the original runs: {e.detail}"
                          + (f" ({hint})" if hint else "")) from None
     diff = float(np.max(np.abs(ref - got))) if len(x) else 0.0
-    limit = atol + rtol * (float(np.max(np.abs(ref))) if len(x) else 0.0)
+    limit = ATOL + RTOL * (float(np.max(np.abs(ref))) if len(x) else 0.0)
     if not diff <= limit:
         raise ModelError(f"{path}: the rewritten model's outputs differ from the original by {diff:g} (> {limit:g})"
                          + (f" ({hint})" if hint else ""))

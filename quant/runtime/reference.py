@@ -29,6 +29,16 @@ from onnx.reference.op_run import OpRun
 REFERENCE_OPSET = 21
 
 
+@dataclass(frozen=True)
+class _Q:
+    """One quantized operand of a QLinear op, as the op lists it: the integer tensor (None for an output,
+    which only has its parameters), its scale and its zero point."""
+
+    values: np.ndarray | None
+    scale: np.ndarray | None
+    zero: np.ndarray | None
+
+
 class QLinearAdd(OpRun):
     """com.microsoft QLinearAdd as onnxruntime's x86 kernel computes it (MLAS qladd): in float32 with
     the scale ratios a_scale/c_scale and b_scale/c_scale, c = round_half_even(fixed + a * ra + b * rb),
@@ -37,13 +47,15 @@ class QLinearAdd(OpRun):
 
     op_domain = "com.microsoft"
 
-    def _run(self, a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero):
+    def _run(self, *inputs):
+        """``inputs``: A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point (the op's order)."""
+        a, b, c = _Q(*inputs[0:3]), _Q(*inputs[3:6]), _Q(None, *inputs[6:8])
         f32 = np.float32
-        ra, rb = f32(f32(a_scale) / f32(c_scale)), f32(f32(b_scale) / f32(c_scale))
-        fixed = f32(c_zero) - (ra * f32(a_zero) + rb * f32(b_zero))
-        v = (fixed + a.astype(f32) * ra) + b.astype(f32) * rb
-        info = np.iinfo(c_zero.dtype)
-        return (np.clip(np.rint(v), info.min, info.max).astype(c_zero.dtype),)
+        ra, rb = f32(f32(a.scale) / f32(c.scale)), f32(f32(b.scale) / f32(c.scale))
+        fixed = f32(c.zero) - (ra * f32(a.zero) + rb * f32(b.zero))
+        v = (fixed + a.values.astype(f32) * ra) + b.values.astype(f32) * rb
+        info = np.iinfo(c.zero.dtype)
+        return (np.clip(np.rint(v), info.min, info.max).astype(c.zero.dtype),)
 
 
 class QGemm(OpRun):
@@ -54,10 +66,13 @@ class QGemm(OpRun):
 
     op_domain = "com.microsoft"
 
-    def _run(self, a, a_scale, a_zero, b, b_scale, b_zero, c=None, y_scale=None, y_zero=None, alpha=1.0, transA=0, transB=0):
+    def _run(self, *inputs, alpha=1.0, transA=0, transB=0):
+        """``inputs``: A, a_scale, a_zero_point, B, b_scale, b_zero_point, then the optional C, y_scale, y_zero_point."""
+        a, b = _Q(*inputs[0:3]), _Q(*inputs[3:6])
+        c, y_scale, y_zero = (*inputs[6:9], None, None, None)[:3]
         f32 = np.float32
-        aa = a.astype(np.int64) - np.int64(a_zero)
-        bb = b.astype(np.int64) - np.asarray(b_zero, np.int64)
+        aa = a.values.astype(np.int64) - np.int64(a.zero)
+        bb = b.values.astype(np.int64) - np.asarray(b.zero, np.int64)
         if transA:
             aa = aa.T
         if transB:
@@ -65,7 +80,7 @@ class QGemm(OpRun):
         acc = aa @ bb
         if c is not None:
             acc = acc + c.astype(np.int64)
-        mult = f32(f32(alpha) * f32(a_scale) * f32(b_scale))
+        mult = f32(f32(alpha) * f32(a.scale) * f32(b.scale))
         if y_scale is None:
             return ((acc.astype(np.int32).astype(f32) * mult).astype(f32),)
         v = acc.astype(np.int32).astype(f32) * f32(mult / f32(y_scale)) + f32(y_zero)
@@ -167,7 +182,7 @@ def integer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     if not any(n.op_type in ("Conv", "Gemm", "MatMul") and any(i in dq_out for i in n.input) for n in model.graph.node):
         return model
-    from quant.runtime.evaluation import onnxruntime_graph
+    from quant.runtime.sessions import onnxruntime_graph
 
     return unfuse(onnxruntime_graph(model.SerializeToString()))
 

@@ -2,14 +2,14 @@
 timing in plain onnxruntime sessions, onnxruntime's per-op profile, the machine's single-thread GEMM
 peak and the multiply-adds a model does per image.
 
-Every session here is what a user's program gets from ``onnxruntime.InferenceSession(path)`` with
-default options, except the thread count (``intra_op_num_threads``, 1 by default, so two models timed
-side by side on a shared machine do not fight over cores).
+Every session here is :func:`quant.runtime.sessions.plain_session`: what a user's program gets from
+``onnxruntime.InferenceSession(path)`` with default options, except the thread count
+(``intra_op_num_threads``, 1 by default, so two models timed side by side on a shared machine do not
+fight over cores).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -18,33 +18,14 @@ from typing import Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from quant import stop
-from quant.runtime import evaluation
+from quant.runtime import sessions
 
 METHOD = ("perf_counter_ns around InferenceSession.run(None, {input: x}) in a plain onnxruntime session "
           "(default SessionOptions except intra_op_num_threads); models timed round-robin; an untimed round of every "
           "model after each side job (profiled round, GEMM sample) before the next timed round")
-
-
-def plain_session(model: bytes, threads: int = 1, name: str = "model", **extra) -> ort.InferenceSession:
-    """``evaluation.session_options`` (defaults but the thread count) plus ``extra`` settings such as profiling."""
-    evaluation.refuse_aborting(model, name)
-    evaluation.check_threads(threads)
-    so = evaluation.session_options(threads)
-    for k, v in extra.items():
-        setattr(so, k, v)
-    return stop.session(model, sess_options=so, providers=["CPUExecutionProvider"], name=name)
-
-
-def _plain_run(sess, options):
-    """onnxruntime's own ``InferenceSession.run`` for ``sess`` with the shared RunOptions (a stand-in session
-    without it, in tests, runs as it is)."""
-    if isinstance(sess, ort.InferenceSession):
-        return functools.partial(ort.InferenceSession.run, sess, run_options=options)
-    return sess.run
 
 
 def latency_stats(ns: np.ndarray) -> dict:
@@ -96,7 +77,7 @@ def time_interleaved(targets: list[Timed], iterations: int, warmup: int, progres
     # onnxruntime's own InferenceSession.run, as a user's program calls it (not the stoppable wrapper of
     # quant.stop.session, which adds about 1 us per call); the shared RunOptions still let a stop signal end it
     options = stop.run_options()
-    runs = {t.name: _plain_run(t.sess, options) for t in targets}
+    runs = {t.name: sessions.plain_run(t.sess, options) for t in targets}
     for i in it:
         for t in targets:
             run, fd, calls = runs[t.name], t.feed, t.calls
@@ -161,8 +142,7 @@ class OpProfiler:
         self._results: dict[str, list[dict]] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="mnist-quant-prof-")
         try:
-            self.sessions = {k: plain_session(model, threads, name=k, enable_profiling=True,
-                                              profile_file_prefix=os.path.join(self._dir.name, f"ort{i}"))
+            self.sessions = {k: sessions.plain_session(model, sessions.Options(threads, profile_prefix=os.path.join(self._dir.name, f"ort{i}")), k)
                              for i, (k, (model, *_)) in enumerate(targets.items())}
             self._units = [Timed(k, self.sessions[k], feed(name, x), len(x), calls) for k, (_, name, x, calls) in targets.items()]
             self.capacity = min((self._rounds_that_fit(i, *t, threads) for i, t in enumerate(targets.values())), default=0)
@@ -175,7 +155,7 @@ class OpProfiler:
         """Measured rounds (after one warm-up round) a model's profiled session holds under MAX_EVENTS:
         a one-call profile counts the session's set-up events and the events of one call (every event
         from the call's ``model_run`` on)."""
-        probe = plain_session(model, threads, name=list(self.targets)[i], enable_profiling=True, profile_file_prefix=os.path.join(self._dir.name, f"probe{i}"))
+        probe = sessions.plain_session(model, sessions.Options(threads, profile_prefix=os.path.join(self._dir.name, f"probe{i}")), list(self.targets)[i])
         probe.run(None, {name: x})
         events = _profile_events(probe)
         start = min((e["ts"] for e in events if e.get("name") == "model_run"), default=None)
@@ -292,7 +272,7 @@ class GemmPeak:
         q = model(helper.make_node("MatMulInteger", ["x", "w", "xz"], ["y"]), TensorProto.UINT8,
                   [numpy_helper.from_array(rng.integers(-64, 64, (n, n)).astype(np.int8), "w"),
                    numpy_helper.from_array(np.array(3, np.uint8), "xz")])
-        self.runs = {name: (plain_session(mb, threads), {"x": x}) for name, mb, x in (
+        self.runs = {name: (sessions.plain_session(mb, sessions.Options(threads)), {"x": x}) for name, mb, x in (
             ("fp32", fp, rng.standard_normal((n, n)).astype(np.float32)),
             ("u8s8", q, rng.integers(0, 128, (n, n)).astype(np.uint8)))}
         for sess, fd in self.runs.values():

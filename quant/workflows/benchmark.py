@@ -27,6 +27,7 @@ from quant.files import Outputs, append_summary, check_distinct, check_writable_
 from quant.graph import models
 from quant.report import plots as plots_mod
 from quant.runtime import evaluation, timing
+from quant.runtime.sessions import make_session, onnxruntime_graph
 from quant.workflows import inputs
 
 LOG = logging.getLogger("quant")
@@ -64,7 +65,7 @@ def accuracy_stats(outputs: np.ndarray, labels: np.ndarray, baseline_outputs: np
 # ------------------------------------------------------------------------------------- driver
 def _model_entry(lm: models.LoadedModel) -> dict:
     return {**lm.describe(),
-            "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(evaluation.onnxruntime_graph(lm.raw, lm.path)),
+            "size": models.size_breakdown(lm.proto, lm.bytes), "ops": models.precision_summary(onnxruntime_graph(lm.raw, lm.path)),
             "macs_per_image": timing.macs_per_image(lm.proto)}
 
 
@@ -220,7 +221,7 @@ def _load(cfg, adopt_documented: bool, input_models, baseline_model, data_dir, d
     run_bytes = {k: lm.raw for k, lm in loaded.items()}
     if dynamic_batch:
         _rewrite_fixed_batches(loaded, sigs, run_bytes, entries, x_test, log)
-    sessions = {k: evaluation.make_session(run_bytes[k], threads, name=lm.path) for k, lm in loaded.items()}
+    sessions = {k: make_session(run_bytes[k], threads, name=lm.path) for k, lm in loaded.items()}
     return _Run(cfg, loaded, sigs, run_bytes, sessions, entries, x_test, labels, log), prov, inferred
 
 

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from quant.config import DEFAULT_ATOL, DEFAULT_RTOL
 from quant.errors import AccuracyError, DataError, QuantError, UsageError, first_line
 from quant.files import check_name_length, check_writable_target, read_regular_file, write_new_file
-from quant.runtime.evaluation import make_session
+from quant.runtime.sessions import make_session
 
 MAX_TENSOR_BYTES = 64 << 20
 SET_NAME = re.compile(r"test_data_set_\d+")

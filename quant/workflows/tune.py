@@ -28,7 +28,7 @@ from quant.files import Outputs, check_distinct, check_writable_target, sha256_b
 from quant.graph import finalize, models, prepare
 from quant.graph import plan as plan_mod
 from quant.report import plots as _plots
-from quant.runtime import evaluation
+from quant.runtime import evaluation, sessions
 from quant.workflows import inputs, testdata
 
 LOG = logging.getLogger("quant")
@@ -268,8 +268,8 @@ def _latency_search(prep, plan, cfg, loader, evaluator, fp32, sig, prepared_sig,
         b = models.serialize(q.model)
         return latency.Candidate(tuple(keep), b, evaluator(b), q)
 
-    return latency.search(build, list(plan.keep_fp32), list(plan.int8), fp32_run, x_test[:64], sig.input_name, batches, log=log,
-                          threads=cfg.benchmark.threads)
+    return latency.search(build, list(plan.keep_fp32), list(plan.int8), latency.Timing(fp32_run, x_test[:64], sig.input_name, batches,
+                          threads=cfg.benchmark.threads), log=log)
 
 
 def _write_test_data(cfg, finished, int8_bytes: bytes, sig, x_test, out: _Outputs, staged: Outputs) -> dict | None:
@@ -311,7 +311,7 @@ def _report_doc(cfg, fp32, sig, prep, plan, result, finished, int8_bytes, out, s
         "fp32": {**fp32.describe(), "accuracy": fp32_acc, "tied_top1_images": ties[0]},
         "int8": {"path": str(out.model), "bytes": len(int8_bytes), "sha256": sha256_bytes(int8_bytes),
                  "opset": models.opset_of(finished), "accuracy": int8_acc, "tied_top1_images": ties[1],
-                 "ops": models.precision_summary(evaluation.onnxruntime_graph(int8_bytes, str(out.model))),
+                 "ops": models.precision_summary(sessions.onnxruntime_graph(int8_bytes, str(out.model))),
                  "ops_source": "the graph onnxruntime executes (after fusing QuantizeLinear/DequantizeLinear groups into int8 kernels)"},
         "evaluation": {"split": "test", "images": int(len(splits["test"].labels)), "batch_size": batch,
                        "tie_rule": "argmax (first maximum); tied_top1_images counts images whose two largest outputs are equal"},

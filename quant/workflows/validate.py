@@ -37,7 +37,7 @@ from quant.data import provenance
 from quant.errors import AccuracyError, ModelError, printable
 from quant.files import check_distinct, check_writable_target
 from quant.graph import models
-from quant.runtime import evaluation
+from quant.runtime import evaluation, sessions
 from quant.workflows import testdata
 
 RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
@@ -274,7 +274,7 @@ def _with_outputs(model: onnx.ModelProto, tensors: dict[str, int]) -> bytes:
 
 
 def _run_all(model_bytes: bytes, x: np.ndarray, input_name: str, batch: int, name: str) -> dict[str, np.ndarray]:
-    sess = evaluation.make_session(model_bytes, opt_level="basic", name=name)
+    sess = sessions.make_session(model_bytes, opt_level="basic", name=name)
     names = [o.name for o in sess.get_outputs()]
     chunks: dict[str, list] = {k: [] for k in names}
     per_image = set(names)  # tensors with one row per image: a scalar (an If's condition) or a shape is not one
@@ -482,7 +482,7 @@ def structure_check(int8: models.LoadedModel, base: models.LoadedModel) -> Check
                 problems.append(f"{ta['name']} shape {ta['shape']} != baseline {tb['shape']}")
             elif ta["shape"][:1] != tb["shape"][:1] and ta["shape"][0].isdigit():
                 problems.append(f"{ta['name']} has a fixed batch {ta['shape'][0]} where the baseline has {tb['shape'][0]}")
-    executed = evaluation.onnxruntime_graph(int8.raw, int8.path)  # what onnxruntime runs, after its QDQ fusions
+    executed = sessions.onnxruntime_graph(int8.raw, int8.path)  # what onnxruntime runs, after its QDQ fusions
     prec = models.op_precisions(executed)
     if not prec["int8"]:
         problems.append("no op runs in int8 in onnxruntime (not a quantized model)")
@@ -586,10 +586,10 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     bb = evaluation.effective_batch(sig_b.fixed_batch, cfg.evaluation.batch_size)
 
     checks = [structure_check(int8, base), documented_check(int8, prov)]
-    sess_q = evaluation.make_session(int8.raw, name=int8.path)
+    sess_q = sessions.make_session(int8.raw, name=int8.path)
     out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq, int8.path)
     acc_q = evaluation.accuracy(out_q, labels)
-    acc_b = evaluation.accuracy(evaluation.predict(evaluation.make_session(base.raw, name=base.path), x, sig_b.input_name, bb, base.path),
+    acc_b = evaluation.accuracy(evaluation.predict(sessions.make_session(base.raw, name=base.path), x, sig_b.input_name, bb, base.path),
                                 labels)
     evaluation.require_above_chance(acc_b, base.path, cfg.preprocessing_dict(), cfg.dataset.verify_md5)
 

@@ -17,7 +17,7 @@ from onnx import numpy_helper as nh
 
 from quant.errors import ModelError, QuantError
 from quant.graph import controlflow, finalize
-from quant.runtime import evaluation
+from quant.runtime import sessions
 
 
 def _body(tag: str, reads: str) -> onnx.GraphProto:
@@ -172,13 +172,12 @@ def test_sessions_refuse_such_a_model_with_a_message_instead_of_aborting():
     model = _graph().SerializeToString()
     with pytest.raises(ModelError, match=r"m\.onnx: onnxruntime .* aborts the process loading it \(tried in a child process\): "
                                          r".*'t0' the body of 'If' reads"):
-        evaluation.make_session(model, name="m.onnx")
+        sessions.make_session(model, name="m.onnx")
     with pytest.raises(ModelError, match="aborts the process"):
-        evaluation.onnxruntime_graph(model, name="m.onnx")
-    from quant.runtime import timing
+        sessions.onnxruntime_graph(model, name="m.onnx")
     with pytest.raises(ModelError, match="^m.onnx: .*aborts the process"):
-        timing.plain_session(model, name="m.onnx")
-    evaluation.make_session(model, opt_level="disable")  # no optimizer, no abort: allowed
+        sessions.plain_session(model, name="m.onnx")
+    sessions.make_session(model, opt_level="disable")  # no optimizer, no abort: allowed
 
 
 def test_a_crash_the_static_check_cannot_see_is_still_refused():
@@ -187,7 +186,7 @@ def test_a_crash_the_static_check_cannot_see_is_still_refused():
     m = _graph(between="Identity")
     assert controlflow.hazards(m) == []
     with pytest.raises(ModelError, match=r"m\.onnx: onnxruntime .* aborts the process loading it \(tried in a child process\): SIGABRT"):
-        evaluation.make_session(m.SerializeToString(), name="m.onnx")
+        sessions.make_session(m.SerializeToString(), name="m.onnx")
 
 
 def test_the_child_load_runs_only_for_qdq_models_with_subgraphs_and_once_per_model(monkeypatch):
@@ -200,15 +199,15 @@ def test_the_child_load_runs_only_for_qdq_models_with_subgraphs_and_once_per_mod
         calls.append(a)
         return real(*a, **k)
 
-    monkeypatch.setattr(evaluation.subprocess, "run", counting)
+    monkeypatch.setattr(sessions.subprocess, "run", counting)
     plain = qdq_before(mnist12_like(), "Pool2").SerializeToString()  # QDQ, no subgraph: the default model's kind
-    evaluation.make_session(plain)
+    sessions.make_session(plain)
     assert calls == []
     with_if = read_in_if_body(mnist12_like(), "p2", initializer=False)
     with_if.graph.node[-1].name = "AddTerm2"  # bytes no earlier test loaded
     b = qdq_before(with_if, "Conv2").SerializeToString()
-    evaluation.make_session(b)
-    evaluation.make_session(b)
+    sessions.make_session(b)
+    sessions.make_session(b)
     assert len(calls) == 1
 
 

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.graph import finalize, models
-from quant.runtime import evaluation
+from quant.runtime import sessions
 
 
 def _qdq_fc(with_unused_opsets=True) -> onnx.ModelProto:
@@ -39,23 +39,26 @@ def _qdq_fc(with_unused_opsets=True) -> onnx.ModelProto:
 
 
 def _run(m, x):
-    return evaluation.make_session(models.serialize(m)).run(None, {"x": x})[0]
+    return sessions.make_session(models.serialize(m)).run(None, {"x": x})[0]
 
 
 def _executed(m):
-    return [n.op_type for n in evaluation.onnxruntime_graph(models.serialize(m)).graph.node]
+    return [n.op_type for n in sessions.onnxruntime_graph(models.serialize(m)).graph.node]
 
 
 def test_float_outputs_removes_the_output_pair_and_onnxruntime_runs_a_float_qgemm():
     m = _qdq_fc()
     x = np.random.default_rng(1).random((50, 16), dtype=np.float32)
-    out, changed = finalize.float_outputs(m)
-    assert changed == ["y"] and [n.op_type for n in out.graph.node][-1] == "Gemm"
+    r = finalize.float_outputs(m)
+    out, changed = r.model, r.names
+    assert changed == ("y",) and [n.op_type for n in out.graph.node][-1] == "Gemm"
+    assert r.note == "float outputs (the QuantizeLinear/DequantizeLinear pair between the last int8 op and the output removed): y"
     q, f = _run(m, x), _run(out, x)
     assert np.all(np.abs(q - f) <= 0.3 / 2 + 1e-6)  # only the output rounding (half a step) is gone
     assert len(np.unique(np.round(f / 0.3, 3))) > len(np.unique(np.round(q / 0.3, 3)))  # finer than the 0.3 grid
     assert "QGemm" in _executed(out)  # still one int8 kernel, now with float output
-    assert finalize.float_outputs(out) == (out, [])
+    r = finalize.float_outputs(out)
+    assert (r.model, r.names, r.note) == (out, (), None)
 
 
 def _with_tail(m: onnx.ModelProto, tail: str) -> onnx.ModelProto:
@@ -79,8 +82,9 @@ def test_float_outputs_reaches_the_head_through_fp32_tail_ops(tail):
     test images in int8, 0 in fp32); a term added to the logits had the same pair in front of the Add."""
     m = _with_tail(_qdq_fc(), tail)
     x = np.random.default_rng(3).random((200, 16), dtype=np.float32)
-    out, changed = finalize.float_outputs(m)
-    assert changed == ["y"] and not any(n.op_type == "QuantizeLinear" and n.input[0] == "y_QuantizeInput" for n in out.graph.node)
+    r = finalize.float_outputs(m)
+    out, changed = r.model, r.names
+    assert changed == ("y",) and not any(n.op_type == "QuantizeLinear" and n.input[0] == "y_QuantizeInput" for n in out.graph.node)
     assert "QGemm" in _executed(out)  # the head is still one int8 kernel, now with float output
     q, f = _run(m, x), _run(out, x)
     top2 = lambda a: np.sort(a, axis=1)[:, -2:]  # noqa: E731
@@ -98,11 +102,12 @@ def test_float_outputs_does_not_go_past_a_requantized_or_int8_op():
     m.graph.node.extend([helper.make_node("DequantizeLinear", ["W2", "W2s", "W2z"], ["W2d"]),
                          helper.make_node("Gemm", ["y", "W2d"], ["z"], name="fc2")])
     onnx.checker.check_model(m)
-    assert finalize.float_outputs(m) == (m, [])
+    r = finalize.float_outputs(m)
+    assert (r.model, r.names) == (m, ())
 
 
 def test_compact_names_and_zero_points_keep_outputs_and_kernels_and_save_bytes():
-    m, _ = finalize.float_outputs(_qdq_fc())
+    m = finalize.float_outputs(_qdq_fc()).model
     out, notes = finalize.finish(_qdq_fc())
     x = np.random.default_rng(2).random((20, 16), dtype=np.float32)
     assert np.array_equal(_run(m, x), _run(out, x))
@@ -145,7 +150,8 @@ def _requantized_chain(pool_scale=0.02) -> onnx.ModelProto:
 
 def test_drop_identity_requantization_is_exact_and_onnxruntime_runs_the_same_kernels():
     m = _requantized_chain()
-    out, pairs = finalize.drop_identity_requantization(m)
+    r = finalize.drop_identity_requantization(m)
+    out, pairs = r.model, r.count
     assert pairs == 2  # after the MaxPool and the Transpose; the pair in front of the Gemm stays
     assert [n.op_type for n in out.graph.node] == ["QuantizeLinear", "DequantizeLinear", "MaxPool", "Transpose", "Reshape",
                                                    "QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Gemm"]
@@ -153,12 +159,14 @@ def test_drop_identity_requantization_is_exact_and_onnxruntime_runs_the_same_ker
     assert np.array_equal(_run(m, x), _run(out, x))
     assert _executed(out) == _executed(m) and "QGemm" in _executed(out)
     assert len(models.serialize(out)) < len(models.serialize(m))
-    assert finalize.drop_identity_requantization(out) == (out, 0)
+    r = finalize.drop_identity_requantization(out)
+    assert (r.model, r.count, r.note) == (out, 0, None)
 
 
 def test_drop_identity_requantization_keeps_a_pair_that_changes_the_scale():
     m = _requantized_chain(pool_scale=0.05)  # the pool's output is re-quantized on a coarser grid: not an identity
-    out, pairs = finalize.drop_identity_requantization(m)
+    r = finalize.drop_identity_requantization(m)
+    out, pairs = r.model, r.count
     assert pairs == 1 and [n.op_type for n in out.graph.node][:5] == ["QuantizeLinear", "DequantizeLinear", "MaxPool",
                                                                       "QuantizeLinear", "DequantizeLinear"]
     x = np.random.default_rng(5).normal(0, 2, (8, 4, 6, 6)).astype(np.float32)
@@ -196,19 +204,20 @@ def _with_an_if_reading_an_outer_constant() -> onnx.ModelProto:
 
 def _run_if(m, x, cond, w=None):
     feeds = {"x": x, "cond": np.array(cond)} | ({"W": w} if w is not None else {})
-    return evaluation.make_session(models.serialize(m)).run(None, feeds)[0]
+    return sessions.make_session(models.serialize(m)).run(None, feeds)[0]
 
 
 def test_compact_constants_renames_only_constants_and_keeps_what_is_read_by_name():
     m = _with_an_if_reading_an_outer_constant()
-    out, renamed = finalize.compact_constants(m)
+    r = finalize.compact_constants(m)
+    out, renamed = r.model, r.count
     onnx.checker.check_model(out)
     # the Conv's constants get c1.q (its suffix kept) and c3 (c0 is an activation's name, c2 a name the
     # then-branch defines); W (a graph input) and K_scale (read inside the If's branches) keep their
     # names; activations keep theirs
     assert renamed == 2 and [t.name for t in out.graph.initializer] == ["c1.q", "c3", "K_scale", "W"]
     assert list(out.graph.node[0].input) == ["x", "c1.q", "c3"] and [n.output[0] for n in out.graph.node] == ["c0", "p", "b", "y"]
-    named = finalize.compact_names(m)  # INC-style names too: K_scale is read by name inside the branches
+    named = finalize.compact_names(m).model  # INC-style names too: K_scale is read by name inside the branches
     assert "K_scale" in {t.name for t in named.graph.initializer}
     x = np.random.default_rng(7).normal(size=(3, 1, 6, 6)).astype(np.float32)
     for cond in (True, False):
@@ -216,7 +225,7 @@ def test_compact_constants_renames_only_constants_and_keeps_what_is_read_by_name
         assert np.array_equal(_run_if(m, x, cond, np.float32([2.0])), _run_if(out, x, cond, np.float32([2.0])))
         assert np.array_equal(_run_if(m, x, cond), _run_if(named, x, cond))
     assert len(models.serialize(out)) < len(models.serialize(m))
-    assert finalize.compact_constants(out)[1] == 0
+    assert finalize.compact_constants(out).count == 0
 
 
 def test_compact_constants_avoids_sparse_initializer_and_value_info_names():
@@ -233,11 +242,11 @@ def test_compact_constants_avoids_sparse_initializer_and_value_info_names():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
     onnx.checker.check_model(m)
-    out, _ = finalize.compact_constants(m)
+    out = finalize.compact_constants(m).model
     onnx.checker.check_model(out)
     assert [t.name for t in out.graph.initializer] == ["c2", "c3"]
     x = np.float32([1.0, 1.0])
-    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda mm: sessions.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run(out), run(m)) and np.array_equal(run(m), np.float32([6.0, 32.0]))
 
 
@@ -250,7 +259,8 @@ def test_drop_unused_initializers_keeps_a_constant_read_only_inside_a_subgraph()
 
 def test_drop_default_attributes_is_exact_and_keeps_every_other_attribute():
     m = _with_an_if_reading_an_outer_constant()
-    out, n = finalize.drop_default_attributes(m)
+    r = finalize.drop_default_attributes(m)
+    out, n = r.model, r.count
     onnx.checker.check_model(out)
     attrs = lambda mm: [sorted(a.name for a in node.attribute) for node in mm.graph.node[:2]]  # noqa: E731
     # Conv: group=1, dilations/strides all 1 and auto_pad NOTSET go, its pads [1,1,1,1] stay;
@@ -259,7 +269,8 @@ def test_drop_default_attributes_is_exact_and_keeps_every_other_attribute():
     x = np.random.default_rng(8).normal(size=(5, 1, 6, 6)).astype(np.float32)
     assert np.array_equal(_run_if(m, x, True), _run_if(out, x, True))
     assert _executed(out) == _executed(m)
-    assert finalize.drop_default_attributes(out) == (out, 0)
+    r = finalize.drop_default_attributes(out)
+    assert (r.model, r.count, r.note) == (out, 0, None)
 
 
 @pytest.mark.parametrize("opset, axis, dropped", [(11, -1, False), (11, 1, True), (13, -1, True), (13, 1, False)])
@@ -271,10 +282,11 @@ def test_drop_default_attributes_reads_the_default_of_the_models_opset(opset, ax
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 7
-    out, n = finalize.drop_default_attributes(m)
+    r = finalize.drop_default_attributes(m)
+    out, n = r.model, r.count
     assert n == int(dropped) and len(out.graph.node[0].attribute) == int(not dropped)
     x = np.random.default_rng(9).normal(size=(2, 3, 4)).astype(np.float32)
-    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda mm: sessions.make_session(models.serialize(mm)).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run(out), run(m))
 
 
@@ -297,12 +309,11 @@ def test_drop_identity_requantization_keeps_a_pair_an_if_body_reads():
                           [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    out, pairs = finalize.drop_identity_requantization(m)
-    assert pairs == 0
+    assert finalize.drop_identity_requantization(m).count == 0
     finished, _ = finalize.finish(m)
     onnx.checker.check_model(finished)
     feeds = {"x": np.float32([[[[0.3, -0.2], [1.0, 0.05]]]]), "cond": np.array(False)}
-    run = lambda mm: evaluation.make_session(models.serialize(mm)).run(None, feeds)  # noqa: E731
+    run = lambda mm: sessions.make_session(models.serialize(mm)).run(None, feeds)  # noqa: E731
     assert all(np.array_equal(a, b) for a, b in zip(run(m), run(finished)))
 
 
@@ -316,6 +327,21 @@ def test_drop_unused_opsets_keeps_a_domain_only_an_if_body_uses():
     body.node.insert(1, helper.make_node("Gelu", [body.node[0].output[0]], ["then_gelu"], domain="com.microsoft"))
     body.node[2].input[0] = "then_gelu"
     m.opset_import.extend([helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("ai.onnx.ml", 3)])
-    out = finalize.drop_unused_opsets(m)
+    out = finalize.drop_unused_opsets(m).model
     assert sorted(o.domain for o in out.opset_import) == ["", "com.microsoft"]
     onnx.checker.check_model(out)
+
+
+def test_finish_runs_the_listed_passes_in_order_and_collects_their_notes(monkeypatch):
+    seen = []
+
+    def step(name, note):
+        def apply(m):
+            seen.append(name)
+            return finalize.PassResult(m, note)
+        return apply
+
+    monkeypatch.setattr(finalize, "ALL", (step("a", "note a"), step("b", None), step("c", "note c")))
+    m = _qdq_fc()
+    out, notes = finalize.finish(m)
+    assert seen == ["a", "b", "c"] and notes == ["note a", "note c"] and out is m

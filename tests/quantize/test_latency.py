@@ -7,7 +7,7 @@ import pytest
 
 from quant.errors import AccuracyError
 from quant.quantize import latency
-from quant.runtime import evaluation, timing
+from quant.runtime import sessions, timing
 
 
 def _rounds(t, n):
@@ -44,10 +44,10 @@ def _run(monkeypatch, times_by_candidate: dict[tuple, object], fp32: object = 10
                 out[t.name] = _rounds(times_by_candidate[keep], n)
         return out
 
-    monkeypatch.setattr(evaluation, "make_session", fake_session)
+    monkeypatch.setattr(sessions, "make_session", fake_session)
     monkeypatch.setattr(timing, "time_interleaved", fake_time)
-    choice = latency.search(build, ["c1"], ["c2", "fc"], b"fp32", np.zeros((4, 1, 28, 28), np.float32), "x", [1, 64],
-                            log=logs.append, iterations=100)
+    choice = latency.search(build, ["c1"], ["c2", "fc"], latency.Timing(b"fp32", np.zeros((4, 1, 28, 28), np.float32), "x", [1, 64],
+                            iterations=100), log=logs.append)
     return choice, built, logs
 
 

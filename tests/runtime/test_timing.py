@@ -7,7 +7,7 @@ import pytest
 from helpers import mnist12_like, pattern_linear
 
 from quant.graph import models, prepare
-from quant.runtime import timing
+from quant.runtime import sessions, timing
 
 
 def _profile(targets, runs):
@@ -47,7 +47,7 @@ def test_macs_per_image_counts_conv_and_fc_layers():
 def test_interleaved_timing_runs_every_target_in_plain_sessions():
     b = models.serialize(pattern_linear())
     x = np.zeros((4, 784), np.float32)
-    targets = [timing.Timed(k, timing.plain_session(b), timing.feed("input", x), 4, c) for k, c in (("a", 1), ("b", 2))]
+    targets = [timing.Timed(k, sessions.plain_session(b), timing.feed("input", x), 4, c) for k, c in (("a", 1), ("b", 2))]
     times = timing.time_interleaved(targets, 7, 2, progress=False)
     assert set(times) == {"a", "b"} and all(len(v) == 7 and (v > 0).all() for v in times.values())
 
@@ -134,7 +134,7 @@ def test_profiler_capacity_counts_the_events_of_a_call_in_a_real_profile(monkeyp
     x = np.zeros((1, 784), np.float32)
     counts = []
     for n in (1, 3):  # onnxruntime records a session's set-up events, then as many events for every call
-        s = timing.plain_session(b, enable_profiling=True, profile_file_prefix=str(tmp_path / f"p{n}"))
+        s = sessions.plain_session(b, sessions.Options(profile_prefix=str(tmp_path / f"p{n}")))
         for _ in range(n):
             s.run(None, {"input": x})
         with open(s.end_profiling()) as f:
@@ -182,8 +182,8 @@ def _fake_profiled_sessions(monkeypatch, tmp_path, durs: dict[str, dict[str, lis
             return str(p)
 
     fakes = iter([Fake(k) for k in durs])
-    monkeypatch.setattr(timing, "plain_session",
-                        lambda model, threads, **kw: Probe() if os.path.basename(kw["profile_file_prefix"]).startswith("probe")
+    monkeypatch.setattr(sessions, "plain_session",
+                        lambda model, options, name: Probe() if os.path.basename(options.profile_prefix).startswith("probe")
                         else next(fakes))
 
 
@@ -249,7 +249,7 @@ def _fake_gemm_sessions(monkeypatch, costs: dict[str, list[float]]):
             now[0] += next(left[self.key])
 
     keys = iter(["fp32", "u8s8"])
-    monkeypatch.setattr(timing, "plain_session", lambda model, threads: Sess(next(keys)))
+    monkeypatch.setattr(sessions, "plain_session", lambda model, options: Sess(next(keys)))
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
     return order
 

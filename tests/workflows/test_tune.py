@@ -130,16 +130,16 @@ def test_real_tuning_is_reproducible(tuned_mnist12, models_dir, mnist_dir, tmp_p
 @pytest.mark.realdata
 def test_tuned_model_computes_like_fp32(tuned_mnist12, models_dir, splits):
     from quant.config import preprocessing
-    from quant.runtime import evaluation
+    from quant.runtime import evaluation, sessions
 
     out, _ = tuned_mnist12
     x = preprocessing.apply(splits["test"].images[:500], 1 / 255, 0, 1, "NCHW")
-    f = evaluation.predict(evaluation.make_session((models_dir / "mnist-12.onnx").read_bytes()), x, "Input3")
-    q = evaluation.predict(evaluation.make_session(out.read_bytes()), x, "Input3")
+    f = evaluation.predict(sessions.make_session((models_dir / "mnist-12.onnx").read_bytes()), x, "Input3")
+    q = evaluation.predict(sessions.make_session(out.read_bytes()), x, "Input3")
     assert np.mean(np.argmax(f, 1) == np.argmax(q, 1)) >= 0.99
     assert models.signature(onnx.load(out), str(out)).input_shape == ("N", 1, 28, 28)
     x64 = np.resize(x, (64, 1, 28, 28))  # the default model takes any batch
-    assert evaluation.make_session(out.read_bytes()).run(None, {"Input3": x64})[0].shape == (64, 10)
+    assert sessions.make_session(out.read_bytes()).run(None, {"Input3": x64})[0].shape == (64, 10)
 
 
 def test_latency_aware_objective_times_stock_fast_candidates_and_records_the_choice(tmp_path, synth_dir):

@@ -175,9 +175,9 @@ def test_an_op_left_between_dq_and_q_by_onnxruntime_runs_in_fp32(tmp_path):
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     m = helper.make_model(g, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
-    from quant.runtime import evaluation
+    from quant.runtime import sessions
 
-    executed = evaluation.onnxruntime_graph(m.SerializeToString())
+    executed = sessions.onnxruntime_graph(m.SerializeToString())
     assert models.precision_summary(executed)["fp32"] == {"Add": 1}
 
 
