@@ -256,14 +256,14 @@ def render_tune_failed(doc: dict) -> str:
         f"**FAILED**: {doc['failure']}",
         "",
         *warning_lines(doc),
-        f"Best int8 top-1 {pct(doc['best_int8_accuracy'])} vs fp32 {pct(f['accuracy'])} (criterion {crit['kind']} {crit['tolerance']:g}, "
-        f"i.e. int8 >= {pct(crit['min_accuracy'])}). No int8 model and no test data were written.",
+        (f"Best int8 top-1 {pct(doc['best_int8_accuracy'])} vs fp32 {pct(f['accuracy'])} (criterion {crit['kind']} {crit['tolerance']:g}, "
+         f"i.e. int8 >= {pct(crit['min_accuracy'])}). No int8 model and no test data were written."),
         "",
         *([md_table(["trial", "model", "top-1", "fp32 layers", "int8 layers"], rows), ""] if rows else []),
-        f"- tuning: {t['trials']} trial(s), strategy {t['strategy']}, objective {t['objective']}, seed {t['random_seed']}, "
-        f"max trials {t['max_trials']}, timeout {t['timeout']}, {doc['wall_seconds']:.1f} s wall",
-        f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}, "
-        f"7-bit ranges (reduce_range): {doc['quantization']['reduce_range']}",
+        (f"- tuning: {t['trials']} trial(s), strategy {t['strategy']}, objective {t['objective']}, seed {t['random_seed']}, "
+         f"max trials {t['max_trials']}, timeout {t['timeout']}, {doc['wall_seconds']:.1f} s wall"),
+        (f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}, "
+         f"7-bit ranges (reduce_range): {doc['quantization']['reduce_range']}"),
         f"- calibration set: {cal['count']} {cal['split']} images, seed {cal['seed']}, {cal['source']}, sha256 `{cal['sha256'][:16]}…`",
         f"- preprocessing: {doc['preprocessing']}",
         *provenance_lines(doc),

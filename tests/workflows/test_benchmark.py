@@ -222,8 +222,8 @@ def test_a_step_summary_that_is_no_regular_file_is_skipped(tmp_path, synth_dir, 
         logs = []
         monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
         doc = benchmark.benchmark_models([str(a)], None, config=synth_config(tmp_path), data_dir=str(synth_dir), log=logs.append,
-                                         **api_options(benchmark.BenchmarkOptions, dict(mode="performance", iterations=3, warmup=0,
-                                                                                        report_path=str(tmp_path / "b.json"), plots=False)))
+                                         **api_options(benchmark.BenchmarkOptions, {"mode": "performance", "iterations": 3, "warmup": 0,
+                                                                                    "report_path": str(tmp_path / "b.json"), "plots": False}))
         assert doc["reports"]["json"] and any("not a writable regular file; summary not appended" in m for m in logs)
 
 
@@ -308,8 +308,8 @@ def test_profiled_rounds_never_exceed_what_onnxruntimes_profiler_holds(tmp_path,
     a = save(mnist12_like(seed=1), tmp_path / "a.onnx")
     logs = []
     doc = benchmark.benchmark_models([str(a)], str(a), config=synth_config(tmp_path), data_dir=str(synth_dir), log=logs.append,
-                                     **api_options(benchmark.BenchmarkOptions, dict(mode="performance", iterations=12, warmup=0, profile=True,
-                                                                                    plots=False, dynamic_batch=True, extra_batch_sizes=(2,))))
+                                     **api_options(benchmark.BenchmarkOptions, {"mode": "performance", "iterations": 12, "warmup": 0, "profile": True,
+                                                                                "plots": False, "dynamic_batch": True, "extra_batch_sizes": (2,)}))
     assert doc["timing"]["profile"]["rounds"] == {"1": 3, "2": 0} and doc["model"]["profile_rounds"] == {"1": 3}
     assert any("batch 1: 3 profiled rounds, not 12: onnxruntime's profiler holds 1,000,000 events" in m for m in logs)
     assert any("warning: no profile at batch 2: 0 profiled rounds" in m for m in logs)

@@ -7,7 +7,13 @@ import numpy as np
 import onnx
 import pytest
 from conftest import REPO, synth_config
-from helpers import DEFAULT_MNIST12_INT8_SHA256, api_options, mnist12_like, pattern_linear, save
+from helpers import (
+    DEFAULT_MNIST12_INT8_SHA256,
+    api_options,
+    mnist12_like,
+    pattern_linear,
+    save,
+)
 
 from quant import config
 from quant.graph import models
