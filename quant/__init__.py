@@ -5,12 +5,18 @@ The Python API; each command-line sub-command is a thin call of one of these::
     import quant
 
     doc = quant.tune_model("mnist-12.onnx", "mnist-12-int8.onnx", data_dir="../shared/data/mnist")
-    quant.benchmark_models(["mnist-12-int8.onnx"], "mnist-12.onnx", max_accuracy_drop=0.01)
+    quant.benchmark_models(["mnist-12-int8.onnx"], "mnist-12.onnx",
+                           options=quant.BenchmarkOptions(max_accuracy_drop=0.01),
+                           report=quant.ReportOptions(path="gate.json"))
 
 - :func:`tune_model` (``tune``), :func:`benchmark_models` (``benchmark``), :func:`validate_model`
   (``validate``), :func:`package_model` (``package``), :func:`build_calibration_set` (``calib``),
   :func:`write_test_data` (``write-test-data``), :func:`check_test_data` (``check-test-data``),
   :func:`fetch` (``fetch``).
+- Their options are frozen dataclasses that check their values when made (the flags' ranges and
+  messages): :class:`TuneOptions`, :class:`BenchmarkOptions`, :class:`ValidateOptions`,
+  :class:`PackageOptions`, and :class:`ReportOptions` (report path, figures, the recorded command),
+  shared by tune, benchmark and validate.
 - Errors are :class:`quant.errors.QuantError` subclasses carrying the command line's exit code.
 
 The functions are imported on first use (``neural_compressor`` only when tuning runs), so
@@ -40,6 +46,11 @@ _API = {
     "write_test_data": "workflows.testdata",
     "check_test_data": "workflows.testdata",
     "fetch": "data",
+    "TuneOptions": "workflows.tune",
+    "BenchmarkOptions": "workflows.benchmark",
+    "ValidateOptions": "workflows.validate",
+    "PackageOptions": "workflows.package",
+    "ReportOptions": "workflows.options",
 }
 __all__ = sorted(_API)
 

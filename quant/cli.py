@@ -161,13 +161,26 @@ def _range(key: str) -> str:
     return f"range {range_text(leaf(key))}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from quant.config import PORTABILITY_SAMPLES, SAMPLES, leaf, range_text
+def _closing_flags(p: argparse.ArgumentParser, plots: bool = False, json: bool = True, verbose_help: str | None = None) -> None:
+    """The flags that end most sub-commands, in this order: --no_plots, --json, --verbose."""
+    if plots:
+        p.add_argument("--no_plots", action="store_true")
+    if json:
+        p.add_argument("--json", action="store_true")
+    p.add_argument("--verbose", action="store_true", help=verbose_help)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m quant", description="Produce and validate int8 ONNX MNIST classifiers.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"mnist-quant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_tune_parser, _benchmark_parser, _validate_parser, _package_parser, _calib_parser, _write_test_data_parser,
+                _check_test_data_parser, _fetch_parser, _config_parser):
+        add(sub)
+    return parser
 
+
+def _tune_parser(sub) -> None:
     t = sub.add_parser("tune", help="tune an fp32 model into int8 with neural-compressor", allow_abbrev=False)
     _common(t)
     t.add_argument("--output_model", required=True, help="where the int8 model is written (atomically); its reports and test "
@@ -176,11 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--objective", choices=("accuracy", "performance"), default=None,
                    help="override tuning.objective (performance = latency-aware search)")
     _dynamic_batch(t, "give the int8 model a symbolic batch dimension (default: config model.dynamic_batch, true)", None)
-    t.add_argument("--no_plots", action="store_true")
-    t.add_argument("--json", action="store_true")
-    t.add_argument("--verbose", action="store_true", help="neural-compressor's full logging, and a traceback on errors")
+    _closing_flags(t, plots=True, verbose_help="neural-compressor's full logging, and a traceback on errors")
     t.set_defaults(func=cmd_tune)
 
+
+def _benchmark_parser(sub) -> None:
     b = sub.add_parser("benchmark", help="size, accuracy and latency of int8 vs fp32 side by side; accuracy gate", allow_abbrev=False)
     b.add_argument("--input_model", action="append", required=True,
                    help="model to measure; give the flag once per model, or several comma-separated (a value naming an "
@@ -192,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", default="all", choices=("all", "accuracy", "performance"))
     b.add_argument("--max_accuracy_drop", type=float, default=None, help="the gate's budget as a fraction "
                    f"({_range('tuning.accuracy_criterion')}; default: the config's tuning.accuracy_criterion)")
+    _timing_flags(b)
+    b.add_argument("--profile", action="store_true", help="add onnxruntime's per-op kernel times for every model and batch size")
+    _dynamic_batch(b, "rewrite fixed-batch models (the zoo's batch of 1) to a symbolic batch in memory, so all run at "
+                      "--batch_size (default: off)", False)
+    b.add_argument("--report", default=None)
+    _closing_flags(b, plots=True)
+    b.set_defaults(func=cmd_benchmark)
+
+
+def _timing_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("--batch_size", type=_int_list, default=None, help="images per timed inference; several comma-separated "
                    f"(e.g. 1,64) are timed in turn ({_range('benchmark.batch_size')} each; default: config benchmark.batch_size)")
     b.add_argument("--iterations", type=int, default=None,
@@ -200,14 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"untimed inferences per model first ({_range('benchmark.warmup')}; default: config benchmark.warmup)")
     b.add_argument("--threads", type=int, default=None,
                    help=f"onnxruntime intra-op threads ({_range('benchmark.threads')}; default: config benchmark.threads, 1)")
-    b.add_argument("--profile", action="store_true", help="add onnxruntime's per-op kernel times for every model and batch size")
-    _dynamic_batch(b, "rewrite fixed-batch models (the zoo's batch of 1) to a symbolic batch in memory, so all run at "
-                      "--batch_size (default: off)", False)
-    b.add_argument("--report", default=None)
-    b.add_argument("--no_plots", action="store_true")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--verbose", action="store_true")
-    b.set_defaults(func=cmd_benchmark)
+
+
+def _validate_parser(sub) -> None:
+    from quant.config import PORTABILITY_SAMPLES, SAMPLES, range_text
 
     v = sub.add_parser("validate", help="check an int8 model against its fp32 baseline: structure, input range, accuracy, "
                        "per-layer error, CPU portability, test data", allow_abbrev=False)
@@ -222,54 +241,66 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(range {range_text(PORTABILITY_SAMPLES)}; default {PORTABILITY_SAMPLES.default}, ~10 ms each)")
     _tolerances(v)
     v.add_argument("--report", default=None)
-    v.add_argument("--json", action="store_true")
-    v.add_argument("--verbose", action="store_true")
+    _closing_flags(v)
     v.set_defaults(func=cmd_validate)
+
+
+def _package_parser(sub) -> None:
+    from quant.config import leaf
 
     p = sub.add_parser("package", help="zoo-style NAME.tar.gz (NAME/model.onnx + test_data_set_N) and NAME.card.md", allow_abbrev=False)
     _common(p, CONFIG_DOCUMENTED_HELP)
     p.add_argument("--output_model", required=True, help="NAME.tar.gz to write; NAME.card.md (the model-card fragment) goes beside it")
     p.add_argument("--count", type=int, default=None,
                    help=f"test_data_set folders (range 1..{leaf('output.test_data_sets').max}; default: config output.test_data_sets, 3)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--verbose", action="store_true")
+    _closing_flags(p)
     p.set_defaults(func=cmd_package)
 
+
+def _calib_parser(sub) -> None:
     c = sub.add_parser("calib", help="materialize the calibration set as a .npy and check its sha256", allow_abbrev=False)
     c.add_argument("--config", default=None, help=CONFIG_HELP)
     c.add_argument("--data_dir", default=None)
     c.add_argument("--output_dir", required=True, help="folder for calib-<sha256 prefix>.npy (created if missing)")
     c.add_argument("--add_to_manifest", metavar="NAME", default=None,
                    help="record this set under NAME in the manifest the config names (quantization.calibration.manifest)")
-    c.add_argument("--verbose", action="store_true")
+    _closing_flags(c, json=False)
     c.set_defaults(func=cmd_calib)
+
+
+def _write_test_data_parser(sub) -> None:
+    from quant.config import leaf
 
     w = sub.add_parser("write-test-data", help="write zoo-style test_data_set_N folders for a model", allow_abbrev=False)
     _common(w)
     w.add_argument("--output_dir", required=True, help="the test-data folder, replaced whole (it may hold only earlier test data)")
     w.add_argument("--count", type=int, default=None,  # the key's range, but 0 (no sets) leaves nothing to write
                    help=f"number of sets (range 1..{leaf('output.test_data_sets').max}; default: config output.test_data_sets)")
-    w.add_argument("--verbose", action="store_true")
+    _closing_flags(w, json=False)
     w.set_defaults(func=cmd_write_test_data)
 
+
+def _check_test_data_parser(sub) -> None:
     k = sub.add_parser("check-test-data", help="run a model on zoo-style test_data_set_N folders and compare outputs", allow_abbrev=False)
     k.add_argument("--input_model", required=True)
     k.add_argument("--test_data", nargs="+", required=True, metavar="DIR", help="test_data_set_N folders or folders of them")
     k.add_argument("--config", default=None, help="for model.input_name (default: read from the model)")
     _tolerances(k)
-    k.add_argument("--json", action="store_true")
-    k.add_argument("--verbose", action="store_true")
+    _closing_flags(k)
     k.set_defaults(func=cmd_check_test_data)
 
+
+def _fetch_parser(sub) -> None:
     f = sub.add_parser("fetch", help="download MNIST and the zoo's mnist-12.onnx with checksum verification", allow_abbrev=False)
     f.add_argument("--data_dir", default=None, help="MNIST folder (default: $MNIST_DIR or the user cache)")
     f.add_argument("--models_dir", default=None, help="folder for mnist-12.onnx (default: the user cache)")
-    f.add_argument("--verbose", action="store_true")
+    _closing_flags(f, json=False)
     f.set_defaults(func=cmd_fetch)
 
+
+def _config_parser(sub) -> None:
     g = sub.add_parser("config", help="print the default config (the packaged mnist.yaml) to start your own from", allow_abbrev=False)
     g.set_defaults(func=cmd_config)
-    return parser
 
 
 # ------------------------------------------------------------------------------ sub-commands
@@ -295,20 +326,39 @@ def _reporting(func: Callable[[], dict], args) -> dict:
         raise
 
 
+def _report_options(args, write: bool | None = None):
+    from quant.workflows.options import ReportOptions
+
+    return ReportOptions(path=args.report, write=write, plots=not getattr(args, "no_plots", True))
+
+
+def _tune_options(args):
+    from quant import TuneOptions
+
+    return TuneOptions(objective=args.objective, dynamic_batch=args.dynamic_batch, verbose=args.verbose)
+
+
 def cmd_tune(args) -> int:
     from quant import tune_model
 
     say = _progress(args)
     doc = _reporting(lambda: tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
-                                        report_path=args.report, reports=True, plots=not args.no_plots,
-                                        dynamic_batch=args.dynamic_batch, objective=args.objective, verbose=args.verbose,
-                                        log=say), args)
+                                        options=_tune_options(args), report=_report_options(args, write=True), log=say), args)
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[tune] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
     say(f"tune PASSED: int8 top-1 {100 * doc['int8']['accuracy']:.2f} % vs fp32 {100 * doc['fp32']['accuracy']:.2f} % "
         f"(criterion {doc['criterion']['kind']} {doc['criterion']['tolerance']:g}); wrote {args.output_model}")
     return 0
+
+
+def _benchmark_options(args):
+    from quant import BenchmarkOptions
+
+    sizes = args.batch_size or [None]
+    return BenchmarkOptions(mode=args.mode, batch_size=sizes[0], extra_batch_sizes=tuple(sizes[1:]), iterations=args.iterations,
+                            warmup=args.warmup, threads=args.threads, max_accuracy_drop=args.max_accuracy_drop,
+                            dynamic_batch=args.dynamic_batch, profile=args.profile, progress=not args.json)
 
 
 def cmd_benchmark(args) -> int:
@@ -318,12 +368,8 @@ def cmd_benchmark(args) -> int:
     given = [m for v in args.input_model for m in ([v] if os.path.isfile(v) else v.split(",")) if m]
     if not given:
         raise UsageError("--input_model: at least one model is required")
-    sizes = args.batch_size or [None]
-    doc = _reporting(lambda: benchmark_models(
-        given, args.baseline_model, config=args.config, mode=args.mode, data_dir=args.data_dir, batch_size=sizes[0],
-        extra_batch_sizes=tuple(sizes[1:]), iterations=args.iterations, warmup=args.warmup, threads=args.threads,
-        max_accuracy_drop=args.max_accuracy_drop, report_path=args.report, plots=not args.no_plots,
-        dynamic_batch=args.dynamic_batch, profile=args.profile, log=say, progress=not args.json), args)
+    doc = _reporting(lambda: benchmark_models(given, args.baseline_model, config=args.config, data_dir=args.data_dir,
+                                              options=_benchmark_options(args), report=_report_options(args), log=say), args)
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[benchmark] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
@@ -334,14 +380,19 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _validate_options(args):
+    from quant import ValidateOptions
+
+    return ValidateOptions(test_data=args.test_data, samples=args.samples, portability_samples=args.portability_samples,
+                           rtol=args.rtol, atol=args.atol)
+
+
 def cmd_validate(args) -> int:
     from quant import validate_model
 
     say = _progress(args)
     doc = _reporting(lambda: validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
-                                            report_path=args.report, test_data=args.test_data, samples=args.samples,
-                                            portability_samples=args.portability_samples, rtol=args.rtol, atol=args.atol,
-                                            log=say), args)
+                                            options=_validate_options(args), report=_report_options(args), log=say), args)
     _print_report(doc, args)
     if doc.get("reports"):
         say(f"[validate] reports: {doc['reports']['json']}, {doc['reports']['markdown']}")
@@ -352,11 +403,17 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _package_options(args):
+    from quant import PackageOptions
+
+    return PackageOptions(count=args.count)
+
+
 def cmd_package(args) -> int:
     from quant import package_model
 
     say = _progress(args)
-    doc = package_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, count=args.count,
+    doc = package_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, options=_package_options(args),
                         log=say)
     _print_report(doc, args)
     return 0

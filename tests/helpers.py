@@ -257,3 +257,16 @@ def fitted_classifier(kind: str, x_train: np.ndarray, y_train: np.ndarray, seed:
 # The default model's sha256 on Python 3.11, 3.12 and 3.13 and on CPUs with and without AVX-512 VNNI
 # (docs/how-it-works.md, docs/benchmarks.md). A change here is a change of the published model: say why.
 DEFAULT_MNIST12_INT8_SHA256 = "483d306e620e9b33789856a9cc4319bfbaf5cd1e29ac6917009dd7b7d031a296"
+
+
+REPORT_KEYWORDS = {"report_path": "path", "reports": "write", "plots": "plots", "command": "command"}
+
+
+def api_options(options_class, keywords: dict) -> dict:
+    """``options=`` and ``report=`` for a workflow function from flat keywords (``mode=..., report_path=...``):
+    the workflow's own options go to ``options_class``, the report's (:data:`REPORT_KEYWORDS`) to ReportOptions."""
+    from quant.workflows.options import ReportOptions
+
+    rep = {REPORT_KEYWORDS[k]: v for k, v in keywords.items() if k in REPORT_KEYWORDS}
+    own = {k: v for k, v in keywords.items() if k not in REPORT_KEYWORDS}
+    return {"options": options_class(**own), "report": ReportOptions(**rep)}

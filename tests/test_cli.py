@@ -1,6 +1,7 @@
 """The command line through subprocesses: exit codes, one-line errors, nothing written on failure."""
 
 import importlib.util
+import json
 
 import pytest
 from conftest import run_cli, synth_config, write_config
@@ -159,3 +160,20 @@ def test_a_mistyped_flag_gets_a_did_you_mean(typo, hint):
     r = run_cli(cmd, "--input_model=m.onnx", "--output_model=o.onnx" if cmd == "tune" else "--no_plots", typo)
     assert r.returncode == 2 and f"unrecognized argument '{typo}' (did you mean {hint}?)" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_tune_that_misses_the_criterion_prints_and_writes_its_report(tmp_path):
+    """Exit 3 like the benchmark gate: the report (the trials) on stdout, written where --report points, the
+    one error line last; no model, no test data."""
+    d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
+    m = save(pattern_linear("N", "flat"), tmp_path / "fp32.onnx")
+    cfg = synth_config(tmp_path, {"preprocessing": {"layout": "flat"}, "quantization": {"reduce_range": False}, "tuning": {"max_trials": 1}})
+    out, rep = tmp_path / "int8.onnx", tmp_path / "rep.json"
+    r = run_cli("tune", f"--input_model={m}", f"--config={cfg}", f"--output_model={out}", f"--data_dir={d}", f"--report={rep}")
+    _assert_clean_error(r, 3, "no int8 model met", "no model written")
+    assert r.stdout.startswith("# Tuning report") and "**FAILED**" in r.stdout and "| trial |" in r.stdout
+    assert json.loads(rep.read_text())["passed"] is False and (tmp_path / "rep.md").read_text() == r.stdout
+    assert not out.exists() and not (tmp_path / "int8_test_data").exists()
+    r = run_cli("tune", f"--input_model={m}", f"--config={cfg}", f"--output_model={out}", f"--data_dir={d}", "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 3 and doc["exit_code"] == 3 and doc["passed"] is False and doc["tuning"]["per_trial"]

@@ -257,7 +257,7 @@ def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResul
         raise AccuracyError(
             f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
             f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}{failed}; no model written",
-            {"baseline_accuracy": base, "best_accuracy": best, "trials": len(trials) - 1},
+            {"baseline_accuracy": base, "best_accuracy": best, "trials": len(trials) - 1, "per_trial": trials, "inc_version": version},
         )
     model = _sorted(q.model if hasattr(q, "model") else q)
     return TuneResult(model=model, trials=trials, inc_version=version)

@@ -241,3 +241,35 @@ def render_tune(doc: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_tune_failed(doc: dict) -> str:
+    """The Markdown report of a tune that missed its accuracy criterion: why, and every trial neural-compressor
+    evaluated (trial 0 is the fp32 model); no int8 model was written."""
+    doc = escaped(doc)
+    f, crit, t, cal = doc["fp32"], doc["criterion"], doc["tuning"], doc["calibration"]
+    rows = [[r["trial"], "fp32" if r["trial"] == 0 else "int8", pct(r["accuracy"]), len(r["fp32_layers"]), len(r["int8_layers"])]
+            for r in t["per_trial"]]
+    lines = [
+        f"# Tuning report: {doc['model_name']}",
+        "",
+        f"**FAILED**: {doc['failure']}",
+        "",
+        *warning_lines(doc),
+        (f"Best int8 top-1 {pct(doc['best_int8_accuracy'])} vs fp32 {pct(f['accuracy'])} (criterion {crit['kind']} {crit['tolerance']:g}, "
+         f"i.e. int8 >= {pct(crit['min_accuracy'])}). No int8 model and no test data were written."),
+        "",
+        *([md_table(["trial", "model", "top-1", "fp32 layers", "int8 layers"], rows), ""] if rows else []),
+        (f"- tuning: {t['trials']} trial(s), strategy {t['strategy']}, objective {t['objective']}, seed {t['random_seed']}, "
+         f"max trials {t['max_trials']}, timeout {t['timeout']}, {doc['wall_seconds']:.1f} s wall"),
+        (f"- format: {doc['quantization']['format']}, per-channel: {doc['quantization']['per_channel']}, "
+         f"7-bit ranges (reduce_range): {doc['quantization']['reduce_range']}"),
+        f"- calibration set: {cal['count']} {cal['split']} images, seed {cal['seed']}, {cal['source']}, sha256 `{cal['sha256'][:16]}…`",
+        f"- preprocessing: {doc['preprocessing']}",
+        *provenance_lines(doc),
+        f"- input model: `{f['path']}` (sha256 `{f['sha256'][:16]}…`)",
+        f"- config: `{doc['config']['path']}` (sha256 `{doc['config']['sha256'][:16]}…`)",
+        f"- command: `{printable(doc['command'], None)}`",
+        "",
+    ]
+    return "\n".join(lines)

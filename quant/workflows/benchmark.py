@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from quant import report
+from quant import report as report_mod
 from quant.config import check_value, criterion
 from quant.errors import AccuracyError, UsageError, printable
 from quant.files import Outputs, append_summary, check_distinct, check_writable_target
@@ -29,6 +29,7 @@ from quant.report import plots as plots_mod
 from quant.runtime import evaluation, timing
 from quant.runtime.sessions import make_session, onnxruntime_graph
 from quant.workflows import inputs
+from quant.workflows.options import ReportOptions
 
 LOG = logging.getLogger("quant")
 
@@ -74,49 +75,91 @@ def _spread(i: int, n: int, total: int) -> bool:
     return (i + 1) * n // total != i * n // total
 
 
-def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, mode: str = "all",
-                     data_dir: str | None = None, batch_size: int | None = None, iterations: int | None = None,
-                     warmup: int | None = None, threads: int | None = None, max_accuracy_drop: float | None = None,
-                     report_path: str | None = None, log: Callable[[str], None] | None = None, command: str | None = None,
-                     plots: bool = True, dynamic_batch: bool = False, extra_batch_sizes: tuple[int, ...] = (),
-                     profile: bool = False, reports: bool | None = None, progress: bool = False) -> dict:
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What :func:`benchmark_models` measures and how.
+
+    - ``mode``: ``"all"`` (size, accuracy, latency), ``"accuracy"`` (size, accuracy) or ``"performance"``
+      (size, latency: no accuracy, so no gate).
+    - ``max_accuracy_drop``: the gate's budget as a fraction (default: the config's accuracy criterion).
+    - ``batch_size`` plus ``extra_batch_sizes``, ``iterations``, ``warmup``, ``threads``: the timing
+      (None: the config's ``benchmark`` section).
+    - ``dynamic_batch``: rewrite fixed-batch models to a symbolic batch in memory; ``profile``: onnxruntime's
+      per-op kernel times; ``progress``: a progress bar on stderr.
+
+    Each value gets its flag's range and message (UsageError, exit 2) when the options are made.
+    """
+
+    mode: str = "all"
+    batch_size: int | None = None
+    extra_batch_sizes: tuple[int, ...] = ()
+    iterations: int | None = None
+    warmup: int | None = None
+    threads: int | None = None
+    max_accuracy_drop: float | None = None
+    dynamic_batch: bool = False
+    profile: bool = False
+    progress: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "extra_batch_sizes", tuple(self.extra_batch_sizes))
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {self.mode!r}: must be one of {', '.join(MODES)}")
+        if self.max_accuracy_drop is not None:  # a drop, like the config's criterion: [0, 1)
+            check_value("tuning.accuracy_criterion", self.max_accuracy_drop, "--max_accuracy_drop")
+        if self.max_accuracy_drop is not None and self.mode == "performance":  # a budget nobody checks would be a silent pass
+            raise UsageError("--max_accuracy_drop needs accuracy: --mode=performance measures size and latency only; "
+                             "use --mode=all (the default) or --mode=accuracy")
+        for key, v in (*(("batch_size", x) for x in (self.batch_size, *self.extra_batch_sizes)), ("iterations", self.iterations),
+                       ("warmup", self.warmup), ("threads", self.threads)):
+            if v is not None:  # the option gets the config key's range
+                check_value(f"benchmark.{key}", v, f"--{key}")
+
+    @property
+    def measures_accuracy(self) -> bool:
+        return self.mode in ("accuracy", "all")
+
+    @property
+    def measures_latency(self) -> bool:
+        return self.mode in ("performance", "all")
+
+
+def benchmark_models(input_models: list[str], baseline_model: str | None = None, config=None, data_dir: str | None = None,
+                     options: BenchmarkOptions | None = None, report: ReportOptions | None = None,
+                     log: Callable[[str], None] | None = None) -> dict:
     """Measure ``input_models`` (int8) and ``baseline_model`` (fp32) side by side in one run: size,
     top-1 accuracy on the 10,000 test images, and latency in plain onnxruntime sessions, the models
     timed interleaved. Returns the report dict (its Markdown under ``"markdown"``).
 
-    - ``mode``: ``"all"`` (size, accuracy, latency), ``"accuracy"`` (size, accuracy) or ``"performance"``
-      (size, latency: no accuracy, so no gate).
+    - ``options``: :class:`BenchmarkOptions` (mode, gate budget, timing, dynamic batch, profile).
     - The gate: whenever a baseline is given and accuracy is measured, every model is gated against it
-      with the budget ``max_accuracy_drop`` (a fraction; default the config's accuracy criterion). Each
-      verdict is in ``doc["models"][i]["gate"]``, the run's in ``doc["gate"]``.
-    - ``batch_size`` plus ``extra_batch_sizes``, ``iterations``, ``warmup``, ``threads``: the timing
-      (defaults: the config's ``benchmark`` section); ``dynamic_batch``: rewrite fixed-batch models to a
-      symbolic batch in memory; ``profile``: onnxruntime's per-op kernel times.
+      with the budget ``options.max_accuracy_drop`` (a fraction; default the config's accuracy criterion).
+      Each verdict is in ``doc["models"][i]["gate"]``, the run's in ``doc["gate"]``.
     - ``config``: a YAML path, a Config, or None (the preprocessing the model documents, else the defaults).
-    - ``report_path``: ``NAME.json`` (``NAME.md`` and figures ``NAME.<figure>.png`` beside it, with
-      ``plots``); no report files without it (or the config's ``output.report``).
-    - ``log``: progress lines (default: the ``quant`` logger); ``progress``: a progress bar on stderr.
+    - ``report``: :class:`quant.workflows.options.ReportOptions`: ``path`` ``NAME.json`` (``NAME.md`` and
+      figures ``NAME.<figure>.png`` beside it, with ``plots``); no report files without it (or the config's
+      ``output.report``).
+    - ``log``: progress lines (default: the ``quant`` logger).
 
     Raises AccuracyError (exit 3, the report in ``details``) when a model fails the gate,
     UsageError/ConfigError (exit 2) for bad arguments, InputError/ModelError (exit 4) for bad models.
     """
-    _check_arguments(mode, input_models, baseline_model, max_accuracy_drop, (batch_size, *extra_batch_sizes), iterations, warmup, threads)
-    input_models = [input_models] if isinstance(input_models, (str, os.PathLike)) else list(input_models)
+    opts, rep, log = options or BenchmarkOptions(), report or ReportOptions(), log or LOG.info
+    input_models = _model_list(input_models, baseline_model, opts)
     cfg = inputs.load_config(config)
-    t = _timing_settings(cfg, batch_size, tuple(extra_batch_sizes), iterations, warmup, threads)
-    log = log or LOG.info
-    out = _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, reports, plots, mode)
-    run, prov, inferred = _load(cfg, config is None, input_models, baseline_model, data_dir, dynamic_batch, t.threads, log)
-    if mode in ("accuracy", "all"):
+    t = _timing_settings(cfg, opts)
+    out = _plan_outputs(cfg, input_models, baseline_model, data_dir, rep, opts.mode)
+    run, prov, inferred = _load(cfg, config is None, input_models, baseline_model, data_dir, opts.dynamic_batch, t.threads, log)
+    if opts.measures_accuracy:
         _measure_accuracy(run)
-    timing_doc, samples = _measure_latency(run, t, profile, progress) if mode in ("performance", "all") else (None, {})
-    doc = {**report.envelope("benchmark", {"path": run.cfg.source, "sha256": run.cfg.sha256}, run.cfg.preprocessing_dict(), prov,
-                             inferred, command), "mode": mode}
+    timing_doc, samples = _measure_latency(run, t, opts.profile, opts.progress) if opts.measures_latency else (None, {})
+    doc = {**report_mod.envelope("benchmark", {"path": run.cfg.source, "sha256": run.cfg.sha256}, run.cfg.preprocessing_dict(), prov,
+                                 inferred, rep.command), "mode": opts.mode}
     _compare(doc, run.entries, samples, t.batch_size, timing_doc)
-    if mode in ("accuracy", "all") and doc["baseline"] is not None:  # every model under test is gated against the baseline
-        _gate(doc, run.cfg, max_accuracy_drop)
+    if opts.measures_accuracy and doc["baseline"] is not None:  # every model under test is gated against the baseline
+        _gate(doc, run.cfg, opts.max_accuracy_drop)
     doc["reports"] = {"json": str(out.json), "markdown": str(out.md)} if out.json else None
-    doc["markdown"] = _write(doc, out, samples, run.entries, mode, plots, log)
+    doc["markdown"] = _write(doc, out, samples, run.entries, opts.mode, rep.plots, log)
     if doc.get("gate") and not doc["gate"]["passed"]:
         raise AccuracyError(doc["gate"]["verdict"], doc)
     return doc
@@ -154,30 +197,21 @@ class _Run:
     log: Callable[[str], None]
 
 
-def _check_arguments(mode, input_models, baseline_model, max_accuracy_drop, batch_sizes, iterations, warmup, threads) -> None:
-    """Each argument's own range, before anything is read (the config's values are checked by its loader)."""
-    if mode not in MODES:
-        raise UsageError(f"--mode {mode!r}: must be one of {', '.join(MODES)}")
+def _model_list(input_models, baseline_model: str | None, opts: BenchmarkOptions) -> list:
+    """The models under test as a list (one path may be given alone); the checks that need the model paths."""
     if not input_models:
         raise UsageError("--input_model: at least one model is required")
-    if max_accuracy_drop is not None:  # a drop, like the config's criterion: [0, 1)
-        check_value("tuning.accuracy_criterion", max_accuracy_drop, "--max_accuracy_drop")
-    if max_accuracy_drop is not None and baseline_model is None:
+    if opts.max_accuracy_drop is not None and baseline_model is None:
         raise UsageError("--max_accuracy_drop needs --baseline_model (the drop is measured against it)")
-    if max_accuracy_drop is not None and mode == "performance":  # a budget nobody checks would be a silent pass
-        raise UsageError("--max_accuracy_drop needs accuracy: --mode=performance measures size and latency only; "
-                         "use --mode=all (the default) or --mode=accuracy")
-    for key, v in (*(("batch_size", x) for x in batch_sizes), ("iterations", iterations), ("warmup", warmup), ("threads", threads)):
-        if v is not None:  # the flag (or argument) gets the config key's range
-            check_value(f"benchmark.{key}", v, f"--{key}")
+    return [input_models] if isinstance(input_models, (str, os.PathLike)) else list(input_models)
 
 
-def _timing_settings(cfg, batch_size, extra_batch_sizes, iterations, warmup, threads) -> _Timing:
-    """The arguments, else the config's ``benchmark`` section; their product bounded."""
+def _timing_settings(cfg, opts: BenchmarkOptions) -> _Timing:
+    """The options, else the config's ``benchmark`` section; their product bounded."""
     b = cfg.benchmark
     pick = lambda flag, default: default if flag is None else flag  # noqa: E731  (warmup 0 is not "unset")
-    t = _Timing(pick(batch_size, b.batch_size), extra_batch_sizes, pick(iterations, b.iterations), pick(warmup, b.warmup),
-                pick(threads, b.threads))
+    t = _Timing(pick(opts.batch_size, b.batch_size), opts.extra_batch_sizes, pick(opts.iterations, b.iterations),
+                pick(opts.warmup, b.warmup), pick(opts.threads, b.threads))
     sizes = [t.batch_size, *t.extra_batch_sizes]
     if len(set(sizes)) != len(sizes):
         raise UsageError(f"--batch_size {','.join(map(str, sizes))}: give each batch size once")
@@ -187,21 +221,21 @@ def _timing_settings(cfg, batch_size, extra_batch_sizes, iterations, warmup, thr
     return t
 
 
-def _plan_outputs(cfg, input_models, baseline_model, data_dir, report_path, reports, plots, mode) -> _Outputs:
+def _plan_outputs(cfg, input_models, baseline_model, data_dir, rep: ReportOptions, mode: str) -> _Outputs:
     """Where the reports and figures go (only when asked), checked against everything the run reads."""
     json_path = md_path = None
     plot_paths: list = []
-    if report.wanted(reports, report_path, cfg.output.report):
-        json_path, md_path = report.default_report_paths(input_models[0], report_path or cfg.output.report, kind="benchmark", folder=".")
+    if report_mod.wanted(rep.write, rep.path, cfg.output.report):
+        json_path, md_path = report_mod.default_report_paths(input_models[0], rep.path or cfg.output.report, kind="benchmark", folder=".")
         for p in (json_path, md_path):
             check_writable_target(p, "--report")
-        plot_paths = [("plot", report.check_replaceable(check_writable_target(p, "plot"), "plot")) for p in plot_targets(json_path, mode)
-                      ] if plots else []
+        plot_paths = [("plot", report_mod.check_replaceable(check_writable_target(p, "plot"), "plot"))
+                      for p in plot_targets(json_path, mode)] if rep.plots else []
     reads = [("--input_model", m) for m in input_models] + [("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
                                                           *inputs.data_files(cfg, data_dir)]
     check_distinct(reads=reads, writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path), *plot_paths])
     for p in (json_path, md_path):
-        report.check_replaceable(p)
+        report_mod.check_replaceable(p)
     return _Outputs(json_path, md_path, plot_paths, reads)
 
 
@@ -210,6 +244,7 @@ def _load(cfg, adopt_documented: bool, input_models, baseline_model, data_dir, d
     input (layout, name) and every model must take the same. Returns ``(run, provenance, inferred)``."""
     names = ([("baseline", baseline_model)] if baseline_model else []) + [(f"model{i}" if i else "model", p) for i, p in enumerate(input_models)]
     loaded = {key: models.load(path, "baseline model" if key == "baseline" else "input model") for key, path in names}
+    cfg0 = cfg
     cfg, _, inferred = inputs.settle_model(cfg, loaded["model"], others=tuple(lm for k, lm in loaded.items() if k != "model"))
     # without --config, the preprocessing the models document (metadata, zoo README); warnings either way
     cfg, prov = inputs.preprocessing_for(cfg, adopt_documented, sorted(loaded.values(), key=lambda lm: lm is loaded.get("baseline")), log)
@@ -217,7 +252,7 @@ def _load(cfg, adopt_documented: bool, input_models, baseline_model, data_dir, d
     splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
     inputs.say_inferred(inferred, loaded["model"].path, log)
     x_test, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
-    entries = {k: _model_entry(lm) for k, lm in loaded.items()}
+    entries = {k: {**_model_entry(lm), "inferred": inputs.inferred_of(cfg0, lm)} for k, lm in loaded.items()}  # each model's own
     run_bytes = {k: lm.raw for k, lm in loaded.items()}
     if dynamic_batch:
         _rewrite_fixed_batches(loaded, sigs, run_bytes, entries, x_test, log)
@@ -397,7 +432,7 @@ def _write(doc: dict, out: _Outputs, samples: dict, entries: dict, mode: str, pl
             if plots:
                 doc["plots"] = write_plots(out.json, doc, {bs: [t[k] for k in entries] for bs, t in samples.items()}, mode, log, staged)
                 md = render(doc)
-            report.write(out.json, doc, out.md, md, staged)
+            report_mod.write(out.json, doc, out.md, md, staged)
             staged.commit()
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if out.json else None
     if summary:  # CI's summary file; never a FIFO, a folder or a file this run reads or writes
@@ -434,53 +469,81 @@ def _spread_row(cols: list[dict], blocks: list[list[float] | None], bs: int) -> 
 
 
 def render(doc: dict) -> str:
-    doc = report.escaped(doc)
+    doc = report_mod.escaped(doc)
     cols = ([doc["baseline"]] if doc.get("baseline") else []) + doc["models"]
     head = ["", *[f"`{e['path']}`" + (" (baseline)" if e is doc.get("baseline") else "") for e in cols]]
+    rows = _size_rows(doc, cols) + _accuracy_rows(doc, cols) + _latency_rows(doc, cols)
+    if any(e.get("rewritten") for e in cols):
+        rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
+    lines = [f"# Benchmark ({doc['mode']})", "", *report_mod.warning_lines(doc), report_mod.md_table(head, rows), ""]
+    return "\n".join(lines + _profile_lines(doc, cols) + _closing_lines(doc)) + "\n"
+
+
+def _size_rows(doc: dict, cols: list[dict]) -> list[list[str]]:
     rows = [["file bytes", *[f"{e['bytes']:,}" for e in cols]],
             ["weight bytes", *[f"{e['size']['weight_bytes']:,}" for e in cols]],
             ["graph overhead bytes", *[f"{e['size']['graph_overhead_bytes']:,}" for e in cols]]]
     if doc.get("baseline"):
         rows.append(["size ratio (baseline / model)", *["1" if e is doc["baseline"] else f"{e['size_ratio']:.2f}x" for e in cols]])
-    if "accuracy" in cols[0]:
-        rows.append(["top-1 (10k test images)", *[report.pct(e["accuracy"]) for e in cols]])
-        if doc.get("baseline"):
-            rows.append(["accuracy drop", *["" if e is doc["baseline"] else f"{100 * e['accuracy_drop']:.2f} pp" for e in cols]])
-            rows.append(["top-1 agreement with baseline", *["" if e is doc["baseline"] else report.pct(e["accuracy_stats"]["agreement_with_baseline"]) for e in cols]])
-            if any(e.get("gate") for e in cols):
-                rows.append(["gate", *["" if e is doc["baseline"] else ("PASSED" if e["gate"]["passed"] else "**FAILED**") for e in cols]])
-            rows.append(["mean / max abs output diff", *["" if e is doc["baseline"] else
-                         f"{e['accuracy_stats']['output_abs_diff']['mean']:.3g} / {e['accuracy_stats']['output_abs_diff']['max']:.3g}" for e in cols]])
-    if "latency_ms" in cols[0]:
-        t = doc["timing"]
-        rows.append([f"p50 latency, batch {t['batch_size']} (ms)", *[f"{e['latency_ms']['p50']:.4f}" for e in cols]])
-        rows.append(["mean / p90 / p99 (ms)", *[f"{e['latency_ms']['mean']:.4f} / {e['latency_ms']['p90']:.4f} / {e['latency_ms']['p99']:.4f}" for e in cols]])
-        rows.append(["throughput (images/s)", *[f"{e['throughput_per_s']:,.0f}" for e in cols]])
-        if doc.get("baseline"):
-            rows.append(["p50 latency ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['latency_ratio']:.2f}x" for e in cols]])
-            rows += _spread_row(cols, [None if e is doc["baseline"] else e.get("latency_ratio_blocks") for e in cols], t["batch_size"])
-            rows.append(["throughput ratio (model / baseline)", *["1" if e is doc["baseline"] else f"{e['throughput_ratio']:.2f}x" for e in cols]])
-        for bs in t.get("extra_batch_sizes", []):
-            m = [e["by_batch"][str(bs)] for e in cols]
-            rows.append([f"p50 latency, batch {bs} (ms)", *[f"{x['latency_ms']['p50']:.4f}" for x in m]])
-            rows.append([f"throughput, batch {bs} (images/s)", *[f"{x['throughput_per_s']:,.0f}" for x in m]])
-            if doc.get("baseline"):
-                rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
-                rows += _spread_row(cols, [None if e is doc["baseline"] else x.get("latency_ratio_blocks") for e, x in zip(cols, m)], bs)
-                rows.append([f"throughput ratio, batch {bs}", *["1" if e is doc["baseline"] else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
-        if any(e.get("macs_per_image") for e in cols):
-            peak = t.get("gemm_peak") or {}
-            rows.append(["multiply-adds per image", *[f"{e.get('macs_per_image', 0):,}" for e in cols]])
-            for bs in [t["batch_size"], *t.get("extra_batch_sizes", [])]:
-                rows.append([f"achieved GMAC/s, batch {bs} (GEMM peak here: fp32 {peak.get('fp32_gmacs', 0):.0f}, u8s8 {peak.get('u8s8_gmacs', 0):.0f})",
-                             *[f"{e['by_batch'][str(bs)].get('gmacs', 0):.1f}" for e in cols]])
-        if any(x.get("image_by_image") for e in cols for x in e["by_batch"].values()):
-            rows.append(["note", *["fixed batch 1: run image by image" if any(x.get("image_by_image") for x in e["by_batch"].values()) else ""
-                                   for e in cols]])
-    if any(e.get("rewritten") for e in cols):
-        rows.append(["batch rewrite (--dynamic_batch)", *["yes" if e.get("rewritten") else "" for e in cols]])
-    env = doc["environment"]
-    lines = [f"# Benchmark ({doc['mode']})", "", *report.warning_lines(doc), report.md_table(head, rows), ""]
+    return rows
+
+
+def _accuracy_rows(doc: dict, cols: list[dict]) -> list[list[str]]:
+    if "accuracy" not in cols[0]:
+        return []
+    rows = [["top-1 (10k test images)", *[report_mod.pct(e["accuracy"]) for e in cols]]]
+    base = doc.get("baseline")
+    if base:
+        rows.append(["accuracy drop", *["" if e is base else f"{100 * e['accuracy_drop']:.2f} pp" for e in cols]])
+        rows.append(["top-1 agreement with baseline", *["" if e is base else report_mod.pct(e["accuracy_stats"]["agreement_with_baseline"])
+                                                         for e in cols]])
+        if any(e.get("gate") for e in cols):
+            rows.append(["gate", *["" if e is base else ("PASSED" if e["gate"]["passed"] else "**FAILED**") for e in cols]])
+        rows.append(["mean / max abs output diff", *["" if e is base else
+                     f"{e['accuracy_stats']['output_abs_diff']['mean']:.3g} / {e['accuracy_stats']['output_abs_diff']['max']:.3g}" for e in cols]])
+    return rows
+
+
+def _latency_rows(doc: dict, cols: list[dict]) -> list[list[str]]:
+    if "latency_ms" not in cols[0]:
+        return []
+    t, base = doc["timing"], doc.get("baseline")
+    rows = [[f"p50 latency, batch {t['batch_size']} (ms)", *[f"{e['latency_ms']['p50']:.4f}" for e in cols]],
+            ["mean / p90 / p99 (ms)", *[f"{e['latency_ms']['mean']:.4f} / {e['latency_ms']['p90']:.4f} / {e['latency_ms']['p99']:.4f}" for e in cols]],
+            ["throughput (images/s)", *[f"{e['throughput_per_s']:,.0f}" for e in cols]]]
+    if base:
+        rows.append(["p50 latency ratio (model / baseline)", *["1" if e is base else f"{e['latency_ratio']:.2f}x" for e in cols]])
+        rows += _spread_row(cols, [None if e is base else e.get("latency_ratio_blocks") for e in cols], t["batch_size"])
+        rows.append(["throughput ratio (model / baseline)", *["1" if e is base else f"{e['throughput_ratio']:.2f}x" for e in cols]])
+    for bs in t.get("extra_batch_sizes", []):
+        rows += _batch_rows(cols, base, bs)
+    if any(e.get("macs_per_image") for e in cols):
+        peak = t.get("gemm_peak") or {}
+        rows.append(["multiply-adds per image", *[f"{e.get('macs_per_image', 0):,}" for e in cols]])
+        for bs in [t["batch_size"], *t.get("extra_batch_sizes", [])]:
+            rows.append([f"achieved GMAC/s, batch {bs} (GEMM peak here: fp32 {peak.get('fp32_gmacs', 0):.0f}, u8s8 {peak.get('u8s8_gmacs', 0):.0f})",
+                         *[f"{e['by_batch'][str(bs)].get('gmacs', 0):.1f}" for e in cols]])
+    if any(x.get("image_by_image") for e in cols for x in e["by_batch"].values()):
+        rows.append(["note", *["fixed batch 1: run image by image" if any(x.get("image_by_image") for x in e["by_batch"].values()) else ""
+                               for e in cols]])
+    return rows
+
+
+def _batch_rows(cols: list[dict], base: dict | None, bs: int) -> list[list[str]]:
+    """The rows of one extra batch size."""
+    m = [e["by_batch"][str(bs)] for e in cols]
+    rows = [[f"p50 latency, batch {bs} (ms)", *[f"{x['latency_ms']['p50']:.4f}" for x in m]],
+            [f"throughput, batch {bs} (images/s)", *[f"{x['throughput_per_s']:,.0f}" for x in m]]]
+    if base:
+        rows.append([f"p50 latency ratio, batch {bs}", *["1" if e is base else f"{x['latency_ratio']:.2f}x" for e, x in zip(cols, m)]])
+        rows += _spread_row(cols, [None if e is base else x.get("latency_ratio_blocks") for e, x in zip(cols, m)], bs)
+        rows.append([f"throughput ratio, batch {bs}", *["1" if e is base else f"{x['throughput_ratio']:.2f}x" for e, x in zip(cols, m)]])
+    return rows
+
+
+def _profile_lines(doc: dict, cols: list[dict]) -> list[str]:
+    """Each model's per-op profile per batch size, and the batch sizes no profile fitted."""
+    lines: list[str] = []
     base_sums = {bs: sum(r["median_us"] for r in prof) for bs, prof in (doc.get("baseline") or {}).get("profile", {}).items()}
     prof_doc = (doc.get("timing") or {}).get("profile", {})
     for e in cols:
@@ -495,12 +558,19 @@ def render(doc: dict) -> str:
             lines += [f"Per-op profile of `{e['path']}`, batch {bs}{one_by_one} (onnxruntime profiler, median of "
                       f"{recorded} rounds taken between the timed rounds{cut}, the models round-robin; kernel sum {total:,.0f} us{vs}; "
                       "the profiler rounds to whole microseconds and adds its own cost per kernel):", "",
-                      report.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
-                                      [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]
+                      report_mod.md_table(["op (after onnxruntime's graph rewrites)", "node", "median us"],
+                                          [[r["op"], f"`{r['node'][:60]}`", f"{r['median_us']:.0f}"] for r in prof]), ""]
     for bs, n in prof_doc.get("rounds", {}).items():
         if not n:
             lines += [f"No per-op profile at batch {bs}: not one round of the models fits under onnxruntime's profiler cap "
                       f"({timing.OpProfiler.MAX_EVENTS:,} events per session).", ""]
+    return lines
+
+
+def _closing_lines(doc: dict) -> list[str]:
+    """The gate's verdicts, the timing method, the preprocessing and the machine."""
+    lines: list[str] = []
+    env = doc["environment"]
     if doc.get("gate"):
         if len(doc["gate"]["models"]) > 1:
             lines += [f"- `{m['path']}`: {m['verdict']}" for m in doc["gate"]["models"]] + [""]
@@ -510,13 +580,13 @@ def render(doc: dict) -> str:
         lines += [f"- timing: {t['iterations']} iterations after {t['warmup']} warm-up, {t['threads']} thread(s), {t['order']}; {t['method']}"]
     flags = ", ".join(k for k, v in env["cpu"]["int8_flags"].items() if v) or "none"
     lines += [f"- preprocessing: {doc['preprocessing']}",
-              *report.provenance_lines(doc),
+              *report_mod.provenance_lines(doc),
               f"- machine: {env['cpu']['model']}, {env['cpu']['cores']} cores, int8 CPU flags: {flags}",
               f"- versions: onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, numpy {env['numpy']}, Python {env['python']}",
               f"- command: `{printable(doc['command'], None)}`"]
     if doc.get("plots"):
         lines.append(f"- plots: {', '.join(doc['plots'].values()) if isinstance(doc['plots'], dict) else doc['plots']}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 PLOTS = {"performance": ("summary", "latency"), "accuracy": ("summary", "confusion"), "all": ("summary", "latency", "confusion")}

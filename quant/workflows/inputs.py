@@ -76,15 +76,13 @@ def settle_model(cfg, lm, others: tuple = ()):
         want = ["N", *preprocessing.LAYOUT_SHAPES[cfg.preprocessing.layout]]
         raise ConfigError(f"{source}: preprocessing.layout is {cfg.preprocessing.layout} ({want}) but {lm.path} input "
                           f"{sig.input_name!r} has shape {list(sig.input_shape)} ({layout}); remove the key or set it to {layout}")
-    output = "probabilities" if models.output_producer(lm.proto, sig) in ("Softmax", "QLinearSoftmax") else "logits"
+    output = _output_kind(lm, sig)
     if cfg.model.output not in (None, output):
         raise ConfigError(f"{source}: model.output is {cfg.model.output} but {lm.path} output {sig.output_name!r} "
                           f"{'comes from Softmax' if output == 'probabilities' else 'does not come from Softmax'} ({output}); "
                           f"remove the key or set it to {output}")
-    facts = {"model": {"input_name": sig.input_name, "output": output, "name": model_name(lm.path)},
-             "preprocessing": {"layout": layout}}
-    inferred = {f"{section}.{k}": v for section, values in facts.items() for k, v in values.items()
-                if getattr(getattr(cfg, section), k) is None}
+    facts = _facts(lm, sig)
+    inferred = _unset(cfg, facts)
     for other in others:
         osig = models.signature(other.proto, other.path, cfg.model.input_name)
         if models.layout_of(osig) != layout:
@@ -95,6 +93,29 @@ def settle_model(cfg, lm, others: tuple = ()):
     if any(fill.values()):
         cfg = config_mod.replace(cfg, fill, noted=False)
     return cfg, sig, inferred
+
+
+def _output_kind(lm, sig) -> str:
+    return "probabilities" if models.output_producer(lm.proto, sig) in ("Softmax", "QLinearSoftmax") else "logits"
+
+
+def _facts(lm, sig) -> dict:
+    """What a model says about itself: its input name and layout, its output kind, its name."""
+    return {"model": {"input_name": sig.input_name, "output": _output_kind(lm, sig), "name": model_name(lm.path)},
+            "preprocessing": {"layout": models.layout_of(sig)}}
+
+
+def _unset(cfg, facts: dict) -> dict:
+    """``facts`` as ``{"section.key": value}`` for the keys ``cfg`` leaves null."""
+    return {f"{section}.{k}": v for section, values in facts.items() for k, v in values.items()
+            if getattr(getattr(cfg, section), k) is None}
+
+
+def inferred_of(cfg, lm) -> dict:
+    """What is read from model ``lm`` for the keys ``cfg`` (as loaded, before :func:`settle_model` filled it)
+    leaves null: :func:`settle_model`'s ``inferred`` for the run's first model, the same facts for each other
+    model of a run (recorded per model in the benchmark report). No checks: :func:`settle_model` makes them."""
+    return _unset(cfg, _facts(lm, models.signature(lm.proto, lm.path, cfg.model.input_name)))
 
 
 def say_inferred(inferred: dict, path: str, log: Callable) -> None:

@@ -21,6 +21,7 @@ import os
 import re
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -79,11 +80,38 @@ def _tune_command(model_path: str, sha256: str) -> str | None:
     return None
 
 
-def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, accuracy: float, pre: dict, source: str,
-         sets: int, made_by: str | None, command: str) -> str:
+@dataclass(frozen=True)
+class PackageOptions:
+    """How :func:`package_model` packages: ``count`` ``test_data_set_N`` folders (default: the config's
+    ``output.test_data_sets``), ``command`` the command line the card records (default: this process's)."""
+
+    count: int | None = None
+    command: str | None = None
+
+    def __post_init__(self):
+        if self.count is not None and self.count < 1:
+            raise UsageError(f"--count {self.count}: must be >= 1 (a zoo package holds test_data_set folders)")
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the model card states: the archive's checksums, the measured top-1 and the preprocessing."""
+
+    md5: str
+    sha256: str
+    accuracy: float
+    preprocessing: dict
+    source: str  # where the preprocessing came from
+    sets: int  # test_data_set folders in the archive
+    made_by: str | None  # the tune command that made the model, when its report is found
+    command: str  # the command that wrote the card
+
+
+def card(name: str, lm: models.LoadedModel, archive: bytes, facts: CardFacts) -> str:
     opset = models.opset_of(lm.proto)
+    pre, accuracy = facts.preprocessing, facts.accuracy
     return "\n".join([
-        f"{CARD_MARK}{name}, written by `{printable(command, None)}` -->",
+        f"{CARD_MARK}{name}, written by `{printable(facts.command, None)}` -->",
         "| Model | Download | Download (with sample test data) | ONNX version | Opset version | Top-1 error |",
         "|---|---|---|---|---|---|",
         f"| {name} | [{len(lm.raw) / 1024:.0f} KB](model/{name}.onnx) | [{len(archive) / 1024:.0f} KB](model/{name}{SUFFIX}) | "
@@ -92,44 +120,34 @@ def card(name: str, lm: models.LoadedModel, archive: bytes, md5: str, sha: str, 
         f"- Top-1 error: measured on the 10,000 MNIST test images with the preprocessing below (onnxruntime, "
         f"top-1 accuracy {100 * accuracy:.2f} %).",
         f"- Preprocessing: input = (pixel * {pre['scale']} - {pre['mean']:g}) / {pre['std']:g}, pixels 0..255 of a 28x28 "
-        f"grayscale image (white digit on black), layout {pre['layout']} (from {source}).",
-        f"- Made by: `{made_by}`" if made_by else "- Made by: unknown (no tune report for these bytes beside the model)",
-        f"- Archive: `{name}{SUFFIX}`, {len(archive):,} bytes, md5 `{md5}`, sha256 `{sha}`; holds `{name}/model.onnx` "
-        f"(sha256 `{sha256_bytes(lm.raw)}`) and {sets} `test_data_set_N` folders "
+        f"grayscale image (white digit on black), layout {pre['layout']} (from {facts.source}).",
+        f"- Made by: `{facts.made_by}`" if facts.made_by else "- Made by: unknown (no tune report for these bytes beside the model)",
+        f"- Archive: `{name}{SUFFIX}`, {len(archive):,} bytes, md5 `{facts.md5}`, sha256 `{facts.sha256}`; holds `{name}/model.onnx` "
+        f"(sha256 `{sha256_bytes(lm.raw)}`) and {facts.sets} `test_data_set_N` folders "
         "(onnxruntime reproduces every output_0.pb within rtol 1e-3).",
         "",
     ])
 
 
-def package_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, count: int | None = None,
-                  log: Callable[[str], None] | None = None, command: str | None = None) -> dict:
+def package_model(input_model: str, output_model: str, config=None, data_dir: str | None = None, options: PackageOptions | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
     """Package ``input_model`` the zoo's way: ``output_model`` (``NAME.tar.gz``: ``NAME/model.onnx`` plus
-    ``count`` ``test_data_set_N`` folders of test images run through the model) and the model-card
+    ``options.count`` ``test_data_set_N`` folders of test images run through the model) and the model-card
     fragment ``NAME.card.md`` beside it (size, md5, sha256, top-1 on the 10,000 test images, the
     preprocessing and how to reproduce the model).
 
     ``config``: a YAML path or :class:`quant.config.Config` for the preprocessing; None uses what the
-    model's metadata documents, else the built-in defaults. ``data_dir``: the MNIST folder. Returns a
-    summary dict (paths, bytes, md5, sha256, top-1, the card's text under ``"card_text"``).
+    model's metadata documents, else the built-in defaults. ``data_dir``: the MNIST folder. ``options``:
+    :class:`PackageOptions` (``count``, ``command``). Returns a summary dict (paths, bytes, md5, sha256,
+    top-1, the card's text under ``"card_text"``).
     Raises UsageError/ConfigError (exit 2), InputError/ModelError (exit 4).
     """
-    log = log or logging.getLogger("quant").info
+    opts, log = options or PackageOptions(), log or logging.getLogger("quant").info
     t0 = time.perf_counter()
-    output = output_model
-    name, archive_path, card_path = names(output)
+    name, archive_path, card_path = names(output_model)
     cfg = inputs.load_config(config)
-    if count is None:
-        count = cfg.output.test_data_sets
-        if count < 1:
-            raise UsageError(f"{cfg.source}: output.test_data_sets is 0; a zoo package holds test_data_set folders: give --count")
-    elif count < 1:
-        raise UsageError(f"--count {count}: must be >= 1 (a zoo package holds test_data_set folders)")
-    for p in (archive_path, card_path):
-        check_writable_target(p, "--output_model")
-    if card_path.is_file() and not read_regular_file(card_path, "model card", 1 << 20, UsageError).startswith(CARD_MARK.encode()):
-        raise UsageError(f"--output_model {output}: {card_path} exists and is not a model card this command wrote; move it or choose another NAME")
-    check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)],
-                   writes=[("--output_model (archive)", archive_path), ("--output_model (model card)", card_path)])
+    count = _count(cfg, opts)
+    _check_outputs(input_model, output_model, cfg, data_dir, archive_path, card_path)
     lm = models.load(input_model, "input model")
     cfg, _, inferred = inputs.settle_model(cfg, lm)
     cfg, prov = inputs.preprocessing_for(cfg, config is None, [lm], log)
@@ -139,22 +157,47 @@ def package_model(input_model: str, output_model: str, config=None, data_dir: st
     x = inputs.test_inputs(cfg, test)
     acc = evaluation.accuracy(evaluation.Evaluator(x, test.labels, sig.input_name,
                                                    evaluation.effective_batch(sig.fixed_batch, 64)).outputs(lm.raw, lm.path), test.labels)
-    files: list[tuple[str, bytes | None]] = [(name, None), (f"{name}/model.onnx", lm.raw)]
     picks = testdata.pick_indices(len(x), count, cfg.quantization.calibration.seed)
     sets = testdata.make_sets(lm.raw, sig.input_name, sig.output_name, x[picks], lm.path)
-    for i, (xb, yb) in enumerate(sets):
-        files += [(f"{name}/test_data_set_{i}", None), (f"{name}/test_data_set_{i}/input_0.pb", xb),
-                  (f"{name}/test_data_set_{i}/output_0.pb", yb)]
-    n = len(sets)
     with Outputs() as staged:
-        archive = _tar_gz(files)
-        md5, sha = hashlib.md5(archive).hexdigest(), sha256_bytes(archive)
-        text = card(name, lm, archive, md5, sha, acc, cfg.preprocessing_dict(), prov["source"], n, _tune_command(lm.path, lm.file_sha256),
-                    command or report.command_line())
+        archive = _tar_gz(_members(name, lm, sets))
+        facts = CardFacts(hashlib.md5(archive).hexdigest(), sha256_bytes(archive), acc, cfg.preprocessing_dict(), prov["source"], len(sets),
+                          _tune_command(lm.path, lm.file_sha256), opts.command or report.command_line())
+        text = card(name, lm, archive, facts)
         staged.bytes(archive_path, archive)
         staged.text(card_path, text)
         staged.commit()
-    summary = {"archive": str(archive_path), "card": str(card_path), "bytes": len(archive), "md5": md5, "sha256": sha, "top1": acc, "test_data_sets": n, "preprocessing": cfg.preprocessing_dict(),
-               "preprocessing_source": prov["source"], "warnings": prov["warnings"], "inferred": inferred, "seconds": time.perf_counter() - t0, "card_text": text}
+    summary = {"archive": str(archive_path), "card": str(card_path), "bytes": len(archive), "md5": facts.md5, "sha256": facts.sha256,
+               "top1": acc, "test_data_sets": len(sets), "preprocessing": cfg.preprocessing_dict(), "preprocessing_source": prov["source"],
+               "warnings": prov["warnings"], "inferred": inferred, "seconds": time.perf_counter() - t0, "card_text": text}
     log(f"[package] wrote {archive_path} ({len(archive):,} bytes, md5 {summary['md5']}, sha256 {summary['sha256']}) and {card_path}")
     return summary
+
+
+def _count(cfg, opts: PackageOptions) -> int:
+    """The number of test_data_set folders: the option, else the config's (which may not be 0 here)."""
+    if opts.count is not None:
+        return opts.count
+    if cfg.output.test_data_sets < 1:
+        raise UsageError(f"{cfg.source}: output.test_data_sets is 0; a zoo package holds test_data_set folders: give --count")
+    return cfg.output.test_data_sets
+
+
+def _check_outputs(input_model: str, output_model: str, cfg, data_dir: str | None, archive_path: Path, card_path: Path) -> None:
+    """The archive and the card: writable, the card one this command wrote (or absent), neither an input."""
+    for p in (archive_path, card_path):
+        check_writable_target(p, "--output_model")
+    if card_path.is_file() and not read_regular_file(card_path, "model card", 1 << 20, UsageError).startswith(CARD_MARK.encode()):
+        raise UsageError(f"--output_model {output_model}: {card_path} exists and is not a model card this command wrote; move it or "
+                         "choose another NAME")
+    check_distinct(reads=[("--input_model", input_model), ("--config", inputs.config_file(cfg)), *inputs.data_files(cfg, data_dir)],
+                   writes=[("--output_model (archive)", archive_path), ("--output_model (model card)", card_path)])
+
+
+def _members(name: str, lm: models.LoadedModel, sets: list) -> list[tuple[str, bytes | None]]:
+    """The archive's members: ``NAME/model.onnx`` and each ``test_data_set_N`` folder (None marks a folder)."""
+    files: list[tuple[str, bytes | None]] = [(name, None), (f"{name}/model.onnx", lm.raw)]
+    for i, (xb, yb) in enumerate(sets):
+        files += [(f"{name}/test_data_set_{i}", None), (f"{name}/test_data_set_{i}/input_0.pb", xb),
+                  (f"{name}/test_data_set_{i}/output_0.pb", yb)]
+    return files

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -30,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quant import report
+from quant import report as report_mod
 from quant.config import ATOL, DEFAULT_ATOL, DEFAULT_RTOL, PORTABILITY_SAMPLES, RTOL, SAMPLES, check_flag, criterion
 from quant.config.preprocessing import Preprocessing
 from quant.data import provenance
@@ -38,7 +39,8 @@ from quant.errors import AccuracyError, ModelError, printable
 from quant.files import check_distinct, check_writable_target
 from quant.graph import models
 from quant.runtime import evaluation, sessions
-from quant.workflows import testdata
+from quant.workflows import inputs, testdata
+from quant.workflows.options import ReportOptions
 
 RANGE_MIN_USE = 0.25      # the data must span at least a quarter of the calibrated input range ...
 RANGE_MAX_CLIPPED = 1e-3  # ... and at most 0.1 % of input values may fall outside it
@@ -392,7 +394,7 @@ def tied_check(outputs: np.ndarray, labels: np.ndarray) -> Check:
 
 
 def cpu_flags() -> str:
-    flags = report.cpu_info()["int8_flags"]
+    flags = report_mod.cpu_info()["int8_flags"]
     return ", ".join(k for k, v in flags.items() if v) or "none of " + "/".join(flags)
 
 
@@ -520,53 +522,104 @@ def documented_check(int8, prov: dict) -> Check:
 
 
 # ------------------------------------------------------------------------------------ workflow
+@dataclass(frozen=True)
+class ValidateOptions:
+    """What :func:`validate_model` checks with.
+
+    - ``test_data``: ``test_data_set_N`` folders (or folders of them) to check; default: ``<model>_test_data/``
+      beside the model if present.
+    - ``samples``: test images for the per-layer error; ``portability_samples``: test images for the CPU
+      portability check against the exact integer reference.
+    - ``rtol``, ``atol``: the tolerances of the test-data check.
+
+    Each value gets its flag's range and message (UsageError, exit 2) when the options are made.
+    """
+
+    test_data: tuple[str, ...] | None = None
+    samples: int = SAMPLES.default
+    portability_samples: int = PORTABILITY_SAMPLES.default
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+
+    def __post_init__(self):
+        if self.test_data is not None:  # one folder may be given alone
+            one = isinstance(self.test_data, (str, os.PathLike))
+            object.__setattr__(self, "test_data", (self.test_data,) if one else tuple(self.test_data))
+        check_flag(SAMPLES, self.samples, "--samples")
+        check_flag(PORTABILITY_SAMPLES, self.portability_samples, "--portability_samples")
+        check_flag(RTOL, self.rtol, "--rtol")
+        check_flag(ATOL, self.atol, "--atol")
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """The int8 model and its baseline, loaded and checked, the config completed from them, and the test images."""
+
+    cfg: object
+    int8: models.LoadedModel
+    base: models.LoadedModel
+    sig_q: object
+    sig_b: object
+    prov: dict
+    inferred: dict
+    x: np.ndarray
+    labels: np.ndarray
+
+
 def validate_model(input_model: str, baseline_model: str, config=None, data_dir: str | None = None,
-                   report_path: str | None = None, test_data: list[str] | None = None, samples: int = SAMPLES.default,
-                   portability_samples: int = PORTABILITY_SAMPLES.default,
-                   rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                   log: Callable[[str], None] | None = None, command: str | None = None, reports: bool | None = None) -> dict:
+                   options: ValidateOptions | None = None, report: ReportOptions | None = None,
+                   log: Callable[[str], None] | None = None) -> dict:
     """Check ``input_model`` (an int8 ONNX model, whoever made it) against ``baseline_model`` (the fp32
     model it was made from); returns the report dict (its Markdown under ``"markdown"``).
 
     Checks (each pass / warn / fail / info / skip): structure, the preprocessing the model documents,
     the input range its input quantizer was calibrated for against the preprocessing in use, accuracy
     against the baseline (the config's accuracy criterion), tied top-1 outputs, per-layer error on
-    ``samples`` test images, CPU portability against the exact integer reference on
-    ``portability_samples`` images, and zoo test data (``test_data``, else ``<model>_test_data/``
-    beside it, compared within ``rtol``/``atol``).
+    ``options.samples`` test images, CPU portability against the exact integer reference on
+    ``options.portability_samples`` images, and zoo test data (``options.test_data``, else
+    ``<model>_test_data/`` beside it, compared within ``options.rtol``/``options.atol``).
 
     ``config``: a YAML path, a Config, or None (the preprocessing the model documents, else the
-    defaults). ``report_path``: ``NAME.json`` (``NAME.md`` beside it); no files without it.
-    Raises AccuracyError (exit 3, the report in ``details``) when any check fails.
+    defaults). ``report``: :class:`quant.workflows.options.ReportOptions`, ``path`` ``NAME.json``
+    (``NAME.md`` beside it); no files without it. Raises AccuracyError (exit 3, the report in
+    ``details``) when any check fails.
     """
-    from quant.workflows.inputs import (
-        config_file,
-        data_files,
-        load_config,
-        load_splits,
-        preprocessing_for,
-        say_inferred,
-        settle_model,
-        test_inputs,
-    )
+    opts, rep, log = options or ValidateOptions(), report or ReportOptions(), log or logging.getLogger("quant").info
+    started = time.perf_counter()
+    cfg = inputs.load_config(config)
+    json_path, md_path = _check_outputs(input_model, baseline_model, cfg, data_dir, opts, rep)
+    subject, sets = _load_subject(input_model, baseline_model, cfg, config is None, data_dir, opts, log)
+    checks = _run_checks(subject, input_model, sets, opts)
+    failed = [c for c in checks if c.status == "fail"]
+    doc = _report_doc(subject, checks, rep.command, started, json_path, md_path)
+    md = render(doc)
+    if json_path:
+        report_mod.write(json_path, doc, md_path, md)
+    doc["markdown"] = md
+    if failed:
+        raise AccuracyError("validation FAILED: " + "; ".join(f"{c.name}: {c.summary}" for c in failed), doc)
+    return doc
 
-    t0 = time.perf_counter()
-    check_flag(SAMPLES, samples, "--samples")
-    check_flag(PORTABILITY_SAMPLES, portability_samples, "--portability_samples")
-    check_flag(RTOL, rtol, "--rtol")
-    check_flag(ATOL, atol, "--atol")
-    cfg = load_config(config)
-    log = log or logging.getLogger("quant").info
+
+def _check_outputs(input_model: str, baseline_model: str, cfg, data_dir: str | None, opts: ValidateOptions, rep: ReportOptions):
+    """The report paths (only when asked), checked against everything the run reads before any work."""
     json_path = md_path = None
-    if report.wanted(reports, report_path, cfg.output.report):
-        json_path, md_path = report.default_report_paths(input_model, report_path or cfg.output.report, kind="validate", folder=".")
+    if report_mod.wanted(rep.write, rep.path, cfg.output.report):
+        json_path, md_path = report_mod.default_report_paths(input_model, rep.path or cfg.output.report, kind="validate", folder=".")
     for p in filter(None, (json_path, md_path)):
         check_writable_target(p, "--report")
-    check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", config_file(cfg)),
-                          *[("--test_data", d) for d in test_data or []], *data_files(cfg, data_dir)],
+    check_distinct(reads=[("--input_model", input_model), ("--baseline_model", baseline_model), ("--config", inputs.config_file(cfg)),
+                          *[("--test_data", d) for d in opts.test_data or []], *inputs.data_files(cfg, data_dir)],
                    writes=[("--report (JSON)", json_path), ("--report (Markdown)", md_path)])
     for p in (json_path, md_path):
-        report.check_replaceable(p)
+        report_mod.check_replaceable(p)
+    return json_path, md_path
+
+
+def _load_subject(input_model: str, baseline_model: str, cfg, adopt_documented: bool, data_dir: str | None, opts: ValidateOptions,
+                  log) -> tuple[_Subject, list | None]:
+    """Both models (the baseline fp32, the int8 model's own documentation usable), the config completed from
+    them, the test-data folders to check, and the test images."""
     int8 = models.load(input_model, "input model")
     base = models.load(baseline_model, "baseline model")
     models.require_fp32(base)
@@ -574,92 +627,107 @@ def validate_model(input_model: str, baseline_model: str, config=None, data_dir:
     if own is not None and own.problem:  # validate checks a model against what it documents: unusable documentation is its defect
         raise ModelError(f"{int8.path}: {own.problem.removesuffix('; ignored')}")
     # without --config: the preprocessing the int8 model documents (its metadata, or the zoo README by sha256)
-    cfg, _, inferred = settle_model(cfg, base, others=(int8,))  # the fp32 baseline speaks for the input and outputs
-    cfg, prov = preprocessing_for(cfg, config is None, [int8, base], log)
+    cfg, _, inferred = inputs.settle_model(cfg, base, others=(int8,))  # the fp32 baseline speaks for the input and outputs
+    cfg, prov = inputs.preprocessing_for(cfg, adopt_documented, [int8, base], log)
     sig_q = models.signature(int8.proto, int8.path, cfg.model.input_name, cfg.preprocessing.layout)
     sig_b = models.signature(base.proto, base.path, cfg.model.input_name, cfg.preprocessing.layout)
-    sets = testdata.find_sets(test_data) if test_data else None
-    splits = load_splits(cfg, data_dir, splits=("test",), log=log)
-    say_inferred(inferred, base.path, log)
-    x, labels = test_inputs(cfg, splits["test"]), splits["test"].labels
-    bq = evaluation.effective_batch(sig_q.fixed_batch, cfg.evaluation.batch_size)
-    bb = evaluation.effective_batch(sig_b.fixed_batch, cfg.evaluation.batch_size)
+    sets = testdata.find_sets(list(opts.test_data)) if opts.test_data else None
+    splits = inputs.load_splits(cfg, data_dir, splits=("test",), log=log)
+    inputs.say_inferred(inferred, base.path, log)
+    x, labels = inputs.test_inputs(cfg, splits["test"]), splits["test"].labels
+    return _Subject(cfg, int8, base, sig_q, sig_b, prov, inferred, x, labels), sets
 
-    checks = [structure_check(int8, base), documented_check(int8, prov)]
+
+def _run_checks(s: _Subject, input_model: str, sets: list | None, opts: ValidateOptions) -> list[Check]:
+    """Every check in the report's order: structure, documented preprocessing, input range, accuracy, tied
+    outputs, per-layer error, CPU portability, test data."""
+    cfg, int8, labels = s.cfg, s.int8, s.labels
+    checks = [structure_check(int8, s.base), documented_check(int8, s.prov)]
+    bq = evaluation.effective_batch(s.sig_q.fixed_batch, cfg.evaluation.batch_size)
+    bb = evaluation.effective_batch(s.sig_b.fixed_batch, cfg.evaluation.batch_size)
     sess_q = sessions.make_session(int8.raw, name=int8.path)
-    out_q = evaluation.predict(sess_q, x, sig_q.input_name, bq, int8.path)
+    out_q = evaluation.predict(sess_q, s.x, s.sig_q.input_name, bq, int8.path)
     acc_q = evaluation.accuracy(out_q, labels)
-    acc_b = evaluation.accuracy(evaluation.predict(sessions.make_session(base.raw, name=base.path), x, sig_b.input_name, bb, base.path),
-                                labels)
-    evaluation.require_above_chance(acc_b, base.path, cfg.preprocessing_dict(), cfg.dataset.verify_md5)
+    acc_b = evaluation.accuracy(evaluation.predict(sessions.make_session(s.base.raw, name=s.base.path), s.x, s.sig_b.input_name, bb,
+                                                   s.base.path), labels)
+    evaluation.require_above_chance(acc_b, s.base.path, cfg.preprocessing_dict(), cfg.dataset.verify_md5)
 
     def accuracy_at(xx: np.ndarray) -> float:
-        return evaluation.accuracy(evaluation.predict(sess_q, xx, sig_q.input_name, bq, int8.path), labels)
+        return evaluation.accuracy(evaluation.predict(sess_q, xx, s.sig_q.input_name, bq, int8.path), labels)
 
-    idx = testdata.pick_indices(len(x), samples, cfg.quantization.calibration.seed)
-    rows = layer_errors(base.proto, int8.proto, x[idx], sig_q.input_name, evaluation.effective_batch(sig_b.fixed_batch, 64),
-                        evaluation.effective_batch(sig_q.fixed_batch, 64), int8.path)
-    bits = activation_bits(int8.proto, rows, sig_q.input_name)
-    checks.append(range_check(input_quantization(int8.proto, sig_q.input_name, bits), x, cfg.preprocessing_dict(), acc_q, accuracy_at))
+    idx = testdata.pick_indices(len(s.x), opts.samples, cfg.quantization.calibration.seed)
+    rows = layer_errors(s.base.proto, int8.proto, s.x[idx], s.sig_q.input_name, evaluation.effective_batch(s.sig_b.fixed_batch, 64),
+                        evaluation.effective_batch(s.sig_q.fixed_batch, 64), int8.path)
+    bits = activation_bits(int8.proto, rows, s.sig_q.input_name)
+    checks.append(range_check(input_quantization(int8.proto, s.sig_q.input_name, bits), s.x, cfg.preprocessing_dict(), acc_q, accuracy_at))
     budget = criterion.budget(cfg.criterion, acc_b)
+    checks += [_accuracy_check(cfg, acc_q, acc_b, budget, len(labels)), tied_check(out_q, labels), _layer_check(rows, len(idx))]
+    pidx = testdata.pick_indices(len(s.x), opts.portability_samples, cfg.quantization.calibration.seed)
+    checks.append(portability_check(int8.proto, sess_q, s.sig_q.input_name, s.x[pidx], labels[pidx], budget))
+    checks.append(_test_data_check(s, input_model, sets, opts.rtol, opts.atol))
+    return checks
+
+
+def _accuracy_check(cfg, acc_q: float, acc_b: float, budget: float, images: int) -> Check:
     g = criterion.gate(acc_b, acc_q, budget)
-    checks.append(Check("accuracy", "pass" if g["passed"] else "fail",
-                        f"int8 top-1 {acc_q:.2%} vs fp32 {acc_b:.2%} on {len(labels):,} test images: {g['verdict']} "
-                        f"(criterion {cfg.criterion[0]} {cfg.criterion[1]:g})", {"int8": acc_q, "fp32": acc_b, **g}))
-    checks.append(tied_check(out_q, labels))
+    return Check("accuracy", "pass" if g["passed"] else "fail",
+                 f"int8 top-1 {acc_q:.2%} vs fp32 {acc_b:.2%} on {images:,} test images: {g['verdict']} "
+                 f"(criterion {cfg.criterion[0]} {cfg.criterion[1]:g})", {"int8": acc_q, "fp32": acc_b, **g})
+
+
+def _layer_check(rows: list[dict], samples: int) -> Check:
     worst = next((r for r in rows if r["flag"].startswith("worst")), None)
-    checks.append(Check("per-layer error", "info" if rows else "skip",
-                        (f"{len(rows)} quantized layers over {len(idx)} test images; worst: {worst['node']} ({worst['op']}) "
-                         f"SQNR {worst['sqnr_db']:.1f} dB, relative error {worst['relative_error']:.3f}") if worst
-                        else "no quantized activation could be matched to an fp32 tensor",
-                        {"samples": int(len(idx)), "layers": rows, "low_sqnr_db": LOW_SQNR_DB}))
-    pidx = testdata.pick_indices(len(x), portability_samples, cfg.quantization.calibration.seed)
-    checks.append(portability_check(int8.proto, sess_q, sig_q.input_name, x[pidx], labels[pidx], budget))
+    return Check("per-layer error", "info" if rows else "skip",
+                 (f"{len(rows)} quantized layers over {samples} test images; worst: {worst['node']} ({worst['op']}) "
+                  f"SQNR {worst['sqnr_db']:.1f} dB, relative error {worst['relative_error']:.3f}") if worst
+                 else "no quantized activation could be matched to an fp32 tensor",
+                 {"samples": int(samples), "layers": rows, "low_sqnr_db": LOW_SQNR_DB})
+
+
+def _test_data_check(s: _Subject, input_model: str, sets: list | None, rtol: float, atol: float) -> Check:
+    """The given test-data folders, else ``<model>_test_data/`` beside the model, reproduced within the tolerances."""
     if sets is None and testdata.default_dir(input_model).is_dir():
         sets = testdata.find_sets([testdata.default_dir(input_model)])
     if sets is None:
-        checks.append(Check("test data", "skip", f"no test data given (--test_data) and no {testdata.default_dir(input_model).name}/ beside the model"))
-    else:
-        res = testdata.check_sets(int8.raw, sets, sig_q.input_name, sig_q.output_name, rtol, atol, int8.path)
-        bad = [r for r in res if not r.passed]
-        checks.append(Check("test data", "fail" if bad else "pass",
-                            f"{len(res) - len(bad)} of {len(res)} test_data_set folders reproduced within rtol {rtol:g}, atol {atol:g}"
-                            + (f"; largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder}" if bad else ""),
-                            {"rtol": rtol, "atol": atol, "sets": [asdict(r) for r in res]}))
-    failed = [c for c in checks if c.status == "fail"]
-    doc = {**report.envelope("validate", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), prov, inferred, command), "passed": not failed,
-           "input_model": int8.describe(), "baseline_model": base.describe(),
-           "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
-           "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "wall_seconds": time.perf_counter() - t0,
-           "reports": {"json": str(json_path), "markdown": str(md_path)} if json_path else None}
-    md = render(doc)
-    if json_path:
-        report.write(json_path, doc, md_path, md)
-    doc["markdown"] = md
-    if failed:
-        raise AccuracyError("validation FAILED: " + "; ".join(f"{c.name}: {c.summary}" for c in failed), doc)
-    return doc
+        return Check("test data", "skip", f"no test data given (--test_data) and no {testdata.default_dir(input_model).name}/ beside the model")
+    res = testdata.check_sets(s.int8.raw, sets, s.sig_q.input_name, s.sig_q.output_name, rtol, atol, s.int8.path)
+    bad = [r for r in res if not r.passed]
+    return Check("test data", "fail" if bad else "pass",
+                 f"{len(res) - len(bad)} of {len(res)} test_data_set folders reproduced within rtol {rtol:g}, atol {atol:g}"
+                 + (f"; largest difference {max(r.max_abs_diff for r in bad):.4g} in {bad[0].folder}" if bad else ""),
+                 {"rtol": rtol, "atol": atol, "sets": [asdict(r) for r in res]})
+
+
+def _report_doc(s: _Subject, checks: list[Check], command: str | None, started: float, json_path, md_path) -> dict:
+    cfg = s.cfg
+    return {**report_mod.envelope("validate", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), s.prov, s.inferred,
+                                  command),
+            "passed": not any(c.status == "fail" for c in checks),
+            "input_model": s.int8.describe(), "baseline_model": s.base.describe(),
+            "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1]},
+            "checks": [{**asdict(c), "verdict": c.verdict} for c in checks], "wall_seconds": time.perf_counter() - started,
+            "reports": {"json": str(json_path), "markdown": str(md_path)} if json_path else None}
 
 
 def render(doc: dict) -> str:
-    doc = report.escaped(doc)
+    doc = report_mod.escaped(doc)
     mark = {"pass": "PASS", "fail": "**FAIL**", "warn": "**warn**", "skip": "skip", "info": "info"}
     lines = [f"# Validation report: `{doc['input_model']['path']}`", "",
              f"**{'PASSED' if doc['passed'] else 'FAILED'}** against baseline `{doc['baseline_model']['path']}` "
-             f"with preprocessing {doc['preprocessing']}.", "", *report.warning_lines(doc),
-             report.md_table(["check", "result", "evidence"], [[c["name"], mark[c["status"]], c["summary"].replace("|", "/")] for c in doc["checks"]]),
+             f"with preprocessing {doc['preprocessing']}.", "", *report_mod.warning_lines(doc),
+             report_mod.md_table(["check", "result", "evidence"], [[c["name"], mark[c["status"]], c["summary"].replace("|", "/")] for c in doc["checks"]]),
              ""]
     layers = next((c for c in doc["checks"] if c["name"] == "per-layer error"), None)
     if layers and layers["details"].get("layers"):
         lines += [f"## Per-layer error ({layers['details']['samples']} test images)", "",
                   "Each quantized activation, dequantized, against its fp32 twin: the fp32 tensor it was quantized from "
                   "(matched by name), else the fp32 tensor of the same shape it agrees with best (matched by value).", "",
-                  report.md_table(["int8 tensor", "op", "fp32 twin", "matched by", "SQNR (dB)", "relative error", "int8 levels used", "flag"],
+                  report_mod.md_table(["int8 tensor", "op", "fp32 twin", "matched by", "SQNR (dB)", "relative error", "int8 levels used", "flag"],
                                   [[f"`{r['tensor']}`", r["op"], f"`{r['fp32_twin']}`", r["matched_by"], f"{r['sqnr_db']:.1f}", f"{r['relative_error']:.4f}",
                                     "" if r["levels_used"] is None else r["levels_used"], r["flag"]] for r in layers["details"]["layers"]]), ""]
     td = next((c for c in doc["checks"] if c["name"] == "test data"), None)
     if td and td["details"].get("sets"):
-        lines += ["## Test data", "", report.md_table(["folder", "max abs diff", "same top-1", "result"],
+        lines += ["## Test data", "", report_mod.md_table(["folder", "max abs diff", "same top-1", "result"],
                   [[f"`{s['folder']}`", f"{s['max_abs_diff']:.3g}", s["same_argmax"], "PASS" if s["passed"] else "**FAIL**"]
                    for s in td["details"]["sets"]]), ""]
     lines += [f"- input model: {doc['input_model']['bytes']:,} bytes, sha256 `{doc['input_model']['sha256'][:16]}…`, opset {doc['input_model']['opset']}",

@@ -237,7 +237,7 @@ def test_a_flag_has_its_config_keys_range(arg, key, tmp_path, capsys):
             with pytest.raises(ConfigError, match="must be"):
                 config.from_dict(_set(key, value))
         with pytest.raises(InputError if ok else UsageError) as e:  # in range: the run goes on to the (missing) model
-            benchmark.benchmark_models([missing], missing, **{arg: value}, log=lambda m: None)
+            benchmark.benchmark_models([missing], missing, options=benchmark.BenchmarkOptions(**{arg: value}), log=lambda m: None)
         assert ok or str(e.value).startswith(f"--{arg} {value}: must be"), (value, str(e.value))
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["benchmark", "--help"])
@@ -306,7 +306,7 @@ def test_validate_model_checks_tolerances_from_python_like_the_flags(arg, tmp_pa
     missing = str(tmp_path / "none.onnx")
     for value, ok in ((f.min, True), (f.max, True), (-1e-9, False), (f.max * 2, False), (math.nan, False), (math.inf, False), ("0.1", False)):
         with pytest.raises(InputError if ok else UsageError) as e:  # in range: the run goes on to the (missing) model
-            validate.validate_model(missing, missing, **{arg: value}, log=lambda m: None)
+            validate.validate_model(missing, missing, options=validate.ValidateOptions(**{arg: value}), log=lambda m: None)
         assert ok or str(e.value).startswith(f"--{arg} {value}") or str(e.value).startswith(f"--{arg} {value!r}"), (value, str(e.value))
 
 

@@ -12,6 +12,7 @@ from quant.data import provenance
 from quant.files import sha256_bytes
 from quant.graph import models
 from quant.workflows import benchmark, inputs
+from quant.workflows.options import ReportOptions
 
 RAW = {"scale": "1", "mean": 0.0, "std": 1.0, "layout": "NCHW"}
 UNIT = {"scale": "1/255", "mean": 0.0, "std": 1.0, "layout": "NCHW"}
@@ -97,11 +98,13 @@ def test_benchmark_without_config_uses_the_model_metadata(tmp_path, mnist_dir):
     synth_dir = mnist_dir  # no --config means the defaults, which verify the canonical MNIST md5s
     raw_model = _stamped(tmp_path, RAW, "raw.onnx")
     cfg_path = synth_config(tmp_path)
-    doc = benchmark.benchmark_models([str(raw_model)], config=None, mode="accuracy", data_dir=str(synth_dir),
-                                     report_path=str(tmp_path / "b.json"), log=lambda m: None, plots=False)
+    doc = benchmark.benchmark_models([str(raw_model)], config=None, data_dir=str(synth_dir), log=lambda m: None,
+                                     options=benchmark.BenchmarkOptions(mode="accuracy"),
+                                     report=ReportOptions(path=str(tmp_path / "b.json"), plots=False))
     assert doc["preprocessing"] == RAW and "metadata" in doc["preprocessing_source"] and not doc["warnings"]
-    doc = benchmark.benchmark_models([str(raw_model)], config=str(cfg_path), mode="accuracy", data_dir=str(synth_dir),
-                                     report_path=str(tmp_path / "b2.json"), log=lambda m: None, plots=False)
+    doc = benchmark.benchmark_models([str(raw_model)], config=str(cfg_path), data_dir=str(synth_dir), log=lambda m: None,
+                                     options=benchmark.BenchmarkOptions(mode="accuracy"),
+                                     report=ReportOptions(path=str(tmp_path / "b2.json"), plots=False))
     assert doc["preprocessing"]["scale"] == "1/255" and doc["warnings"] and "raw.onnx's metadata" in doc["warnings"][0]
     md = (tmp_path / "b2.md").read_text()
     assert "> **Warning:**" in md and "preprocessing source: config" in md

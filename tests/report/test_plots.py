@@ -174,7 +174,7 @@ def test_path_for_names_figures_beside_the_report(tmp_path):
 
 def test_without_matplotlib_benchmark_skips_plots_with_one_line(tmp_path, synth_dir, monkeypatch):
     from conftest import synth_config
-    from helpers import mnist12_like, save
+    from helpers import api_options, mnist12_like, save
 
     from quant.workflows import benchmark
 
@@ -182,8 +182,8 @@ def test_without_matplotlib_benchmark_skips_plots_with_one_line(tmp_path, synth_
     assert not plots.available()
     m = save(mnist12_like(), tmp_path / "m.onnx")
     logs = []
-    doc = benchmark.benchmark_models([str(m)], None, config=synth_config(tmp_path), data_dir=str(synth_dir), iterations=3, warmup=0,
-                                     report_path=str(tmp_path / "b.json"), log=logs.append)
+    doc = benchmark.benchmark_models([str(m)], None, config=synth_config(tmp_path), data_dir=str(synth_dir), log=logs.append,
+                                     **api_options(benchmark.BenchmarkOptions, {"iterations": 3, "warmup": 0, "report_path": str(tmp_path / "b.json")}))
     assert doc["plots"] == plots.SKIPPED and not list(tmp_path.glob("*.png"))
     assert [line for line in logs if "not installed" in line] == [
         "[benchmark] matplotlib is not installed: plots skipped (pip install 'mnist-quant[plots]')"]

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 from conftest import run_cli, synth_config
-from helpers import mnist12_like, pattern_linear, save
+from helpers import api_options, mnist12_like, pattern_linear, save
 
 from quant.config import criterion
 from quant.errors import AccuracyError, UsageError
@@ -47,7 +47,7 @@ def test_tuning_and_the_gate_apply_one_criterion(kind, tol, base, acc):
 def _bench(tmp_path, synth_dir, inputs, baseline=None, **kw):
     cfg = synth_config(tmp_path, {"preprocessing": {"layout": kw.pop("layout", "NCHW")}})
     return benchmark.benchmark_models([str(p) for p in inputs], str(baseline) if baseline else None, config=cfg, data_dir=str(synth_dir),
-                                      report_path=str(tmp_path / "rep.json"), log=lambda m: None, **kw)
+                                      log=lambda m: None, **api_options(benchmark.BenchmarkOptions, {"report_path": str(tmp_path / "rep.json"), **kw}))
 
 
 def test_report_schema_performance_and_accuracy(tmp_path, synth_dir):
@@ -221,8 +221,9 @@ def test_a_step_summary_that_is_no_regular_file_is_skipped(tmp_path, synth_dir, 
     for target in (tmp_path / "fifo", tmp_path):
         logs = []
         monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
-        doc = benchmark.benchmark_models([str(a)], None, config=synth_config(tmp_path), mode="performance", data_dir=str(synth_dir),
-                               iterations=3, warmup=0, report_path=str(tmp_path / "b.json"), plots=False, log=logs.append)
+        doc = benchmark.benchmark_models([str(a)], None, config=synth_config(tmp_path), data_dir=str(synth_dir), log=logs.append,
+                                         **api_options(benchmark.BenchmarkOptions, {"mode": "performance", "iterations": 3, "warmup": 0,
+                                                                                    "report_path": str(tmp_path / "b.json"), "plots": False}))
         assert doc["reports"]["json"] and any("not a writable regular file; summary not appended" in m for m in logs)
 
 
@@ -306,9 +307,9 @@ def test_profiled_rounds_never_exceed_what_onnxruntimes_profiler_holds(tmp_path,
     monkeypatch.setattr(timing, "OpProfiler", Capped)
     a = save(mnist12_like(seed=1), tmp_path / "a.onnx")
     logs = []
-    doc = benchmark.benchmark_models([str(a)], str(a), config=synth_config(tmp_path), data_dir=str(synth_dir), mode="performance",
-                                     iterations=12, warmup=0, profile=True, plots=False, log=logs.append, dynamic_batch=True,
-                                     extra_batch_sizes=(2,))
+    doc = benchmark.benchmark_models([str(a)], str(a), config=synth_config(tmp_path), data_dir=str(synth_dir), log=logs.append,
+                                     **api_options(benchmark.BenchmarkOptions, {"mode": "performance", "iterations": 12, "warmup": 0, "profile": True,
+                                                                                "plots": False, "dynamic_batch": True, "extra_batch_sizes": (2,)}))
     assert doc["timing"]["profile"]["rounds"] == {"1": 3, "2": 0} and doc["model"]["profile_rounds"] == {"1": 3}
     assert any("batch 1: 3 profiled rounds, not 12: onnxruntime's profiler holds 1,000,000 events" in m for m in logs)
     assert any("warning: no profile at batch 2: 0 profiled rounds" in m for m in logs)
@@ -325,3 +326,16 @@ def test_spread_picks_exactly_n_rounds_evenly(total, n):
     assert len(picked) == n and picked[-1] == total - 1
     gaps = np.diff([-1, *picked])
     assert gaps.max() - gaps.min() <= 1  # as even as whole rounds allow
+
+
+def test_each_model_records_what_was_read_from_it(tmp_path, synth_dir):
+    """A run of several models records, per model, the values read from it (name, input name, output kind,
+    layout) in ``models[i].inferred`` (and ``baseline.inferred``); the run's ``inferred`` stays the first model's."""
+    a = save(pattern_linear("N", "flat"), tmp_path / "a.onnx")
+    b = save(pattern_linear("N", "flat", softmax=True), tmp_path / "b.onnx")
+    doc = _bench(tmp_path, synth_dir, [a, b], a, mode="performance", layout=None, iterations=2, warmup=0, plots=False)
+    first, second = (m["inferred"] for m in doc["models"])
+    assert first == doc["inferred"] and first["model.name"] == "a" and first["model.output"] == "logits"
+    assert second["model.name"] == "b" and second["model.output"] == "probabilities" and second["preprocessing.layout"] == "flat"
+    assert doc["baseline"]["inferred"] == first
+    assert json.loads((tmp_path / "rep.json").read_text())["models"][1]["inferred"] == second

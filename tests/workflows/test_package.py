@@ -36,7 +36,7 @@ def _package(tmp_path, synth_dir, name="m-int8.tar.gz", model=None, **kw):
     src = save(model or provenance.stamp(mnist12_like(), {"scale": "1/255", "mean": 0, "std": 1, "layout": "NCHW"}, "ab" * 32),
                tmp_path / "m.onnx")
     return package.package_model(str(src), str(tmp_path / name), config=str(synth_config(tmp_path)), data_dir=str(synth_dir),
-                                 log=lambda m: None, **kw)
+                                 log=lambda m: None, options=package.PackageOptions(**kw))
 
 
 def test_archive_has_the_zoo_layout_and_passes_the_zoo_check(tmp_path, synth_dir):

@@ -7,18 +7,25 @@ import numpy as np
 import onnx
 import pytest
 from conftest import REPO, synth_config
-from helpers import DEFAULT_MNIST12_INT8_SHA256, mnist12_like, pattern_linear, save
+from helpers import (
+    DEFAULT_MNIST12_INT8_SHA256,
+    api_options,
+    mnist12_like,
+    pattern_linear,
+    save,
+)
 
 from quant import config
 from quant.graph import models
 from quant.quantize import inc
-from quant.workflows.tune import tune_model
+from quant.workflows.tune import TuneOptions, tune_model
 
 
 def _tune(tmp_path, model, data_dir, overrides=None, name="int8.onnx", **kw):
     src = save(model, tmp_path / "fp32.onnx")
     out = tmp_path / name
-    doc = tune_model(str(src), str(out), config=synth_config(tmp_path, overrides), data_dir=str(data_dir), log=lambda m: None, **{"reports": True, **kw})
+    doc = tune_model(str(src), str(out), config=synth_config(tmp_path, overrides), data_dir=str(data_dir), log=lambda m: None,
+                     **api_options(TuneOptions, {"reports": True, **kw}))
     return out, doc
 
 
@@ -169,7 +176,7 @@ def test_objective_override_and_bad_value(tmp_path, synth_dir):
 
     with pytest.raises(UsageError, match="--objective 'fast'"):
         tune_model(str(save(mnist12_like(), tmp_path / "m.onnx")), str(tmp_path / "o.onnx"), config=synth_config(tmp_path),
-                   data_dir=str(synth_dir), log=lambda m: None, objective="fast")
+                   data_dir=str(synth_dir), log=lambda m: None, options=TuneOptions(objective="fast"))
     with pytest.raises(Exception, match="tuning.objective: must be one of accuracy, performance; got 'latency'"):
         config.from_dict({"tuning": {"objective": "latency"}}, "c.yaml")
     assert config.from_dict({"tuning": {"objective": "performance"}}).tuning.objective == "performance"
@@ -353,7 +360,8 @@ def test_the_api_logs_through_logging_and_writes_only_what_is_asked(tmp_path, sy
     assert any(r.name == "quant" and r.getMessage().startswith("[tune] fp32 baseline") for r in caplog.records)
     from quant.workflows import benchmark
 
-    bench = benchmark.benchmark_models([str(work / "int8.onnx")], str(src), config=cfg, mode="accuracy", data_dir=str(synth_dir))
+    bench = benchmark.benchmark_models([str(work / "int8.onnx")], str(src), config=cfg, data_dir=str(synth_dir),
+                                       options=benchmark.BenchmarkOptions(mode="accuracy"))
     assert bench["reports"] is None and sorted(p.name for p in work.iterdir()) == ["int8.onnx", "int8_test_data"]
     assert not list(tmp_path.glob("*.benchmark.*")) and not list(Path.cwd().glob("int8.benchmark.*"))
 
@@ -457,3 +465,34 @@ def test_a_relu6_after_an_int8_conv_still_clips_in_the_int8_model(tmp_path, synt
     assert values(fp32, "r2").max() == pytest.approx(hi) and values(m, clipped).max() <= hi * (1 + 1e-6)
     assert doc["passed"] and "upper bound" in doc["precision_plan"]["keep_fp32"]["Clip2"]
     assert "Conv2" in doc["precision_plan"]["int8_candidates"] and any(n.op_type == "Clip" for n in m.graph.node)
+
+
+def test_a_tune_that_misses_the_criterion_reports_its_trials_where_a_report_path_points(tmp_path):
+    """Calibrated on dim images and tested on noisy ones with 8-bit ranges, no int8 model meets the criterion
+    (exit 3): no model and no test data are written, but the error carries the report (every trial) and the
+    report files are written where the report path points."""
+    from helpers import write_mnist
+
+    from quant.errors import AccuracyError
+
+    d = write_mnist(tmp_path / "m", train_brightness=20, test_noise=200)
+    cfg = synth_config(tmp_path, {"preprocessing": {"layout": "flat"}, "quantization": {"reduce_range": False}, "tuning": {"max_trials": 1}})
+    src = save(pattern_linear("N", "flat"), tmp_path / "fp32.onnx")
+    out, rep = tmp_path / "int8.onnx", tmp_path / "r" / "failed.json"
+    with pytest.raises(AccuracyError) as e:
+        tune_model(str(src), str(out), config=cfg, data_dir=str(d), log=lambda m: None,
+                   **api_options(TuneOptions, {"reports": True, "report_path": str(rep)}))
+    doc = e.value.details
+    assert e.value.exit_code == 3 and "no int8 model met" in e.value.message
+    assert doc["kind"] == "tune" and doc["passed"] is False and doc["int8"] is None and doc["failure"] == e.value.message
+    assert doc["tuning"]["trials"] >= 1 and doc["tuning"]["per_trial"][0]["trial"] == 0
+    assert doc["best_int8_accuracy"] == max(t["accuracy"] for t in doc["tuning"]["per_trial"][1:])
+    assert doc["markdown"].startswith("# Tuning report") and "**FAILED**: no int8 model met" in doc["markdown"]
+    assert json.loads(rep.read_text())["tuning"]["per_trial"] == doc["tuning"]["per_trial"]
+    assert (tmp_path / "r" / "failed.md").read_text() == doc["markdown"] and doc["reports"]["json"] == str(rep)
+    assert not out.exists() and not (tmp_path / "int8_test_data").exists() and not list((tmp_path / "r").glob("*.png"))
+    # without a report path (the command line's default of reports beside the model): the report in the error only
+    with pytest.raises(AccuracyError) as e:
+        tune_model(str(src), str(out), config=cfg, data_dir=str(d), log=lambda m: None, **api_options(TuneOptions, {"reports": True}))
+    assert e.value.details["reports"] is None and e.value.details["markdown"].startswith("# Tuning report")
+    assert not out.exists() and not list(tmp_path.glob("int8.report.*"))
