@@ -9,4 +9,11 @@ py="$(quant_python)" || exit $?
 if [ -z "${MNIST_DIR:-}" ] && [ -d "$here/../shared/data/mnist" ]; then export MNIST_DIR="$here/../shared/data/mnist"; fi
 if [ -z "${QUANT_MODELS_DIR:-}" ] && [ -d "$here/../shared/models" ]; then export QUANT_MODELS_DIR="$here/../shared/models"; fi
 cd "$here"
-exec "$py" -m pytest "$@"
+# the test files are spread over min(4, CPUs) workers (pytest-xdist; a file's tests stay on one worker, so
+# its fixtures are made once); QUANT_TEST_WORKERS=1, or -n / -p no:xdist among the arguments, runs them here
+workers="${QUANT_TEST_WORKERS:-$(n="$(nproc 2>/dev/null || echo 1)"; echo $(( n < 4 ? n : 4 )))}"
+xdist=()
+if [ "$workers" -gt 1 ] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numprocesses|no:xdist$)' && "$py" -c "import xdist" 2>/dev/null; then
+  xdist=(-n "$workers" --dist loadfile)
+fi
+exec "$py" -m pytest ${xdist[@]+"${xdist[@]}"} "$@"
