@@ -1,7 +1,8 @@
 """Command line: ``python -m quant SUB-COMMAND --flag=value ...`` (the zoo's underscore flag style).
 
-Each sub-command is a thin call of one function of the Python API (:mod:`quant`), so the command line
-and Python behave alike. One vocabulary across sub-commands: ``--input_model``, ``--baseline_model``,
+Each sub-command is a thin call of one function of the Python API (:mod:`quant`), imported from the
+workflow module that defines it when the sub-command runs, so the command line and Python behave alike
+and ``--help`` loads no workflow. One vocabulary across sub-commands: ``--input_model``, ``--baseline_model``,
 ``--output_model`` (a file the command produces), ``--output_dir`` (a folder it produces), ``--report``,
 ``--data_dir``, ``--config``, ``--json``, and ``--no_X`` for a negation; older spellings still work
 with a one-line deprecation notice (:data:`DEPRECATED`).
@@ -333,13 +334,13 @@ def _report_options(args, write: bool | None = None):
 
 
 def _tune_options(args):
-    from quant import TuneOptions
+    from quant.workflows.tune import TuneOptions
 
     return TuneOptions(objective=args.objective, dynamic_batch=args.dynamic_batch, verbose=args.verbose)
 
 
 def cmd_tune(args) -> int:
-    from quant import tune_model
+    from quant.workflows.tune import tune_model
 
     say = _progress(args)
     doc = _reporting(lambda: tune_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir,
@@ -353,7 +354,7 @@ def cmd_tune(args) -> int:
 
 
 def _benchmark_options(args):
-    from quant import BenchmarkOptions
+    from quant.workflows.benchmark import BenchmarkOptions
 
     sizes = args.batch_size or [None]
     return BenchmarkOptions(mode=args.mode, batch_size=sizes[0], extra_batch_sizes=tuple(sizes[1:]), iterations=args.iterations,
@@ -362,7 +363,7 @@ def _benchmark_options(args):
 
 
 def cmd_benchmark(args) -> int:
-    from quant import benchmark_models
+    from quant.workflows.benchmark import benchmark_models
 
     say = _progress(args)
     given = [m for v in args.input_model for m in ([v] if os.path.isfile(v) else v.split(",")) if m]
@@ -381,14 +382,14 @@ def cmd_benchmark(args) -> int:
 
 
 def _validate_options(args):
-    from quant import ValidateOptions
+    from quant.workflows.validate import ValidateOptions
 
     return ValidateOptions(test_data=args.test_data, samples=args.samples, portability_samples=args.portability_samples,
                            rtol=args.rtol, atol=args.atol)
 
 
 def cmd_validate(args) -> int:
-    from quant import validate_model
+    from quant.workflows.validate import validate_model
 
     say = _progress(args)
     doc = _reporting(lambda: validate_model(args.input_model, args.baseline_model, config=args.config, data_dir=args.data_dir,
@@ -404,13 +405,13 @@ def cmd_validate(args) -> int:
 
 
 def _package_options(args):
-    from quant import PackageOptions
+    from quant.workflows.package import PackageOptions
 
     return PackageOptions(count=args.count)
 
 
 def cmd_package(args) -> int:
-    from quant import package_model
+    from quant.workflows.package import package_model
 
     say = _progress(args)
     doc = package_model(args.input_model, args.output_model, config=args.config, data_dir=args.data_dir, options=_package_options(args),
@@ -420,7 +421,7 @@ def cmd_package(args) -> int:
 
 
 def cmd_calib(args) -> int:
-    from quant import build_calibration_set
+    from quant.workflows.calibrate import build_calibration_set
 
     print(build_calibration_set(args.output_dir, config=args.config, data_dir=args.data_dir,
                                 add_to_manifest=args.add_to_manifest, log=log))
@@ -428,14 +429,14 @@ def cmd_calib(args) -> int:
 
 
 def cmd_write_test_data(args) -> int:
-    from quant import write_test_data
+    from quant.workflows.testdata import write_test_data
 
     print(write_test_data(args.input_model, args.output_dir, config=args.config, data_dir=args.data_dir, count=args.count, log=log))
     return 0
 
 
 def cmd_check_test_data(args) -> int:
-    from quant import check_test_data
+    from quant.workflows.testdata import check_test_data
 
     doc = _reporting(lambda: check_test_data(args.input_model, args.test_data, config=args.config, rtol=args.rtol, atol=args.atol), args)
     _print_report(doc, args)
@@ -444,7 +445,7 @@ def cmd_check_test_data(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from quant import fetch
+    from quant.data import fetch
 
     print(fetch(args.data_dir, args.models_dir, log=log))
     return 0
