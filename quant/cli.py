@@ -402,6 +402,7 @@ def cmd_config(args) -> int:
 
 # ------------------------------------------------------------------------------ entry point
 _received: list[int] = []  # stop signals seen by main()'s handlers, for errors a library made of them
+main_started = False  # main() has installed its handlers (python -m quant's start-up handlers then stand aside)
 
 
 def _raise_interrupted(signum, frame):
@@ -430,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C's
     # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal. Installed first, so a signal during start-up
     # ends the same way; the watcher also stops onnxruntime's native runs at once (quant.stop)
+    global main_started
     del _received[:]
     previous = handle_signals(_raise_interrupted)
+    main_started = True  # only now: a signal before this line still finds a handler that ends the run (quant.__main__)
     wakeup = stop.watch_signals()
     commits = files.commits()
     try:

@@ -11,8 +11,10 @@ sets its ``terminate`` flag, which onnxruntime checks between nodes (inside Loop
 - one inference runs longer than ``evaluation.timeout_seconds`` (:func:`configure`): the run ends with
   :class:`RunTimeout` (exit 4) naming the model.
 
-Native code that no RunOptions reaches (a session being created, neural-compressor's own calibration
-sessions) cannot be interrupted; if the command has not ended FORCED_EXIT_SECONDS after a stop signal,
+neural-compressor makes sessions of its own (calibration); while its loop runs, :mod:`quant.quantize.inc` routes
+every ``InferenceSession.run`` that passes no RunOptions through :func:`bounded_run`, so those runs are stopped and
+time-bounded alike. Native code that no RunOptions reaches (a session being created, a graph being optimized)
+cannot be interrupted; if the command has not ended FORCED_EXIT_SECONDS after a stop signal,
 the watcher removes the run's temporaries (:func:`track`), prints the closing line and ends the process
 with 128 + signal. A commit in progress is let finish first.
 """
@@ -219,22 +221,34 @@ def session(*args, name: str = "model", **kwargs):
             quant_name = "model"
 
             def run(self, output_names, input_feed, run_options=None):
-                state = _state
-                options = run_options or state.options or _options()
-                state.started = time.monotonic()
-                try:
-                    return ort.InferenceSession.run(self, output_names, input_feed, options)
-                except Exception:
-                    _stopped_or_timed_out(self.quant_name)
-                    raise
-                finally:
-                    state.started = None
+                return bounded_run(ort.InferenceSession.run, self, output_names, input_feed, run_options, self.quant_name)
 
         _session_class = Session
     _ensure_thread()
     s = _session_class(*args, **kwargs)
     s.quant_name = name
     return s
+
+
+def bounded_run(run, sess, output_names, input_feed, run_options=None, name: str = "model"):
+    """``run(sess, output_names, input_feed, options)`` (onnxruntime's own ``InferenceSession.run``) with the shared
+    RunOptions (unless ``run_options`` are given) and the started-clock the watcher compares with the time bound;
+    a run the watcher ended raises what ended it (KeyboardInterrupt / :class:`Interrupted`, :class:`RunTimeout`)."""
+    state = _state
+    options = run_options or state.options or _options()
+    state.started = time.monotonic()
+    try:
+        return run(sess, output_names, input_feed, options)
+    except Exception:
+        _stopped_or_timed_out(name)
+        raise
+    finally:
+        state.started = None
+
+
+def ensure_watcher() -> None:
+    """Start the watcher thread if it is not running (sessions made by :func:`session` start it themselves)."""
+    _ensure_thread()
 
 
 def _stopped_or_timed_out(name: str) -> None:

@@ -154,3 +154,57 @@ def test_threads_the_address_space_cannot_hold_are_refused_not_a_deadlock(tmp_pa
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --threads 256: the address-space limit (ulimit -v") and "use fewer threads" in last, r.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def _handles(pid: int, sig: int) -> bool:
+    """The process has a handler of its own for ``sig`` (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def test_a_stop_signal_at_any_moment_of_start_up_ends_in_one_line_and_128_plus_n(tmp_path, synth_dir):
+    """Before cli.main() installed its handlers, SIGTERM ended the process silently (143 by the signal) and SIGINT
+    with a KeyboardInterrupt traceback. python -m quant sets handlers before it imports anything: once its code
+    runs (SigCgt shows SIGTERM caught when the signal is sent), any stop signal ends in the one closing line and
+    128 + n. Before that, in the interpreter's own start-up, Python's defaults apply (SIGTERM/SIGHUP end it
+    silently; SIGINT while Python imports its site module is its "Fatal Python error: init_import_site")."""
+    import random
+
+    (tmp_path / "out").mkdir()
+    rng = random.Random(7)
+    runs = {"benchmark": _benchmark_loop(tmp_path, synth_dir), "config": ["-m", "quant", "config"]}
+    seen = set()
+    for i in range(36):
+        cmd = "config" if i % 3 == 2 else "benchmark"
+        sig = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)[i % 3]
+        delay, wait_for_handlers = rng.uniform(0, 0.3), i % 2 == 0
+        p = _start(runs[cmd], tmp_path)
+        if wait_for_handlers:
+            t0 = time.monotonic()
+            while not _handles(p.pid, signal.SIGTERM) and p.poll() is None and time.monotonic() - t0 < 30:
+                time.sleep(0.0005)
+        time.sleep(delay)
+        ours = _handles(p.pid, signal.SIGTERM)  # our handlers were in place when the signal was sent
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        _, err = p.communicate(timeout=30)
+        case = (cmd, sig.name, round(delay, 3), ours, p.returncode, err[-1500:])
+        said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
+        if p.returncode == 0:
+            assert cmd == "config" and err == "", case  # finished before the signal came
+        elif ours:
+            assert p.returncode == 128 + sig and err.splitlines() == [said], case
+        else:  # the interpreter's own start-up, before any code of ours ran
+            assert (p.returncode == 128 + sig and err.splitlines() == [said]) or (p.returncode == -sig and err == "") or (
+                sig == signal.SIGINT and p.returncode == 1 and err.startswith("Fatal Python error: init_import_site")), case
+        seen.add((p.returncode, ours))
+    assert {(130, True), (143, True), (129, True)} <= seen, seen
+    assert list((tmp_path / "out").iterdir()) == []

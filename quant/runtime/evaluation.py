@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from quant import stop
-from quant.errors import InputError, ModelError, QuantError, RunError, UsageError, first_line
+from quant.errors import InputError, ModelError, QuantError, RunError, first_line
 from quant.graph import controlflow
+from quant.runtime.threads import check_threads
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -21,42 +22,6 @@ GRAPH_OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-_SESSION_HEADROOM = 256 << 20  # address space a session needs besides its threads' stacks
-
-
-def _address_space_used() -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_threads(threads: int) -> None:
-    """Refuse (exit 2) a thread count the process cannot serve: each of onnxruntime's pool threads reserves a
-    stack (RLIMIT_STACK, 8 MiB by default) of address space, and when it cannot create them under an
-    address-space limit (``ulimit -v``) it waits forever instead of failing (--threads 256 under 4 GB hung
-    with 340 threads and ignored SIGTERM). Checked before every session with more than one thread."""
-    if threads <= 1:
-        return
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    used = _address_space_used()
-    if limit == resource.RLIM_INFINITY or used is None:
-        return
-    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    stack = 8 << 20 if stack == resource.RLIM_INFINITY or stack <= 0 else stack
-    room = limit - used - _SESSION_HEADROOM
-    if (threads - 1) * stack > room:
-        fits = max(1, room // stack + 1)
-        raise UsageError(f"--threads {threads}: the address-space limit (ulimit -v, {limit >> 20:,} MiB, {used >> 20:,} MiB in use) "
-                         f"leaves room for about {fits} thread(s) of {stack >> 20} MiB stack in this session; use fewer threads "
-                         "or raise the limit")
 
 
 def session_options(threads: int = 1, opt_level: str = "all") -> ort.SessionOptions:

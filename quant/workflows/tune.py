@@ -147,7 +147,7 @@ def _quantize_one(prep: prepare.Prepared, keep: set[str], cfg, loader, evaluator
             candidate = models.serialize(finish(proto)[0])
         return evaluator(candidate, f"{fp32_path} (int8)")
 
-    result = inc.tune(model, spec, loader, accuracy, verbose=verbose, log=log)
+    result = inc.tune(model, spec, loader, accuracy, verbose=verbose, log=log, name=fp32_path)
     finished, notes = finish(result.model)
     return _Quantized(result, finished, steps, notes)
 
