@@ -33,4 +33,10 @@ for _s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
 
 from quant.cli import main  # after the handlers, on purpose
 
-sys.exit(main())
+code = main()
+# CPython (3.11-3.13) remembers a KeyboardInterrupt that passed through any exec() of a string (dataclasses and
+# namedtuple build their classes that way while modules are imported) and, for ``python -m``, ends the process by
+# SIGINT after it has exited with our code (-2 to a parent instead of 130, although the closing line was printed).
+# Running a string once more clears that memory.
+exec("")
+sys.exit(code)

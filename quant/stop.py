@@ -22,6 +22,8 @@ with 128 + signal. A commit in progress is let finish first.
 from __future__ import annotations
 
 import os
+import select
+import shutil
 import signal
 import threading
 import time
@@ -81,8 +83,6 @@ class committing:
 
 
 def _force_exit(signum: int) -> None:
-    import shutil
-
     for p in list(_state.temporaries):
         if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p, ignore_errors=True)
@@ -136,8 +136,9 @@ def _terminate() -> None:
 
 
 def _watch() -> None:
-    import select
-
+    """The watcher thread. It never imports anything: a stop signal's KeyboardInterrupt raised inside importlib's
+    own code (a module lock's callback) can leave the import lock held by the main thread for good, and an import
+    here would then wait forever instead of ending the run."""
     while True:
         pipe = _state.pipe
         if pipe is not None:

@@ -269,7 +269,7 @@ class _Fit:
         previous = handle_signals(self._on_stop)
         _INC_FILTER.run_failed = False
         try:
-            with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts):
+            with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose):
                 return fit(copy.deepcopy(fp32), self.conf, calib_dataloader=self.calib_loader, eval_func=eval_func)
         except (KeyboardInterrupt, Interrupted, QuantError):
             raise
@@ -329,11 +329,15 @@ def _outcome(q, record: _Record, run: _Fit, version: str) -> TuneResult:
 
 
 @contextlib.contextmanager
-def stoppable_runs(name: str, timeouts: list) -> Iterator[None]:
+def stoppable_runs(name: str, timeouts: list, quiet: bool = True) -> Iterator[None]:
     """While INC runs: every ``onnxruntime.InferenceSession.run`` that passes no RunOptions (INC's calibration and
     its other sessions) runs with the shared RunOptions and the time bound (:func:`quant.stop.bounded_run`), so a
     stop signal ends it at once and ``evaluation.timeout_seconds`` bounds it. A run stopped by the bound is recorded
-    in ``timeouts`` (fit() swallows the error). The class's own ``run`` is put back afterwards, also on an error."""
+    in ``timeouts`` (fit() swallows the error). The class's own ``run`` is put back afterwards, also on an error.
+
+    ``quiet`` (not --verbose): onnxruntime's default logger says only fatal errors meanwhile, as the toolkit's own
+    sessions do (``log_severity_level = 4``): INC's sessions would print "Exiting due to terminate flag being set to
+    true" beside the closing line of a stop. onnxruntime has no getter; its default (2, warnings) is put back."""
     import onnxruntime as ort
 
     cls = ort.InferenceSession
@@ -351,6 +355,8 @@ def stoppable_runs(name: str, timeouts: list) -> Iterator[None]:
 
     stop.ensure_watcher()
     cls.run = run
+    if quiet:
+        ort.set_default_logger_severity(4)
     try:
         yield
     finally:
@@ -358,6 +364,8 @@ def stoppable_runs(name: str, timeouts: list) -> Iterator[None]:
             del cls.run
         else:
             cls.run = own
+        if quiet:
+            ort.set_default_logger_severity(2)
 
 
 @contextlib.contextmanager
