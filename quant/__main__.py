@@ -29,7 +29,8 @@ def _early(signum, frame):
 
 
 for _s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-    signal.signal(_s, _early)
+    if signal.getsignal(_s) is not signal.SIG_IGN:  # ignored (nohup, a script's background job): stays ignored
+        signal.signal(_s, _early)
 
 from quant.cli import main  # after the handlers, on purpose
 

@@ -17,8 +17,9 @@
 #   of it mapped. Only folders named .venv-<12 hex> holding our marker are ever removed.
 #
 #   A failed or interrupted set-up removes the folder it was building and leaves .venv as it was, so the next
-#   run starts clean. A .venv folder of the earlier layout (a real folder) is replaced by the link once no
-#   command uses it; until then commands run from the new folder.
+#   run starts clean. A .venv folder of the earlier layout (a real folder with our stamp) is replaced by the link
+#   once no command uses it; until then commands run from the new folder. Anything else at .venv (a file, a folder
+#   of the user's) is never replaced: the set-up stops with one line (exit 2).
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUANT_PY_MIN=11 QUANT_PY_MAX=13   # Python 3.11 .. 3.13 (pyproject.toml: requires-python)
 
@@ -81,7 +82,7 @@ _ours() {  # $1 a path .venv-*: an environment folder this script made (never a 
   [[ "${1##*/}" =~ ^\.venv-[0-9a-f]{12}$ ]] && [ -d "$1" ] && [ ! -L "$1" ] && [ -f "$1/$_INUSE" ]
 }
 
-_switch() {  # $1 key: .venv -> .venv-<key> with one rename; a .venv folder of the earlier layout only when unused
+_switch() {  # $1 key: .venv -> .venv-<key> with one rename; a .venv folder of the earlier layout (with our stamp) only when unused
   local link="$_repo/.venv" tmp="$_repo/.venv.link.$$" pid=""
   if [ -e "$link" ] && [ ! -L "$link" ]; then
     exec 7>>"$_repo/.venv.inuse"  # the earlier layout's lock, held shared by its run_*.sh commands
@@ -138,6 +139,10 @@ _venv_dir() {  # prints the folder of the environment for the chosen Python, set
     # one set-up at a time; a second command waits for the first and then finds the environment ready
     exec 9>"$_repo/.venv.lock"
     flock 9
+    if [ -e "$_repo/.venv" ] && [ ! -L "$_repo/.venv" ] && [ ! -f "$_repo/.venv/$_STAMP" ]; then  # never replace what is not ours
+      echo "error: $_repo/.venv is not an environment this set-up made (a file, or a folder without $_STAMP); move it away, or use it with QUANT_PYTHON=$_repo/.venv/bin/python" >&2
+      exit 2
+    fi
     if ! _ready "$dir" "$want"; then
       trap 'rm -rf "$dir"; echo "[setup] interrupted; removed the unfinished $dir" >&2; exit 130' INT TERM HUP
       if ! _setup_venv "$py" "$dir"; then

@@ -165,6 +165,7 @@ def test_a_folder_of_the_earlier_layout_is_replaced_when_free_and_left_while_in_
     (legacy / "bin").mkdir(parents=True)
     (legacy / "bin" / "python").symlink_to(sys.executable)
     (legacy / "lib.so").write_bytes(b"\0" * 4096)
+    (legacy / ".mnist-quant-installed").write_text("an older lock\n")  # the earlier layout's stamp
     holder = _holder(["bash", "-c", f'exec 8>>"{repo}/.venv.inuse"; flock -s 8; echo ready; sleep 60'])  # an earlier run_*.sh
     try:
         r = _run(repo, stub)
@@ -195,3 +196,20 @@ def test_the_documented_path_runs_the_current_environment(tmp_path):
     assert _run(repo, stub).returncode == 0
     r = subprocess.run([str(repo / ".venv" / "bin" / "python"), "-c", "print('ok')"], capture_output=True, text=True, timeout=60)
     assert r.stdout == "ok\n" and len(_envs(repo)) == 1 and time.time()
+
+
+def test_a_venv_that_is_not_ours_is_never_replaced(tmp_path):
+    """A file named .venv (some tools keep an environment's name in one) or a venv of the user's: the set-up
+    used to delete whatever stood at .venv when its stamp did not match."""
+    for make in ("file", "folder"):
+        repo, stub = _repo_copy(tmp_path / make)
+        target = repo / ".venv"
+        if make == "file":
+            target.write_text("myenv\n")
+        else:
+            (target / "bin").mkdir(parents=True)
+            (target / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        r = _run(repo, stub)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "is not an environment this set-up made" in r.stderr
+        assert (target.read_text() == "myenv\n") if make == "file" else (target / "pyvenv.cfg").exists()
+        assert _envs(repo) == []

@@ -196,7 +196,11 @@ def test_a_stop_signal_at_any_moment_of_start_up_ends_in_one_line_and_128_plus_n
             os.killpg(p.pid, sig)
         except ProcessLookupError:
             pass
-        _, err = p.communicate(timeout=30)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
         case = (cmd, sig.name, round(delay, 3), ours, p.returncode, err[-1500:])
         said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
         if p.returncode == 0:
@@ -279,3 +283,22 @@ def test_neural_compressors_own_inferences_have_the_time_bound(tmp_path):
     assert last.startswith(f"error: {tmp_path / 'slow.onnx'} (neural-compressor's calibration): one inference ran longer than "
                            "evaluation.timeout_seconds (1 s)"), err
     assert _left_behind(tmp_path) == []
+
+
+def test_a_stop_signal_the_command_was_started_with_ignored_stays_ignored(tmp_path, synth_dir):
+    """nohup ignores SIGHUP so that a run survives its terminal: the command's handlers used to take it over, and a
+    closed terminal ended a nohup'ed tune. A signal not ignored still stops it (here SIGTERM, after the SIGHUP)."""
+    (tmp_path / "out").mkdir()
+
+    def ignore_hup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    p = _start(_benchmark_loop(tmp_path, synth_dir), tmp_path, preexec_fn=ignore_hup)
+    time.sleep(4)  # inside the Loop that never ends
+    os.killpg(p.pid, signal.SIGHUP)
+    time.sleep(2.5)  # more than the forced exit's 2 s
+    assert p.poll() is None
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143 and err.strip().splitlines()[-1] == "interrupted by SIGTERM; no output written", err
+    assert list((tmp_path / "out").iterdir()) == []

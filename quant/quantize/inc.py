@@ -30,7 +30,8 @@ import onnx
 
 from quant import stop
 from quant.config.criterion import Criterion
-from quant.errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
+from quant.errors import (STOP_SIGNALS, AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals,
+                          restore_signals)
 from quant.graph import controlflow
 from quant.graph.models import sort_nodes
 from quant.quantize.inc_compat import inc_compat
@@ -249,9 +250,12 @@ class _Fit:
         self.timeouts: list[BaseException] = []  # INC's own inferences that outlasted evaluation.timeout_seconds
         self.workspace = ""
         self.started = 0.0
+        self.ignored: set[int] = set()  # stop signals the process was started with ignored
 
     def _on_stop(self, signum, frame):
         inc_timeout = signum == signal.SIGINT and self.spec.timeout and time.monotonic() - self.started >= self.spec.timeout
+        if self.stopped or (signum in self.ignored and not inc_timeout):  # a repeated stop; a signal the user ignores
+            return
         if not inc_timeout:
             self.stopped.append(signum)
             logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
@@ -266,7 +270,10 @@ class _Fit:
         saved = (options.workspace, options.resume_from, options.random_seed)
         options.workspace, options.resume_from, options.random_seed = self.workspace, None, self.spec.random_seed
         self.started = time.monotonic()
-        previous = handle_signals(self._on_stop)
+        # SIGINT is handled also when the command was started with it ignored: INC's timeout arrives as a simulated
+        # SIGINT, which Python delivers only to a handler; a real one is then ignored as the user asked (_on_stop)
+        self.ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN}
+        previous = handle_signals(self._on_stop, ignored_too=True)
         _INC_FILTER.run_failed = False
         try:
             with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose):
