@@ -28,7 +28,7 @@ def _early(signum, frame):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # a closed pipe: nothing more to say
+            except Exception:  # noqa: S110 (a closed pipe: nothing more to say)
                 pass
         os._exit(_result[0])
     cli = sys.modules.get("quant.cli")
@@ -62,5 +62,5 @@ _result.append(main())
 # namedtuple build their classes that way while modules are imported) and, for ``python -m``, ends the process by
 # SIGINT after it has exited with our code (-2 to a parent instead of 130, although the closing line was printed).
 # Running a string once more clears that memory.
-exec("")
+exec("")  # noqa: S102 (a constant empty string)
 sys.exit(_result[0])

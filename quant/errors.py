@@ -111,14 +111,14 @@ def printable(text, limit: int | None = PRINT_LIMIT) -> str:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, a service manager's stop, a closed terminal
 
 
-def handle_signals(handler, signals=STOP_SIGNALS, ignored_too: bool = False) -> dict:
+def handle_signals(handler, signals=STOP_SIGNALS) -> dict:
     """Install ``handler`` for ``signals``; returns the previous handlers for :func:`restore_signals`. A signal the
-    process ignores (``nohup`` ignores SIGHUP; a script's background job, SIGINT) stays ignored unless
-    ``ignored_too``: the user asked the command to survive it. Python sets handlers from the main thread only:
-    elsewhere nothing changes and ``{}`` is returned."""
+    process ignores (``nohup`` ignores SIGHUP; a script's background job, SIGINT) stays ignored: the user asked
+    the command to survive it. Python sets handlers from the main thread only: elsewhere nothing changes and
+    ``{}`` is returned."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {s: signal.signal(s, handler) for s in signals if ignored_too or signal.getsignal(s) is not signal.SIG_IGN}
+    return {s: signal.signal(s, handler) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 def restore_signals(previous: dict) -> None:

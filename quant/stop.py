@@ -247,6 +247,20 @@ def bounded_run(run, sess, output_names, input_feed, run_options=None, name: str
         state.started = None
 
 
+def end_run() -> None:
+    """End the inference running now (from another thread: neural-compressor's tuning.timeout), as a stop signal
+    would, without recording a stop: later runs get a fresh RunOptions. Its error is :func:`ended_by_end_run`."""
+    with _state.lock:
+        if _state.options is not None and _state.started is not None:
+            _state.options.terminate = True
+            _state.options = None
+
+
+def ended_by_end_run(e: BaseException) -> bool:
+    """``e`` is onnxruntime's error for a run that :func:`end_run` ended."""
+    return "terminate flag" in str(e)
+
+
 def ensure_watcher() -> None:
     """Start the watcher thread if it is not running (sessions made by :func:`session` start it themselves)."""
     _ensure_thread()

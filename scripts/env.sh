@@ -82,6 +82,11 @@ _ours() {  # $1 a path .venv-*: an environment folder this script made (never a 
   [[ "${1##*/}" =~ ^\.venv-[0-9a-f]{12}$ ]] && [ -d "$1" ] && [ ! -L "$1" ] && [ -f "$1/$_INUSE" ]
 }
 
+_replaceable() {  # $1 the .venv path: absent, our link, or a folder of the earlier layout (with our stamp)
+  if [ -L "$1" ]; then [[ "$(readlink "$1")" =~ ^\.venv-[0-9a-f]{12}$ ]]; return; fi
+  [ ! -e "$1" ] || { [ -d "$1" ] && [ -f "$1/$_STAMP" ]; }
+}
+
 _switch() {  # $1 key: .venv -> .venv-<key> with one rename; a .venv folder of the earlier layout (with our stamp) only when unused
   local link="$_repo/.venv" tmp="$_repo/.venv.link.$$" pid=""
   if [ -e "$link" ] && [ ! -L "$link" ]; then
@@ -139,8 +144,8 @@ _venv_dir() {  # prints the folder of the environment for the chosen Python, set
     # one set-up at a time; a second command waits for the first and then finds the environment ready
     exec 9>"$_repo/.venv.lock"
     flock 9
-    if [ -e "$_repo/.venv" ] && [ ! -L "$_repo/.venv" ] && [ ! -f "$_repo/.venv/$_STAMP" ]; then  # never replace what is not ours
-      echo "error: $_repo/.venv is not an environment this set-up made (a file, or a folder without $_STAMP); move it away, or use it with QUANT_PYTHON=$_repo/.venv/bin/python" >&2
+    if ! _replaceable "$_repo/.venv"; then  # never replace what is not ours
+      echo "error: $_repo/.venv is not an environment this set-up made (a file, a folder without $_STAMP, or a link elsewhere); move it away, or use it with QUANT_PYTHON=$_repo/.venv/bin/python" >&2
       exit 2
     fi
     if ! _ready "$dir" "$want"; then

@@ -201,15 +201,21 @@ def test_the_documented_path_runs_the_current_environment(tmp_path):
 def test_a_venv_that_is_not_ours_is_never_replaced(tmp_path):
     """A file named .venv (some tools keep an environment's name in one) or a venv of the user's: the set-up
     used to delete whatever stood at .venv when its stamp did not match."""
-    for make in ("file", "folder"):
+    for make in ("file", "folder", "link"):
         repo, stub = _repo_copy(tmp_path / make)
         target = repo / ".venv"
         if make == "file":
             target.write_text("myenv\n")
-        else:
+        elif make == "folder":
             (target / "bin").mkdir(parents=True)
             (target / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        else:
+            (tmp_path / "myenv").mkdir(exist_ok=True)
+            target.symlink_to(tmp_path / "myenv")
         r = _run(repo, stub)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "is not an environment this set-up made" in r.stderr
-        assert (target.read_text() == "myenv\n") if make == "file" else (target / "pyvenv.cfg").exists()
+        if make == "link":
+            assert os.readlink(target) == str(tmp_path / "myenv")
+        else:
+            assert (target.read_text() == "myenv\n") if make == "file" else (target / "pyvenv.cfg").exists()
         assert _envs(repo) == []

@@ -302,3 +302,16 @@ def test_a_stop_signal_the_command_was_started_with_ignored_stays_ignored(tmp_pa
     _, err = p.communicate(timeout=30)
     assert p.returncode == 143 and err.strip().splitlines()[-1] == "interrupted by SIGTERM; no output written", err
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_neural_compressors_timeout_ends_its_calibration_as_a_timeout_not_a_stop(tmp_path):
+    """INC delivered tuning.timeout as a simulated Ctrl-C (_thread.interrupt_main), which reached the stop watcher
+    like a real one, and could not end a calibration run stuck in native code. The timeout now ends that run and
+    INC's loop: exit 3 saying so, no "interrupted" line, nothing left."""
+    p = _tune_slow_calibration(tmp_path, {"tuning": {"timeout": 2}})
+    _, err = p.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert p.returncode == 3 and "Traceback" not in err and "interrupted" not in err, err
+    assert last.startswith("error: no int8 model met the relative 0.01 accuracy criterion after 0 trial(s)"), err
+    assert "; tuning.timeout (2 s) ended the search" in last, err
+    assert _left_behind(tmp_path) == []

@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -30,8 +31,7 @@ import onnx
 
 from quant import stop
 from quant.config.criterion import Criterion
-from quant.errors import (STOP_SIGNALS, AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals,
-                          restore_signals)
+from quant.errors import AccuracyError, Interrupted, ModelError, QuantError, first_line, handle_signals, restore_signals
 from quant.graph import controlflow
 from quant.graph.models import sort_nodes
 from quant.quantize.inc_compat import inc_compat
@@ -240,8 +240,13 @@ class _Fit:
     INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
     Interrupted) and reports "no model met the goal". So a stop signal is remembered here (:attr:`stopped`),
     turned into the KeyboardInterrupt that ends INC's loop soonest, and raised again by _tune once fit() is back:
-    exit 130/143/129, not 3. INC's own timeout also arrives as a SIGINT (time_limit -> _thread.interrupt_main) and
-    stays a timeout."""
+    exit 130/143/129, not 3.
+
+    INC's own ``tuning.timeout`` (its ``time_limit``) is replaced while fit() runs by :func:`_time_limit`, which
+    raises the same KeyboardInterrupt in the main thread without a signal: INC's simulated SIGINT
+    (``_thread.interrupt_main``) reached the stop watcher's wakeup pipe like a real Ctrl-C (the run's inferences
+    terminated, and a forced exit as "interrupted" if the run took 2 s more), and it could not end one of INC's
+    runs stuck in native code."""
 
     def __init__(self, spec: IncSpec, conf, calib_loader, name: str):
         self.spec, self.conf, self.calib_loader, self.name = spec, conf, calib_loader, name
@@ -249,17 +254,17 @@ class _Fit:
         self.swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
         self.timeouts: list[BaseException] = []  # INC's own inferences that outlasted evaluation.timeout_seconds
         self.workspace = ""
-        self.started = 0.0
-        self.ignored: set[int] = set()  # stop signals the process was started with ignored
+        self.expired = False  # INC's tuning.timeout ended its loop
 
     def _on_stop(self, signum, frame):
-        inc_timeout = signum == signal.SIGINT and self.spec.timeout and time.monotonic() - self.started >= self.spec.timeout
-        if self.stopped or (signum in self.ignored and not inc_timeout):  # a repeated stop; a signal the user ignores
+        if self.stopped:  # a repeated stop changes nothing
             return
-        if not inc_timeout:
-            self.stopped.append(signum)
-            logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
+        self.stopped.append(signum)
+        logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
         raise KeyboardInterrupt
+
+    def _expire(self):
+        self.expired = True
 
     def fit(self, fp32, eval_func, verbose: bool):
         from neural_compressor.config import options
@@ -269,14 +274,11 @@ class _Fit:
         stop.track(self.workspace)  # removed also when a stop signal has to end the process from the watcher
         saved = (options.workspace, options.resume_from, options.random_seed)
         options.workspace, options.resume_from, options.random_seed = self.workspace, None, self.spec.random_seed
-        self.started = time.monotonic()
-        # SIGINT is handled also when the command was started with it ignored: INC's timeout arrives as a simulated
-        # SIGINT, which Python delivers only to a handler; a real one is then ignored as the user asked (_on_stop)
-        self.ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN}
-        previous = handle_signals(self._on_stop, ignored_too=True)
+        previous = handle_signals(self._on_stop)
         _INC_FILTER.run_failed = False
         try:
-            with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose):
+            with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose), \
+                    _inc_time_limit(self._expire):
                 return fit(copy.deepcopy(fp32), self.conf, calib_dataloader=self.calib_loader, eval_func=eval_func)
         except (KeyboardInterrupt, Interrupted, QuantError):
             raise
@@ -298,6 +300,51 @@ class _Fit:
         return OSError(e.errno, f"{said} (neural-compressor's temporary workspace; $TMPDIR chooses where it is made)", where)
 
 
+@contextlib.contextmanager
+def _inc_time_limit(on_expiry: Callable[[], None]) -> Iterator[None]:
+    """INC's fit() looks up ``time_limit`` in its module: :func:`_time_limit` stands in for it meanwhile."""
+    import neural_compressor.quantization as q
+
+    saved = q.time_limit
+    q.time_limit = lambda seconds: _time_limit(seconds, on_expiry)
+    try:
+        yield
+    finally:
+        q.time_limit = saved
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, on_expiry: Callable[[], None]) -> Iterator[None]:
+    """INC's ``time_limit`` (0: none) without a signal: when the time is up, the run of the inference running now
+    is ended (:func:`quant.stop.end_run`) and a KeyboardInterrupt is raised in the main thread as an asynchronous
+    exception, which INC's loop takes as its timeout. Nothing is raised once the block is over."""
+    import ctypes
+
+    if not seconds:
+        yield
+        return
+    main = ctypes.c_ulong(threading.main_thread().ident)
+    lock, armed = threading.Lock(), [True]
+
+    def expire():
+        with lock:
+            if armed[0]:
+                on_expiry()
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(main, ctypes.py_object(KeyboardInterrupt))
+                stop.end_run()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            armed[0] = False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(main, None)  # one not raised yet is withdrawn
+
+
 def _make_workspace() -> str:
     try:
         return tempfile.mkdtemp(prefix="mnist-quant-inc-")
@@ -313,6 +360,8 @@ def _outcome(q, record: _Record, run: _Fit, version: str) -> TuneResult:
         raise run.timeouts[0]
     if any(isinstance(e, OSError) for e in swallowed) and not failures:  # INC could not write its workspace
         raise run.workspace_error(next(e for e in swallowed if isinstance(e, OSError)))
+    if run.expired:  # tuning.timeout ended the run inside INC: its error is the timeout's, not a failure
+        swallowed, failures = [], [e for e in failures if not stop.ended_by_end_run(e)]
     if q is None:
         kind, tol = record.spec.criterion
         if len(trials) <= 1 and (failures or swallowed):  # not an accuracy verdict: no int8 candidate was evaluated
@@ -326,6 +375,7 @@ def _outcome(q, record: _Record, run: _Fit, version: str) -> TuneResult:
         base = trials[0].accuracy if trials else float("nan")
         best = max((t.accuracy for t in trials[1:]), default=float("nan"))
         failed = f"; {len(failures)} candidate(s) did not run: {first_line(failures[0])}" if failures else ""
+        failed += f"; tuning.timeout ({record.spec.timeout} s) ended the search" if run.expired else ""
         raise AccuracyError(
             f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
             f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}{failed}; no model written",

@@ -47,7 +47,6 @@ def test_the_run_wrapper_is_installed_only_while_inc_runs(monkeypatch, private_t
     def body(model):
         seen.append(ort.InferenceSession.run)
         assert len(_plain_run(model)[0][0]) == 10  # a run without RunOptions goes through the wrapper and works
-        return None
 
     _fake_fit(monkeypatch, body)
     with pytest.raises(QuantError):  # fit() returned no model
@@ -80,7 +79,6 @@ def test_a_run_of_inc_outlasting_the_time_bound_ends_in_exit_4_naming_the_model(
             sess.run(None, {"X": X})
         except Exception:
             traceback.print_exc()
-        return None
 
     _fake_fit(monkeypatch, body)
     with pytest.raises(ModelError) as e:
@@ -103,7 +101,6 @@ def test_a_full_disk_while_inc_writes_its_workspace_is_named(monkeypatch, privat
             if not swallowed:
                 raise
             traceback.print_exc()  # as fit() does with an exception of its loop
-        return None
 
     _fake_fit(monkeypatch, body)
     with pytest.raises(OSError) as e:
