@@ -100,7 +100,7 @@ _switch() {  # $1 key: .venv -> .venv-<key> with one rename; a .venv folder of t
     exec 7>&-
   fi
   [ "$(readlink "$link" 2>/dev/null)" = ".venv-$1" ] && return 0
-  rm -f "$tmp"
+  rm -f "$_repo"/.venv.link.*  # a set-up killed (SIGKILL) between making its link and moving it
   ln -s ".venv-$1" "$tmp" && mv -T "$tmp" "$link"
 }
 
@@ -135,14 +135,18 @@ _venv_dir() {  # prints the folder of the environment for the chosen Python, set
   dir="$_repo/.venv-$key"
   if _ready "$dir" "$want" && [ "$(readlink "$_repo/.venv" 2>/dev/null)" = ".venv-$key" ]; then
     if _others "$key"; then  # an older environment left by a set-up while a command held it: remove it if it is free now
-      ( exec 9>"$_repo/.venv.lock"; flock -n 9 && _collect "$key" )
+      ( exec 9>"$_repo/.venv.lock" && flock -n 9 && _collect "$key" ) 2>/dev/null
     fi
     echo "$dir"
     return 0
   fi
+  if [ ! -w "$_repo" ]; then
+    echo "error: $_repo is not writable: the set-up cannot make its environment there (.venv-$key); make it writable, or set QUANT_PYTHON to a Python with the requirements installed" >&2
+    return 2
+  fi
   (
     # one set-up at a time; a second command waits for the first and then finds the environment ready
-    exec 9>"$_repo/.venv.lock"
+    exec 9>"$_repo/.venv.lock" || exit 2
     flock 9
     if ! _replaceable "$_repo/.venv"; then  # never replace what is not ours
       echo "error: $_repo/.venv is not an environment this set-up made (a file, a folder without $_STAMP, or a link elsewhere); move it away, or use it with QUANT_PYTHON=$_repo/.venv/bin/python" >&2

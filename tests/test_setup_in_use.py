@@ -219,3 +219,17 @@ def test_a_venv_that_is_not_ours_is_never_replaced(tmp_path):
         else:
             assert (target.read_text() == "myenv\n") if make == "file" else (target / "pyvenv.cfg").exists()
         assert _envs(repo) == []
+
+
+def test_a_checkout_the_set_up_cannot_write_is_one_line(tmp_path):
+    from conftest import _drop_dac_capabilities
+
+    repo, stub = _repo_copy(tmp_path)
+    repo.chmod(0o555)
+    try:
+        r = subprocess.run(["bash", str(repo / "run_benchmark.sh"), "--help"], env=_env(stub), capture_output=True, text=True, timeout=60,
+                           preexec_fn=_drop_dac_capabilities if os.geteuid() == 0 else None)
+    finally:
+        repo.chmod(0o755)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "is not writable" in r.stderr, r.stderr
+    assert _envs(repo) == []
