@@ -170,7 +170,7 @@ _venv_dir() {  # prints the folder of the environment for the chosen Python, set
 
 quant_use_python() {  # in the calling shell: sets QUANT_PY and holds its environment until the command it execs ends
   if [ -n "${QUANT_PYTHON:-}" ]; then QUANT_PY="$QUANT_PYTHON"; return 0; fi
-  local dir try want
+  local dir try
   for try in 1 2 3; do
     dir="$(_venv_dir)" || return $?
     { exec 8<"$dir/$_INUSE"; } 2>/dev/null || continue  # removed meanwhile: look again
