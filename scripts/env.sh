@@ -96,7 +96,8 @@ _switch() {  # $1 key: .venv -> .venv-<key> with one rename; a .venv folder of t
       exec 7>&-
       return 0
     fi
-    rm -rf "$link" || return 0
+    # its stamp goes last: a set-up interrupted meanwhile leaves a folder the next one still knows as ours
+    find "$link" -mindepth 1 -maxdepth 1 ! -name "$_STAMP" -exec rm -rf {} + && rm -rf "$link" || return 0
     exec 7>&-
   fi
   [ "$(readlink "$link" 2>/dev/null)" = ".venv-$1" ] && return 0
@@ -114,7 +115,8 @@ _collect() {  # $1 the current key: remove the other environments no command hol
       flock -n -x 7 || exit 0                       # a command runs from it
       _venv_mapped_by_others "$d" >/dev/null && exit 0  # a process started by hand uses it
       rm -f "$d/$_STAMP"                            # no longer ready: a command that locks it meanwhile looks again
-      rm -rf "$d"
+      # the marker goes last: a removal interrupted meanwhile leaves a folder the next one still knows as ours
+      find "$d" -mindepth 1 -maxdepth 1 ! -name "$_INUSE" -exec rm -rf {} + && rm -rf "$d"
     ) 2>/dev/null
   done
 }
