@@ -280,7 +280,11 @@ class _Fit:
             with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose), \
                     _inc_time_limit(self._expire):
                 return fit(copy.deepcopy(fp32), self.conf, calib_dataloader=self.calib_loader, eval_func=eval_func)
-        except (KeyboardInterrupt, Interrupted, QuantError):
+        except KeyboardInterrupt:
+            if self.expired and not self.stopped:  # the timeout's, raised where fit() does not catch it (its finally)
+                return None
+            raise
+        except (Interrupted, QuantError):
             raise
         except OSError as e:  # INC writing its workspace (the disk full)
             raise self.workspace_error(e) from None

@@ -116,3 +116,23 @@ def test_a_temporary_folder_that_cannot_hold_the_workspace_is_named(monkeypatch,
     with pytest.raises(OSError) as e:
         inc.tune(mnist12_like(), SPEC, None, lambda b: 0.5, log=lambda m: None)
     assert e.value.filename == str(tmp_path / "missing") and "making neural-compressor's temporary workspace" in e.value.strerror
+
+
+def test_incs_time_limit_raises_in_the_main_thread_without_a_signal_and_never_after_its_block():
+    import signal
+    import time
+
+    expired = []
+    with pytest.raises(KeyboardInterrupt):
+        with inc._time_limit(0.2, lambda: expired.append(True)):
+            for _ in range(200):
+                time.sleep(0.01)
+    assert expired == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # no handler involved
+    with inc._time_limit(0.2, lambda: expired.append(False)):
+        pass
+    time.sleep(0.4)  # the timer was cancelled with its block: nothing is raised now
+    assert expired == [True]
+    with inc._time_limit(0, lambda: expired.append(None)):  # 0: no limit (INC's meaning)
+        time.sleep(0.01)
+    assert expired == [True]
