@@ -11,6 +11,11 @@ are excluded from the tuning space (INC adds bf16 when ``CpuInfo().bf16`` or ``$
 
 INC 3.7.1 runs inside :func:`quant.quantize.inc_compat.inc_compat`, which supplies what it needs from older
 onnx and setuptools.
+
+Stop signals and time bounds reach INC's own work too: while its loop runs, every
+``onnxruntime.InferenceSession.run`` that passes no RunOptions (its calibration sessions) runs with the
+toolkit's shared ones (:func:`stoppable_runs`), and its ``tuning.timeout`` is raised without a signal
+(:func:`_time_limit`). A system error writing its workspace is exit 5 naming the folder (:meth:`_Fit.workspace_error`).
 """
 
 from __future__ import annotations
