@@ -28,7 +28,7 @@ def _early(signum, frame):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: S110 (a closed pipe: nothing more to say)
+            except (OSError, ValueError, RuntimeError):  # a closed pipe or file, a flush in progress
                 pass
         os._exit(_result[0])
     cli = sys.modules.get("quant.cli")

@@ -77,7 +77,7 @@ def test_a_run_of_inc_outlasting_the_time_bound_ends_in_exit_4_naming_the_model(
         try:
             sess = ort.InferenceSession(slow.SerializeToString(), providers=["CPUExecutionProvider"])
             sess.run(None, {"X": X})
-        except Exception:
+        except Exception:  # noqa: BLE001 (as INC's loop does)
             traceback.print_exc()
 
     _fake_fit(monkeypatch, body)
@@ -123,10 +123,9 @@ def test_incs_time_limit_raises_in_the_main_thread_without_a_signal_and_never_af
     import time
 
     expired = []
-    with pytest.raises(KeyboardInterrupt):
-        with inc._time_limit(0.2, lambda: expired.append(True)):
-            for _ in range(200):
-                time.sleep(0.01)
+    with pytest.raises(KeyboardInterrupt), inc._time_limit(0.2, lambda: expired.append(True)):
+        for _ in range(200):
+            time.sleep(0.01)
     assert expired == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # no handler involved
     with inc._time_limit(0.2, lambda: expired.append(False)):
