@@ -5,6 +5,6 @@
 #       [--max_accuracy_drop=FRACTION] [--report=PATH] [--data_dir=DIR]
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
-quant_hold_venv
-py="$(quant_python)" || exit $?
+quant_use_python || exit $?  # holds its environment until the command below ends
+py="$QUANT_PY"
 exec "$py" -m quant benchmark "$@"

@@ -3,6 +3,6 @@
 #   bash run_tuning.sh --input_model=mnist-12.onnx --config=mnist.yaml --output_model=mnist-12-int8.onnx [--data_dir=DIR] [--report=PATH]
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
-quant_hold_venv
-py="$(quant_python)" || exit $?
+quant_use_python || exit $?  # holds its environment until the command below ends
+py="$QUANT_PY"
 exec "$py" -m quant tune "$@"

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Callable
 
@@ -32,6 +33,7 @@ from quant.errors import (
     EXIT_SYSTEM,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
+    STOP_SIGNALS,
     AccuracyError,
     Interrupted,
     QuantError,
@@ -460,9 +462,18 @@ def cmd_config(args) -> int:
 
 # ------------------------------------------------------------------------------ entry point
 _received: list[int] = []  # stop signals seen by main()'s handlers, for errors a library made of them
+main_started = False  # main() has installed its handlers (python -m quant's start-up handlers then stand aside)
+
+
+_finished = False  # main() has its result: a stop signal arriving now changes nothing
 
 
 def _raise_interrupted(signum, frame):
+    """A stop signal ends the run once: a repeated one (a second Ctrl-C, SIGTERM after SIGINT) while the first is
+    being handled changes nothing, so cleanup and the closing line are never cut short (the watcher ends a run
+    that has not ended 2 s after the first: quant.stop)."""
+    if _received or _finished:
+        return
     _received.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
@@ -488,14 +499,22 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed terminal) end the run like Ctrl-C's
     # KeyboardInterrupt: cleanup runs, one line, exit 128 + signal. Installed first, so a signal during start-up
     # ends the same way; the watcher also stops onnxruntime's native runs at once (quant.stop)
+    global main_started, _finished
+    blocked = _block_stop_signals()  # until the handlers, the watcher and the try below are all in place
     del _received[:]
+    _finished = False
     previous = handle_signals(_raise_interrupted)
+    unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
+    main_started = True  # python -m quant's start-up handlers stand aside from now on (quant.__main__)
     wakeup = stop.watch_signals()
     commits = files.commits()
     try:
         try:
-            return _dispatch(argv, commits)
-        except KeyboardInterrupt:  # a second signal while the first one's line was being printed
+            _unblock(blocked)  # a signal that came meanwhile is acted on here, inside the try
+            code = _dispatch(argv, commits)
+            _finished = True  # the run has said its last word: a later signal changes nothing
+            return code
+        except KeyboardInterrupt:  # a signal between the end of _dispatch and the line above
             handle_signals(_ignore_late)
             line, code = _stopped(signal.SIGINT, files.commits() > commits)
         except Interrupted as e:
@@ -504,9 +523,33 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
         return code
     finally:
+        _finished = True
         handle_signals(_ignore_late)
         stop.unwatch_signals(wakeup)
         restore_signals(previous)
+        sys.unraisablehook = unraisable
+        _unblock(blocked)
+
+
+def _unraisable(info) -> None:
+    """A stop signal's exception raised where Python cannot pass it on (a weakref callback, ``__del__``: Python
+    prints "Exception ignored in ..." and a traceback) is not printed: the watcher has the signal and ends the run
+    (quant.stop). Anything else is printed as Python would."""
+    if isinstance(info.exc_value, (KeyboardInterrupt, Interrupted)):
+        return
+    sys.__unraisablehook__(info)
+
+
+def _block_stop_signals():
+    """Block the stop signals in the main thread (they stay pending); the previous mask, or None elsewhere."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _unblock(blocked) -> None:
+    if blocked is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _dispatch(argv: list[str] | None, commits: int) -> int:

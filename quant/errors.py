@@ -125,11 +125,13 @@ def suggest(value: str, options) -> str | None:
 
 
 def handle_signals(handler, signals=STOP_SIGNALS) -> dict:
-    """Install ``handler`` for ``signals``; returns the previous handlers for :func:`restore_signals`. Python
-    sets handlers from the main thread only: elsewhere nothing changes and ``{}`` is returned."""
+    """Install ``handler`` for ``signals``; returns the previous handlers for :func:`restore_signals`. A signal the
+    process ignores (``nohup`` ignores SIGHUP; a script's background job, SIGINT) stays ignored: the user asked
+    the command to survive it. Python sets handlers from the main thread only: elsewhere nothing changes and
+    ``{}`` is returned."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {s: signal.signal(s, handler) for s in signals}
+    return {s: signal.signal(s, handler) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 def restore_signals(previous: dict) -> None:

@@ -11,8 +11,10 @@ sets its ``terminate`` flag, which onnxruntime checks between nodes (inside Loop
 - one inference runs longer than ``evaluation.timeout_seconds`` (:func:`configure`): the run ends with
   :class:`RunTimeout` (exit 4) naming the model.
 
-Native code that no RunOptions reaches (a session being created, neural-compressor's own calibration
-sessions) cannot be interrupted; if the command has not ended FORCED_EXIT_SECONDS after a stop signal,
+neural-compressor makes sessions of its own (calibration); while its loop runs, :mod:`quant.quantize.inc` routes
+every ``InferenceSession.run`` that passes no RunOptions through :func:`bounded_run`, so those runs are stopped and
+time-bounded alike. Native code that no RunOptions reaches (a session being created, a graph being optimized)
+cannot be interrupted; if the command has not ended FORCED_EXIT_SECONDS after a stop signal,
 the watcher removes the run's temporaries (:func:`track`), prints the closing line and ends the process
 with 128 + signal. A commit in progress is let finish first.
 """
@@ -20,6 +22,8 @@ with 128 + signal. A commit in progress is let finish first.
 from __future__ import annotations
 
 import os
+import select
+import shutil
 import signal
 import threading
 import time
@@ -79,8 +83,6 @@ class committing:
 
 
 def _force_exit(signum: int) -> None:
-    import shutil
-
     for p in list(_state.temporaries):
         if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p, ignore_errors=True)
@@ -134,8 +136,9 @@ def _terminate() -> None:
 
 
 def _watch() -> None:
-    import select
-
+    """The watcher thread. It never imports anything: a stop signal's KeyboardInterrupt raised inside importlib's
+    own code (a module lock's callback) can leave the import lock held by the main thread for good, and an import
+    here would then wait forever instead of ending the run."""
     while True:
         pipe = _state.pipe
         if pipe is not None:
@@ -219,22 +222,48 @@ def session(*args, name: str = "model", **kwargs):
             quant_name = "model"
 
             def run(self, output_names, input_feed, run_options=None):
-                state = _state
-                options = run_options or state.options or _options()
-                state.started = time.monotonic()
-                try:
-                    return ort.InferenceSession.run(self, output_names, input_feed, options)
-                except Exception:
-                    _stopped_or_timed_out(self.quant_name)
-                    raise
-                finally:
-                    state.started = None
+                return bounded_run(ort.InferenceSession.run, self, output_names, input_feed, run_options, self.quant_name)
 
         _session_class = Session
     _ensure_thread()
     s = _session_class(*args, **kwargs)
     s.quant_name = name
     return s
+
+
+def bounded_run(run, sess, output_names, input_feed, run_options=None, name: str = "model"):
+    """``run(sess, output_names, input_feed, options)`` (onnxruntime's own ``InferenceSession.run``) with the shared
+    RunOptions (unless ``run_options`` are given) and the started-clock the watcher compares with the time bound;
+    a run the watcher ended raises what ended it (KeyboardInterrupt / :class:`Interrupted`, :class:`RunTimeout`)."""
+    state = _state
+    options = run_options or state.options or _options()
+    state.started = time.monotonic()
+    try:
+        return run(sess, output_names, input_feed, options)
+    except Exception:
+        _stopped_or_timed_out(name)
+        raise
+    finally:
+        state.started = None
+
+
+def end_run() -> None:
+    """End the inference running now (from another thread: neural-compressor's tuning.timeout), as a stop signal
+    would, without recording a stop: later runs get a fresh RunOptions. Its error is :func:`ended_by_end_run`."""
+    with _state.lock:
+        if _state.options is not None and _state.started is not None:
+            _state.options.terminate = True
+            _state.options = None
+
+
+def ended_by_end_run(e: BaseException) -> bool:
+    """``e`` is onnxruntime's error for a run that :func:`end_run` ended."""
+    return "terminate flag" in str(e)
+
+
+def ensure_watcher() -> None:
+    """Start the watcher thread if it is not running (sessions made by :func:`session` start it themselves)."""
+    _ensure_thread()
 
 
 def _stopped_or_timed_out(name: str) -> None:

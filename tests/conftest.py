@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The commands honour a stop signal they were started with ignored (nohup: SIGHUP; a script's background job:
+# SIGINT). A test run started that way would hand it on to every command a test stops: the tests start theirs
+# with the default dispositions.
+for _s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_s) is signal.SIG_IGN:
+        signal.signal(_s, signal.default_int_handler if _s == signal.SIGINT else signal.SIG_DFL)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quant import config  # noqa: E402

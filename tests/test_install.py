@@ -58,7 +58,7 @@ def test_a_failed_setup_leaves_no_venv(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
     assert "setting up" in r.stderr and "removed it, so the next run starts clean" in r.stderr
-    assert not (repo / ".venv").exists()
+    assert not (repo / ".venv").exists() and not list(repo.glob(".venv-*")) and not list(repo.glob(".venv.link.*"))
 
 
 @pytest.mark.realdata

@@ -101,3 +101,61 @@ def test_random_signals_and_hostile_model_text_never_exit_1_or_leave_files(world
     written = rc in (0, 3) or "after the outputs were written" in err
     if not written:
         assert list(out.iterdir()) == [], (args, rc, err[-500:])
+
+
+@pytest.fixture(scope="module")
+def slow_world(tmp_path_factory):
+    """A model whose fp32 baseline runs at once and whose neural-compressor calibration never ends (a Loop that
+    turns on for the dim train split, test_stop_signals.slow_on_dim_images), and that MNIST folder."""
+    from test_stop_signals import slow_on_dim_images
+
+    root = tmp_path_factory.mktemp("signal-fuzz-tune")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    data = write_mnist(inputs / "mnist", n_train=60, n_test=60, train_brightness=200)
+    return root, inputs, data, synth_config(inputs), slow_on_dim_images()
+
+
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(producer=HOSTILE, sig=st.sampled_from(STOPS), delay=st.floats(0.0, 7.0), twice=st.booleans())
+def test_random_signals_during_tune_start_up_and_calibration_never_exit_1_or_leave_files(slow_world, producer, sig, delay, twice):
+    """tune, stopped at a random moment from start-up (Python importing) through neural-compressor's import and the
+    fp32 baseline into INC's calibration (which never ends on its own): one closing line and 128 + n, nothing of
+    the user's changed, no INC workspace, staging file or output left."""
+    root, inputs, data, cfg, model = slow_world
+    case = root / f"case{time.monotonic_ns()}"
+    out, tmp, home = case / "out", case / "tmp", case / "home"
+    for d in (out, tmp, home):
+        d.mkdir(parents=True)
+    model.producer_name = producer
+    m = save(model, case / "m.onnx")
+    before = _digest(inputs) | _digest(case)
+    env = dict(os.environ, TMPDIR=str(tmp), HOME=str(home), PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "quant", "tune", f"--input_model={m}", f"--output_model={out / 'q.onnx'}", f"--config={cfg}",
+                          f"--data_dir={data}"], cwd=case, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(delay)
+    t0 = time.monotonic()
+    for _ in range(2 if twice else 1):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.03)
+    _, stderr = p.communicate(timeout=120)
+    took = time.monotonic() - t0
+    err = stderr.decode("utf-8", "replace")
+    case_info = (sig.name, round(delay, 3), twice, p.returncode, err[-2000:])
+    # the interpreter's own start-up, before any code of ours ran: the signal's default action, or Python's own
+    # KeyboardInterrupt traceback (SIGINT) with no frame of the toolkit but the package's __init__
+    early = (p.returncode == -sig and err == "") or (sig == signal.SIGINT and p.returncode in (1, -sig) and err.rstrip().endswith(
+        "KeyboardInterrupt") and "quant/" not in err.replace("quant/__init__.py", ""))
+    assert p.returncode == 128 + sig or early, case_info
+    if not early:
+        said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
+        assert err.strip().splitlines()[-1] == said and "Traceback" not in err and took < 4, case_info
+        for line in err.splitlines():
+            assert not line.startswith(("PASS all", "error: forged")) and "\x1b" not in line and "\u202e" not in line, case_info
+    after = _digest(inputs) | _digest(case)
+    assert {k: after.get(k) for k in before} == before
+    assert list(tmp.iterdir()) == [] and list(home.iterdir()) == [] and list(out.iterdir()) == [], case_info
+    assert [x.name for x in case.rglob(".*")] == [], case_info

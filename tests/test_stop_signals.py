@@ -154,3 +154,164 @@ def test_threads_the_address_space_cannot_hold_are_refused_not_a_deadlock(tmp_pa
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --threads 256: the address-space limit (ulimit -v") and "use fewer threads" in last, r.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def _handles(pid: int, sig: int) -> bool:
+    """The process has a handler of its own for ``sig`` (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def test_a_stop_signal_at_any_moment_of_start_up_ends_in_one_line_and_128_plus_n(tmp_path, synth_dir):
+    """Before cli.main() installed its handlers, SIGTERM ended the process silently (143 by the signal) and SIGINT
+    with a KeyboardInterrupt traceback. python -m quant sets handlers before it imports anything: once its code
+    runs (SigCgt shows SIGTERM caught when the signal is sent), any stop signal ends in the one closing line and
+    128 + n. Before that, in the interpreter's own start-up, Python's defaults apply (SIGTERM/SIGHUP end it
+    silently; SIGINT is Python's own KeyboardInterrupt traceback while it imports its site module, runpy or the
+    package, exit 1 or killed by the signal)."""
+    import random
+
+    (tmp_path / "out").mkdir()
+    rng = random.Random(7)
+    runs = {"benchmark": _benchmark_loop(tmp_path, synth_dir), "config": ["-m", "quant", "config"]}
+    seen = set()
+    for i in range(36):
+        cmd = "config" if i % 3 == 2 else "benchmark"
+        sig = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)[i % 3]
+        delay, wait_for_handlers = rng.uniform(0, 0.3), i % 2 == 0
+        p = _start(runs[cmd], tmp_path)
+        if wait_for_handlers:
+            t0 = time.monotonic()
+            while not _handles(p.pid, signal.SIGTERM) and p.poll() is None and time.monotonic() - t0 < 30:
+                time.sleep(0.0005)
+        time.sleep(delay)
+        ours = _handles(p.pid, signal.SIGTERM)  # our handlers were in place when the signal was sent
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
+        case = (cmd, sig.name, round(delay, 3), ours, p.returncode, err[-1500:])
+        said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
+        if p.returncode == 0:
+            assert cmd == "config" and err == "", case  # finished before the signal came
+        elif ours:  # also after the run (config printed): a late signal is ignored, or said as a stop
+            assert p.returncode == 128 + sig and err.splitlines() == [said], case
+        else:  # the interpreter's own start-up, before any code of ours ran
+            assert (p.returncode == 128 + sig and err.splitlines() == [said]) or (p.returncode == -sig and err == "") or (
+                sig == signal.SIGINT and p.returncode in (1, -sig) and err.rstrip().endswith("KeyboardInterrupt")), case
+        seen.add((p.returncode, ours))
+    assert {(130, True), (143, True), (129, True)} <= seen, seen
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def slow_on_dim_images(threshold: float = 0.9, trips: int = 10**12) -> onnx.ModelProto:
+    """mnist12_like behind a Loop that passes the input through: no trip when the batch's brightest pixel reaches
+    ``threshold`` (the test split, written at 255), ``trips`` when it is dimmer (a train split written at 200). The
+    fp32 baseline runs at once; neural-compressor's calibration, on train images, never ends."""
+    m = mnist12_like(batch="N")
+    g = m.graph
+    body = h.make_graph([h.make_node("Identity", ["c_in"], ["c_out"]), h.make_node("Identity", ["v_in"], ["v_out"])], "body",
+                        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c_in", T.BOOL, []),
+                         h.make_tensor_value_info("v_in", T.FLOAT, None)],
+                        [h.make_tensor_value_info("c_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, None)])
+    g.initializer.extend([nh.from_array(np.array(threshold, np.float32), "thr"), nh.from_array(np.array(trips, np.int64), "trips"),
+                          nh.from_array(np.array(True), "cond")])
+    for n in g.node:
+        n.input[:] = ["passed" if x == "Input3" else x for x in n.input]
+    pre = [h.make_node("ReduceMax", ["Input3"], ["mx"], keepdims=0, name="Max"), h.make_node("Less", ["mx", "thr"], ["dim"], name="Dim"),
+           h.make_node("Cast", ["dim"], ["dim64"], to=T.INT64, name="CastDim"), h.make_node("Mul", ["dim64", "trips"], ["n"], name="Trips"),
+           h.make_node("Loop", ["n", "cond", "Input3"], ["passed"], body=body, name="Wait")]
+    nodes = pre + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(m)
+    return m
+
+
+def _tune_slow_calibration(tmp_path, overrides=None):
+    from helpers import write_mnist
+
+    m = save(slow_on_dim_images(), tmp_path / "slow.onnx")
+    data = write_mnist(tmp_path / "mnist", train_brightness=200)
+    for d in ("out", "tmp", "home"):
+        (tmp_path / d).mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), HOME=str(tmp_path / "home"))
+    return _start(["-m", "quant", "tune", f"--input_model={m}", f"--output_model={tmp_path / 'out' / 'q.onnx'}",
+                   f"--config={synth_config(tmp_path, overrides)}", f"--data_dir={data}"], tmp_path, env=env)
+
+
+def _left_behind(tmp_path):
+    return [p for d in ("out", "tmp", "home") for p in (tmp_path / d).iterdir()] + list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_during_neural_compressors_calibration_ends_within_three_seconds(sig, tmp_path):
+    """INC's calibration runs in sessions of its own, which the shared RunOptions did not reach: a signal there
+    ended the run only by the forced exit, and its runs had no time bound. While INC runs, its runs use them."""
+    p = _tune_slow_calibration(tmp_path)
+    for line in p.stderr:
+        if line.startswith("[tune] fp32 baseline"):
+            break
+    time.sleep(1.5)  # INC is calibrating now: its session runs the Loop on the dim train images
+    assert p.poll() is None and [x.name[:16] for x in (tmp_path / "tmp").iterdir()] == ["mnist-quant-inc-"]
+    t0 = time.monotonic()
+    os.killpg(p.pid, sig)
+    _, rest = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
+    assert p.returncode == 128 + sig and rest.splitlines() == [said], (p.returncode, rest)
+    assert took < 3, took
+    assert _left_behind(tmp_path) == []
+
+
+def test_neural_compressors_own_inferences_have_the_time_bound(tmp_path):
+    p = _tune_slow_calibration(tmp_path, {"evaluation": {"timeout_seconds": 1}})
+    _, err = p.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert p.returncode == 4 and "Traceback" not in err, err
+    assert last.startswith(f"error: {tmp_path / 'slow.onnx'} (neural-compressor's calibration): one inference ran longer than "
+                           "evaluation.timeout_seconds (1 s)"), err
+    assert _left_behind(tmp_path) == []
+
+
+def test_a_stop_signal_the_command_was_started_with_ignored_stays_ignored(tmp_path, synth_dir):
+    """nohup ignores SIGHUP so that a run survives its terminal: the command's handlers used to take it over, and a
+    closed terminal ended a nohup'ed tune. A signal not ignored still stops it (here SIGTERM, after the SIGHUP)."""
+    (tmp_path / "out").mkdir()
+
+    def ignore_hup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    p = _start(_benchmark_loop(tmp_path, synth_dir), tmp_path, preexec_fn=ignore_hup)
+    time.sleep(4)  # inside the Loop that never ends
+    os.killpg(p.pid, signal.SIGHUP)
+    time.sleep(2.5)  # more than the forced exit's 2 s
+    assert p.poll() is None
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143 and err.strip().splitlines()[-1] == "interrupted by SIGTERM; no output written", err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_neural_compressors_timeout_ends_its_calibration_as_a_timeout_not_a_stop(tmp_path):
+    """INC delivered tuning.timeout as a simulated Ctrl-C (_thread.interrupt_main), which reached the stop watcher
+    like a real one, and could not end a calibration run stuck in native code. The timeout now ends that run and
+    INC's loop: exit 3 saying so, no "interrupted" line, nothing left."""
+    p = _tune_slow_calibration(tmp_path, {"tuning": {"timeout": 2}})
+    _, err = p.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert p.returncode == 3 and "Traceback" not in err and "interrupted" not in err, err
+    assert last.startswith("error: no int8 model met the relative 0.01 accuracy criterion after 0 trial(s)"), err
+    assert "; tuning.timeout (2 s) ended the search" in last, err
+    assert _left_behind(tmp_path) == []

@@ -11,6 +11,11 @@ are excluded from the tuning space (INC adds bf16 when ``CpuInfo().bf16`` or ``$
 
 INC 3.7.1 runs inside :func:`quant.quantize.inc_compat.inc_compat`, which supplies what it needs from older
 onnx and setuptools.
+
+Stop signals and time bounds reach INC's own work too: while its loop runs, every
+``onnxruntime.InferenceSession.run`` that passes no RunOptions (its calibration sessions) runs with the
+toolkit's shared ones (:func:`stoppable_runs`), and its ``tuning.timeout`` is raised without a signal
+(:func:`_time_limit`). A system error writing its workspace is exit 5 naming the folder (:meth:`_Fit.workspace_error`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -131,13 +137,14 @@ def _op_dicts(spec: IncSpec) -> tuple[dict | None, dict | None]:
 
 
 def tune(fp32: onnx.ModelProto, spec: IncSpec, calib_loader, eval_fn: Callable[[bytes], float], verbose: bool = False,
-         log: Callable[[str], None] = print) -> TuneResult:
+         log: Callable[[str], None] = print, name: str = "model") -> TuneResult:
     """Run INC's accuracy-aware tuning loop as ``spec`` says; ``eval_fn`` maps serialized model bytes to top-1.
+    ``name`` names the model when one of INC's own inferences outlasts ``evaluation.timeout_seconds``.
 
     Raises AccuracyError (exit 3) when no configuration meets ``spec``'s accuracy criterion.
     """
     with inc_compat():
-        return _tune(fp32, spec, calib_loader, eval_fn, verbose, log)
+        return _tune(fp32, spec, calib_loader, eval_fn, verbose, log, name)
 
 
 class _INCLogFilter(logging.Filter):
@@ -159,41 +166,64 @@ class _INCLogFilter(logging.Filter):
 _INC_FILTER = _INCLogFilter()
 
 
-def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResult:
+def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log, name="model") -> TuneResult:
+    """INC's loop in its steps: quiet its logging, build its config, run fit() (stoppable, time-bounded, in a
+    private workspace), then turn what it returned or swallowed into a model or one error."""
+    _quiet_inc_logging(verbose)
+    from neural_compressor import __version__ as version
+
+    record = _Record(spec, eval_fn, log)
+    run = _Fit(spec, _inc_config(spec), calib_loader, name)
+    q = run.fit(fp32, record.eval_func, verbose)
+    if run.stopped:
+        raise KeyboardInterrupt if run.stopped[0] == signal.SIGINT else Interrupted(run.stopped[0])
+    return _outcome(q, record, run, version)
+
+
+def _quiet_inc_logging(verbose: bool) -> None:
     inc_logger = logging.getLogger("neural_compressor")
     _INC_FILTER.level = logging.INFO if verbose else logging.ERROR
     if _INC_FILTER not in inc_logger.filters:
         inc_logger.addFilter(_INC_FILTER)
-    from neural_compressor import __version__ as version
-    from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion, options
-    from neural_compressor.quantization import fit
+    import neural_compressor  # noqa: F401 (imported after the filter: INC logs at import time)
 
     inc_logger.setLevel(logging.INFO if verbose else logging.ERROR)
-    kind, tol = spec.criterion
-    trials: list[Trial] = []
-    failures: list[Exception] = []  # INC catches an eval_func exception and ends its loop with no model: kept to say why
-    swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
 
-    def eval_func(model) -> float:
+
+class _Record:
+    """The trials INC evaluates (through :meth:`eval_func`) and the evaluations that failed."""
+
+    def __init__(self, spec: IncSpec, eval_fn, log):
+        self.spec, self.eval_fn, self.log = spec, eval_fn, log
+        self.trials: list[Trial] = []
+        self.failures: list[Exception] = []  # INC catches an eval_func exception and ends its loop with no model: kept to say why
+
+    def eval_func(self, model) -> float:
         proto = _sorted(model if isinstance(model, onnx.ModelProto) else getattr(model, "model", model))
         proto, _ = controlflow.mend(proto)  # a copy onnxruntime can load (the written model is mended by finalize)
         t0 = time.perf_counter()
         try:
-            acc = eval_fn(proto.SerializeToString())
+            acc = self.eval_fn(proto.SerializeToString())
         except Exception as e:
-            failures.append(e)
+            self.failures.append(e)
             raise
+        trials = self.trials
         trials.append(Trial(len(trials), acc, time.perf_counter() - t0, *layer_precisions(proto)))
         if len(trials) == 1:
-            log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
+            self.log(f"[tune] fp32 baseline: top-1 {acc:.2%}")
         else:
-            base = trials[0].accuracy
-            ok = "meets" if Criterion.of(spec.criterion).meets(base, acc) else "misses"
-            log(f"[tune] trial {len(trials) - 1}: int8 top-1 {acc:.2%} (drop {base - acc:+.2%}; {ok} the {kind} {tol:g} criterion)")
+            base, (kind, tol) = trials[0].accuracy, self.spec.criterion
+            ok = "meets" if Criterion.of(self.spec.criterion).meets(base, acc) else "misses"
+            self.log(f"[tune] trial {len(trials) - 1}: int8 top-1 {acc:.2%} (drop {base - acc:+.2%}; {ok} the {kind} {tol:g} criterion)")
         return acc
 
+
+def _inc_config(spec: IncSpec):
+    from neural_compressor.config import AccuracyCriterion, PostTrainingQuantConfig, TuningCriterion
+
+    kind, tol = spec.criterion
     op_type_dict, op_name_dict = _op_dicts(spec)
-    conf = PostTrainingQuantConfig(
+    return PostTrainingQuantConfig(
         approach="static",
         device="cpu",
         backend="default",
@@ -207,42 +237,142 @@ def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResul
         tuning_criterion=TuningCriterion(strategy=spec.strategy, timeout=spec.timeout,
                                          max_trials=spec.max_trials, objective="accuracy"),
     )
-    workspace = tempfile.mkdtemp(prefix="mnist-quant-inc-")
-    stop.track(workspace)  # removed also when a stop signal has to end the process from the watcher
-    saved = (options.workspace, options.resume_from, options.random_seed)
-    options.workspace, options.resume_from, options.random_seed = workspace, None, spec.random_seed
-    # INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
-    # Interrupted) and reports "no model met the goal". So a stop signal is remembered here, turned into the
-    # KeyboardInterrupt that ends INC's loop soonest, and raised again once fit() is back: exit 130/143/129,
-    # not 3. INC's own timeout also arrives as a SIGINT (time_limit -> _thread.interrupt_main) and stays a timeout.
-    stopped: list[int] = []
-    started = time.monotonic()
 
-    def on_stop(signum, frame):
-        inc_timeout = signum == signal.SIGINT and spec.timeout and time.monotonic() - started >= spec.timeout
-        if not inc_timeout:
-            stopped.append(signum)
-            logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
+
+class _Fit:
+    """One call of INC's fit() in a private workspace, its stop signals remembered and its own inferences stoppable.
+
+    INC's fit() returns from a ``finally`` block, which swallows every exception (KeyboardInterrupt, SIGTERM's
+    Interrupted) and reports "no model met the goal". So a stop signal is remembered here (:attr:`stopped`),
+    turned into the KeyboardInterrupt that ends INC's loop soonest, and raised again by _tune once fit() is back:
+    exit 130/143/129, not 3.
+
+    INC's own ``tuning.timeout`` (its ``time_limit``) is replaced while fit() runs by :func:`_time_limit`, which
+    raises the same KeyboardInterrupt in the main thread without a signal: INC's simulated SIGINT
+    (``_thread.interrupt_main``) reached the stop watcher's wakeup pipe like a real Ctrl-C (the run's inferences
+    terminated, and a forced exit as "interrupted" if the run took 2 s more), and it could not end one of INC's
+    runs stuck in native code."""
+
+    def __init__(self, spec: IncSpec, conf, calib_loader, name: str):
+        self.spec, self.conf, self.calib_loader, self.name = spec, conf, calib_loader, name
+        self.stopped: list[int] = []
+        self.swallowed: list[BaseException] = []  # any exception fit() caught and printed (its own ones too)
+        self.timeouts: list[BaseException] = []  # INC's own inferences that outlasted evaluation.timeout_seconds
+        self.workspace = ""
+        self.expired = False  # INC's tuning.timeout ended its loop
+
+    def _on_stop(self, signum, frame):
+        if self.stopped:  # a repeated stop changes nothing
+            return
+        self.stopped.append(signum)
+        logging.getLogger("neural_compressor").setLevel(logging.CRITICAL)  # not INC's "no model met the goal"
         raise KeyboardInterrupt
 
-    previous = handle_signals(on_stop)
-    _INC_FILTER.run_failed = False
+    def _expire(self):
+        self.expired = True
+
+    def fit(self, fp32, eval_func, verbose: bool):
+        from neural_compressor.config import options
+        from neural_compressor.quantization import fit
+
+        self.workspace = _make_workspace()
+        stop.track(self.workspace)  # removed also when a stop signal has to end the process from the watcher
+        saved = (options.workspace, options.resume_from, options.random_seed)
+        options.workspace, options.resume_from, options.random_seed = self.workspace, None, self.spec.random_seed
+        previous = handle_signals(self._on_stop)
+        _INC_FILTER.run_failed = False
+        try:
+            with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose), \
+                    _inc_time_limit(self._expire):
+                return fit(copy.deepcopy(fp32), self.conf, calib_dataloader=self.calib_loader, eval_func=eval_func)
+        except KeyboardInterrupt:
+            if self.expired and not self.stopped:  # the timeout's, raised where fit() does not catch it (its finally)
+                return None
+            raise
+        except (Interrupted, QuantError):
+            raise
+        except OSError as e:  # INC writing its workspace (the disk full)
+            raise self.workspace_error(e) from None
+        except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
+            msg = first_line(e)
+            raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
+        finally:
+            restore_signals(previous)
+            options.workspace, options.resume_from, options.random_seed = saved
+            shutil.rmtree(self.workspace, ignore_errors=True)
+            stop.untrack(self.workspace)
+
+    def workspace_error(self, e: OSError) -> OSError:
+        """``e`` naming INC's workspace (or the file it names outside it) and what the system said: exit 5."""
+        where = e.filename if e.filename and not str(e.filename).startswith(self.workspace) else self.workspace
+        said = e.strerror or first_line(e)
+        return OSError(e.errno, f"{said} (neural-compressor's temporary workspace; $TMPDIR chooses where it is made)", where)
+
+
+@contextlib.contextmanager
+def _inc_time_limit(on_expiry: Callable[[], None]) -> Iterator[None]:
+    """INC's fit() looks up ``time_limit`` in its module: :func:`_time_limit` stands in for it meanwhile."""
+    import neural_compressor.quantization as q
+
+    saved = q.time_limit
+    q.time_limit = lambda seconds: _time_limit(seconds, on_expiry)
     try:
-        with _swallowed_exceptions(swallowed, print_them=verbose):
-            q = fit(copy.deepcopy(fp32), conf, calib_dataloader=calib_loader, eval_func=eval_func)
-    except (KeyboardInterrupt, Interrupted, QuantError):
-        raise
-    except Exception as e:  # INC raises assorted errors (AssertionError, ValueError, ...)
-        msg = first_line(e)
-        raise QuantError(f"neural-compressor failed during tuning: {type(e).__name__}: {msg}") from e
+        yield
     finally:
-        restore_signals(previous)
-        options.workspace, options.resume_from, options.random_seed = saved
-        shutil.rmtree(workspace, ignore_errors=True)
-        stop.untrack(workspace)
-    if stopped:
-        raise KeyboardInterrupt if stopped[0] == signal.SIGINT else Interrupted(stopped[0])
+        q.time_limit = saved
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, on_expiry: Callable[[], None]) -> Iterator[None]:
+    """INC's ``time_limit`` (0: none) without a signal: when the time is up, the run of the inference running now
+    is ended (:func:`quant.stop.end_run`) and a KeyboardInterrupt is raised in the main thread as an asynchronous
+    exception, which INC's loop takes as its timeout. Nothing is raised once the block is over."""
+    import ctypes
+
+    if not seconds:
+        yield
+        return
+    main = ctypes.c_ulong(threading.main_thread().ident)
+    lock, armed = threading.Lock(), [True]
+
+    def expire():
+        with lock:
+            if armed[0]:
+                on_expiry()
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(main, ctypes.py_object(KeyboardInterrupt))
+                stop.end_run()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            armed[0] = False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(main, None)  # one not raised yet is withdrawn
+
+
+def _make_workspace() -> str:
+    try:
+        return tempfile.mkdtemp(prefix="mnist-quant-inc-")
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror or first_line(e)} (making neural-compressor's temporary workspace there; set "
+                      "$TMPDIR to a writable folder with room)", tempfile.gettempdir()) from None
+
+
+def _outcome(q, record: _Record, run: _Fit, version: str) -> TuneResult:
+    """What fit() returned, or the one error that says why it returned nothing."""
+    trials, failures, swallowed = record.trials, record.failures, run.swallowed
+    if run.timeouts:  # one of INC's own inferences was stopped by the time bound
+        raise run.timeouts[0]
+    if any(isinstance(e, OSError) for e in swallowed) and not failures:  # INC could not write its workspace
+        raise run.workspace_error(next(e for e in swallowed if isinstance(e, OSError)))
+    if run.expired:  # tuning.timeout ended the run inside INC: its error is the timeout's, not a failure
+        swallowed, failures = [], [e for e in failures if not stop.ended_by_end_run(e)]
     if q is None:
+        kind, tol = record.spec.criterion
         if len(trials) <= 1 and (failures or swallowed):  # not an accuracy verdict: no int8 candidate was evaluated
             if not failures:  # INC itself failed (fit() caught and printed it)
                 e = swallowed[0]
@@ -254,6 +384,7 @@ def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResul
         base = trials[0].accuracy if trials else float("nan")
         best = max((t.accuracy for t in trials[1:]), default=float("nan"))
         failed = f"; {len(failures)} candidate(s) did not run: {first_line(failures[0])}" if failures else ""
+        failed += f"; tuning.timeout ({record.spec.timeout} s) ended the search" if run.expired else ""
         raise AccuracyError(
             f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
             f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}{failed}; no model written",
@@ -261,6 +392,46 @@ def _tune(fp32, spec: IncSpec, calib_loader, eval_fn, verbose, log) -> TuneResul
         )
     model = _sorted(q.model if hasattr(q, "model") else q)
     return TuneResult(model=model, trials=trials, inc_version=version)
+
+
+@contextlib.contextmanager
+def stoppable_runs(name: str, timeouts: list, quiet: bool = True) -> Iterator[None]:
+    """While INC runs: every ``onnxruntime.InferenceSession.run`` that passes no RunOptions (INC's calibration and
+    its other sessions) runs with the shared RunOptions and the time bound (:func:`quant.stop.bounded_run`), so a
+    stop signal ends it at once and ``evaluation.timeout_seconds`` bounds it. A run stopped by the bound is recorded
+    in ``timeouts`` (fit() swallows the error). The class's own ``run`` is put back afterwards, also on an error.
+
+    ``quiet`` (not --verbose): onnxruntime's default logger says only fatal errors meanwhile, as the toolkit's own
+    sessions do (``log_severity_level = 4``): INC's sessions would print "Exiting due to terminate flag being set to
+    true" beside the closing line of a stop. onnxruntime has no getter; its default (2, warnings) is put back."""
+    import onnxruntime as ort
+
+    cls = ort.InferenceSession
+    own = cls.__dict__.get("run")  # None: inherited from onnxruntime's Session base class
+    original = cls.run
+
+    def run(self, output_names, input_feed, run_options=None):
+        if run_options is not None:  # the toolkit's own sessions (quant.stop.Session) pass theirs
+            return original(self, output_names, input_feed, run_options)
+        try:
+            return stop.bounded_run(original, self, output_names, input_feed, None, f"{name} (neural-compressor's calibration)")
+        except stop.RunTimeout as e:
+            timeouts.append(e)
+            raise
+
+    stop.ensure_watcher()
+    cls.run = run
+    if quiet:
+        ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        if own is None:
+            del cls.run
+        else:
+            cls.run = own
+        if quiet:
+            ort.set_default_logger_severity(2)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ program runs):
 - :func:`onnxruntime_graph`, a session made only to read back the graph onnxruntime executes.
 
 Before onnxruntime loads a model, :func:`refuse_aborting` stops a model whose loading would end the
-process and :func:`check_threads` a thread count the process cannot serve.
+process and :func:`quant.runtime.threads.check_threads` a thread count the process cannot serve.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import onnxruntime as ort
 
 from quant import stop
-from quant.errors import ModelError, UsageError, first_line
+from quant.errors import ModelError, first_line
 from quant.graph import controlflow
+from quant.runtime.threads import check_threads
 
 GRAPH_OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -66,42 +67,6 @@ class Options:
 
 
 # ------------------------------------------------------------------------ checks before a load
-_SESSION_HEADROOM = 256 << 20  # address space a session needs besides its threads' stacks
-
-
-def _address_space_used() -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_threads(threads: int) -> None:
-    """Refuse (exit 2) a thread count the process cannot serve: each of onnxruntime's pool threads reserves a
-    stack (RLIMIT_STACK, 8 MiB by default) of address space, and when it cannot create them under an
-    address-space limit (``ulimit -v``) it waits forever instead of failing (--threads 256 under 4 GB hung
-    with 340 threads and ignored SIGTERM). Checked before every session with more than one thread."""
-    if threads <= 1:
-        return
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    used = _address_space_used()
-    if limit == resource.RLIM_INFINITY or used is None:
-        return
-    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    stack = 8 << 20 if stack == resource.RLIM_INFINITY or stack <= 0 else stack
-    room = limit - used - _SESSION_HEADROOM
-    if (threads - 1) * stack > room:
-        fits = max(1, room // stack + 1)
-        raise UsageError(f"--threads {threads}: the address-space limit (ulimit -v, {limit >> 20:,} MiB, {used >> 20:,} MiB in use) "
-                         f"leaves room for about {fits} thread(s) of {stack >> 20} MiB stack in this session; use fewer threads "
-                         "or raise the limit")
-
-
 # the child imports nothing of ours (a fresh interpreter importing quant would cost more than the load); its
 # options are Options(opt_level=...).session_options() spelled out
 _LOAD_IN_CHILD = ("import sys, onnxruntime as o\n"

@@ -311,7 +311,7 @@ def _quantize_one(run: _Run, graph: _Graph, keep: set[str], verbose: bool, log) 
             candidate = models.serialize(finish(proto)[0])
         return graph.evaluator(candidate, f"{fp32_path} (int8)")
 
-    result = inc.tune(model, spec, graph.loader, accuracy, verbose=verbose, log=log)
+    result = inc.tune(model, spec, graph.loader, accuracy, verbose=verbose, log=log, name=fp32_path)
     finished, notes = finish(result.model)
     return _Quantized(result, finished, steps, notes)
 
