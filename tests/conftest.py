@@ -33,6 +33,11 @@ RUNS_INC = re.compile(r"""["']tune["']|run_tuning\.sh|tune_model\(|\b_tune\(|\b_
 RUNS_CLI = re.compile(r"run_cli\(|subprocess\.|_command\(|@given|\bscript=")
 
 
+# test files of a minute or more on 2 cores, longest first (the documentation runs every README and docs command)
+LONGEST_FIRST = {name: i for i, name in enumerate(("test_readme.py", "test_classifiers.py", "test_install.py", "test_signal_fuzz.py",
+                                                    "test_hardening.py", "test_interface.py", "test_validate.py"))}
+
+
 def pytest_collection_modifyitems(config, items):
     """The tiers, marked here: ``realdata`` (reads the real MNIST files or zoo models), ``inc`` (runs
     neural-compressor's tuning loop) and ``cli`` (runs the command line in child processes). The fast tier,
@@ -49,6 +54,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.inc)
         if RUNS_CLI.search(source) or item.get_closest_marker("hypothesis") is not None:
             item.add_marker(pytest.mark.cli)
+    # the longest files first, so that with several workers (run_tests.sh) none of them starts last and runs alone
+    items.sort(key=lambda item: LONGEST_FIRST.get(item.path.name, len(LONGEST_FIRST)))
 
 
 def _need(reason: str):

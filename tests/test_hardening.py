@@ -13,11 +13,14 @@ import onnx
 import pytest
 from conftest import REPO, synth_config
 from helpers import idx_bytes, mnist12_like, qdq_before, read_in_if_body, save, with_external_data_outside
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from quant import config, data
 from quant.errors import ConfigError, DataError, QuantError
+
+# each example runs the command line (seconds): a failing one is reported as it is, not shrunk or traced
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 VALID = idx_bytes(np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28))
 
@@ -704,7 +707,7 @@ def _snapshot(folder):
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if not p.is_fifo()}
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], phases=NO_SHRINK)
 @given(st.data())
 def test_fuzz_the_command_line_never_exits_1_and_never_leaves_files(tmp_path_factory, data):
     """Random commands with random flags (a typo included), values (numbers out of range, non-finite) and

@@ -14,8 +14,11 @@ import onnx
 import pytest
 from conftest import synth_config
 from helpers import mnist12_like, save, write_mnist
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+# each example runs the command line (seconds): a failing one is reported as it is, not shrunk or traced
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 KEY = "mnist_quant.preprocessing"
 HOSTILE = st.one_of(
@@ -55,7 +58,7 @@ def _digest(folder):
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@settings(max_examples=24, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=24, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], phases=NO_SHRINK)
 @given(cmd=st.sampled_from(sorted(COMMANDS)), producer=HOSTILE, metadata=METADATA, node_name=st.one_of(st.none(), HOSTILE),
        stop=st.one_of(st.none(), st.tuples(st.sampled_from(STOPS), st.floats(0.0, 3.0), st.booleans())), use_config=st.booleans())
 def test_random_signals_and_hostile_model_text_never_exit_1_or_leave_files(world, cmd, producer, metadata, node_name, stop, use_config):
@@ -78,13 +81,7 @@ def test_random_signals_and_hostile_model_text_never_exit_1_or_leave_files(world
                          start_new_session=True)
     if stop is not None:
         sig, delay, twice = stop
-        time.sleep(delay)
-        for _ in range(2 if twice else 1):
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-            time.sleep(0.03)
+        _stop(p, sig, delay, twice)
     stdout, stderr = p.communicate(timeout=120)
     err = stderr.decode("utf-8", "replace")
     rc = p.returncode
@@ -103,6 +100,20 @@ def test_random_signals_and_hostile_model_text_never_exit_1_or_leave_files(world
         assert list(out.iterdir()) == [], (args, rc, err[-500:])
 
 
+def _stop(p: subprocess.Popen, sig: int, delay: float, twice: bool) -> float:
+    """After ``delay`` seconds, ``sig`` to the command's process group (twice: again 30 ms later); returns when the
+    first was sent (monotonic)."""
+    time.sleep(delay)
+    t0 = time.monotonic()
+    for _ in range(2 if twice else 1):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.03)
+    return t0
+
+
 @pytest.fixture(scope="module")
 def slow_world(tmp_path_factory):
     """A model whose fp32 baseline runs at once and whose neural-compressor calibration never ends (a Loop that
@@ -116,7 +127,7 @@ def slow_world(tmp_path_factory):
     return root, inputs, data, synth_config(inputs), slow_on_dim_images()
 
 
-@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], phases=NO_SHRINK)
 @given(producer=HOSTILE, sig=st.sampled_from(STOPS), delay=st.floats(0.0, 7.0), twice=st.booleans())
 def test_random_signals_during_tune_start_up_and_calibration_never_exit_1_or_leave_files(slow_world, producer, sig, delay, twice):
     """tune, stopped at a random moment from start-up (Python importing) through neural-compressor's import and the
@@ -133,14 +144,7 @@ def test_random_signals_during_tune_start_up_and_calibration_never_exit_1_or_lea
     env = dict(os.environ, TMPDIR=str(tmp), HOME=str(home), PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, "-m", "quant", "tune", f"--input_model={m}", f"--output_model={out / 'q.onnx'}", f"--config={cfg}",
                           f"--data_dir={data}"], cwd=case, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    time.sleep(delay)
-    t0 = time.monotonic()
-    for _ in range(2 if twice else 1):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.03)
+    t0 = _stop(p, sig, delay, twice)
     _, stderr = p.communicate(timeout=120)
     took = time.monotonic() - t0
     err = stderr.decode("utf-8", "replace")
@@ -152,7 +156,7 @@ def test_random_signals_during_tune_start_up_and_calibration_never_exit_1_or_lea
     assert p.returncode == 128 + sig or early, case_info
     if not early:
         said = "interrupted; no output written" if sig == signal.SIGINT else f"interrupted by {sig.name}; no output written"
-        assert err.strip().splitlines()[-1] == said and "Traceback" not in err and took < 4, case_info
+        assert err.strip().splitlines()[-1] == said and "Traceback" not in err and took < 8, case_info  # 2 s bound + a loaded machine
         for line in err.splitlines():
             assert not line.startswith(("PASS all", "error: forged")) and "\x1b" not in line and "\u202e" not in line, case_info
     after = _digest(inputs) | _digest(case)
