@@ -12,8 +12,11 @@ cd "$here"
 # the test files are spread over min(4, CPUs) workers (pytest-xdist; a file's tests stay on one worker, so
 # its fixtures are made once); QUANT_TEST_WORKERS=1, or -n / -p no:xdist among the arguments, runs them here
 workers="${QUANT_TEST_WORKERS:-$(n="$(nproc 2>/dev/null || echo 1)"; echo $(( n < 4 ? n : 4 )))}"
+for a in "$@"; do
+  case "$a" in -n|-n?*|--numprocesses|--numprocesses=*|no:xdist|-pno:xdist) workers=1 ;; esac
+done
 xdist=()
-if [ "$workers" -gt 1 ] && ! printf '%s\n' "$@" | grep -qE '^(-n|--numprocesses|no:xdist$)' && "$py" -c "import xdist" 2>/dev/null; then
+if [ "$workers" -gt 1 ] && "$py" -c "import xdist" 2>/dev/null; then
   xdist=(-n "$workers" --dist loadfile)
 fi
 exec "$py" -m pytest ${xdist[@]+"${xdist[@]}"} "$@"

@@ -10,8 +10,9 @@
 #   with one rename (mv -T: no moment without a .venv). Set-ups run one at a time (.venv.lock).
 #
 #   A command started by run_*.sh runs the folder's own bin/python (not the link) and holds a shared lock on
-#   its .mnist-quant-inuse file for its lifetime (quant_use_python): a set-up that switches .venv meanwhile
-#   never changes the files under a running command (a benchmark running from a rebuilt .venv died with
+#   its .mnist-quant-inuse file for its lifetime (quant_use_python); the link is not switched while any process
+#   has files of its current folder mapped (one started through the link, .venv/bin/python by hand, finds its
+#   modules through it): a set-up never changes the files under a running command (a benchmark running from a rebuilt .venv died with
 #   "No module named 'numpy.ma'"). An old folder is removed after a set-up or a later run, and only when no
 #   command holds it (an exclusive lock) and no process started otherwise (.venv/bin/python by hand) has files
 #   of it mapped. Only folders named .venv-<12 hex> holding our marker are ever removed.
@@ -100,7 +101,14 @@ _switch() {  # $1 key: .venv -> .venv-<key> with one rename; a .venv folder of t
     find "$link" -mindepth 1 -maxdepth 1 ! -name "$_STAMP" -exec rm -rf {} + && rm -rf "$link" || return 0
     exec 7>&-
   fi
-  [ "$(readlink "$link" 2>/dev/null)" = ".venv-$1" ] && return 0
+  local current
+  current="$(readlink "$link" 2>/dev/null)" || current=""
+  [ "$current" = ".venv-$1" ] && return 0
+  # a process started through the link (.venv/bin/python by hand) finds its modules through it: switched once it has ended
+  if [ -n "$current" ] && pid="$(_venv_mapped_by_others "$_repo/$current")"; then
+    echo "[setup] $link ($current) is in use (PID $pid); this command runs from .venv-$1, and .venv becomes a link to it on a run after that process has ended" >&2
+    return 0
+  fi
   rm -f "$_repo"/.venv.link.*  # a set-up killed (SIGKILL) between making its link and moving it
   ln -s ".venv-$1" "$tmp" && mv -T "$tmp" "$link"
 }

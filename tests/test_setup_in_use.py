@@ -119,9 +119,10 @@ def test_an_old_environment_a_process_has_mapped_is_kept_until_it_ends(tmp_path)
         _change_lock(repo)
         r = _run(repo, stub)
         assert r.returncode == 0 and (repo / old / "lib.so").exists() and len(_envs(repo)) == 2, r.stderr
+        assert _current(repo) == old and "is in use" in r.stderr  # the link it reads through is not switched under it
     finally:
         _stop(holder)
-    assert _run(repo, stub).returncode == 0 and old not in _envs(repo)
+    assert _run(repo, stub).returncode == 0 and old not in _envs(repo) and _current(repo) != old
 
 
 def test_concurrent_first_runs_build_once(tmp_path):

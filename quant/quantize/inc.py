@@ -281,13 +281,15 @@ class _Fit:
         options.workspace, options.resume_from, options.random_seed = self.workspace, None, self.spec.random_seed
         previous = handle_signals(self._on_stop)
         _INC_FILTER.run_failed = False
+        result = None
         try:
             with _swallowed_exceptions(self.swallowed, print_them=verbose), stoppable_runs(self.name, self.timeouts, not verbose), \
                     _inc_time_limit(self._expire):
-                return fit(copy.deepcopy(fp32), self.conf, calib_dataloader=self.calib_loader, eval_func=eval_func)
+                result = fit(copy.deepcopy(fp32), self.conf, calib_dataloader=self.calib_loader, eval_func=eval_func)
+            return result
         except KeyboardInterrupt:
-            if self.expired and not self.stopped:  # the timeout's, raised where fit() does not catch it (its finally)
-                return None
+            if self.expired and not self.stopped:  # the timeout's, raised where fit() does not catch it (its finally), or
+                return result  # after fit() returned: a model it found just before the time was up stands
             raise
         except (Interrupted, QuantError):
             raise
@@ -381,13 +383,15 @@ def _outcome(q, record: _Record, run: _Fit, version: str) -> TuneResult:
             if isinstance(e, ModelError):
                 raise ModelError(f"{e} (neural-compressor's int8 candidate; no model written)") from None
             raise QuantError(f"neural-compressor's int8 candidate could not be evaluated: {type(e).__name__}: {first_line(e)}")
-        base = trials[0].accuracy if trials else float("nan")
-        best = max((t.accuracy for t in trials[1:]), default=float("nan"))
+        base = trials[0].accuracy if trials else None
+        best = max((t.accuracy for t in trials[1:]), default=None)  # None: no int8 candidate was evaluated (JSON has no NaN)
         failed = f"; {len(failures)} candidate(s) did not run: {first_line(failures[0])}" if failures else ""
         failed += f"; tuning.timeout ({record.spec.timeout} s) ended the search" if run.expired else ""
+        best_text = "no int8 candidate was evaluated" if best is None else f"best int8 top-1 {best:.2%}"
+        base_text = "" if base is None else f" vs fp32 {base:.2%}"
         raise AccuracyError(
             f"no int8 model met the {kind} {tol:g} accuracy criterion after {max(len(trials) - 1, 0)} trial(s): "
-            f"best int8 top-1 {best:.2%} vs fp32 {base:.2%}{failed}; no model written",
+            f"{best_text}{base_text}{failed}; no model written",
             {"baseline_accuracy": base, "best_accuracy": best, "trials": len(trials) - 1, "per_trial": trials, "inc_version": version},
         )
     model = _sorted(q.model if hasattr(q, "model") else q)

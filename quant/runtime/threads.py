@@ -127,14 +127,11 @@ def _cgroup_dirs(proc: Path, sys_root: Path) -> list[Path]:
         else:
             continue
         rel = Path(path.lstrip("/"))
-        for root in roots:
-            if not root.is_dir():
-                continue
-            for level in [rel, *rel.parents]:
-                d = root / level
-                if (d / "pids.max").is_file() and d not in found:
-                    found.append(d)
-            break
+        for root in roots:  # the first root that holds the limit files for this cgroup
+            hits = [root / level for level in [rel, *rel.parents] if (root / level / "pids.max").is_file()]
+            if hits:
+                found.extend(d for d in hits if d not in found)
+                break
     return found
 
 

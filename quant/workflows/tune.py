@@ -441,14 +441,15 @@ def _failure_doc(run: _Run, graph: _Graph, e: AccuracyError, out: _Outputs, comm
     and every trial neural-compressor evaluated (``details`` of the error)."""
     cfg, details = run.cfg, e.details if isinstance(e.details, dict) else {}
     trials = list(details.get("per_trial") or [])
-    best = details.get("best_accuracy", float("nan"))
+    best = details.get("best_accuracy")
+    best = None if best is None or best != best else float(best)  # None: no int8 candidate was evaluated (JSON has no NaN)
     return {
         **report.envelope("tune", {"path": cfg.source, "sha256": cfg.sha256}, cfg.preprocessing_dict(), run.prov, run.inferred, command,
                           details.get("inc_version")),
         "model_name": cfg.model.name,
         "passed": False,
         "failure": e.message,
-        "accuracy_drop": run.fp32_acc - best,
+        "accuracy_drop": None if best is None else run.fp32_acc - best,
         "criterion": {"kind": cfg.criterion[0], "tolerance": cfg.criterion[1],
                       "min_accuracy": Criterion.of(cfg.criterion).min_accuracy(run.fp32_acc)},
         "fp32": {**run.fp32.describe(), "accuracy": run.fp32_acc, "tied_top1_images": evaluation.tied_top1(run.fp32_out)},

@@ -135,3 +135,22 @@ def test_incs_time_limit_raises_in_the_main_thread_without_a_signal_and_never_af
     with inc._time_limit(0, lambda: expired.append(None)):  # 0: no limit (INC's meaning)
         time.sleep(0.01)
     assert expired == [True]
+
+
+def test_a_search_that_evaluated_no_int8_candidate_says_so_and_records_no_nan():
+    """The timeout can end INC's search after the fp32 trial only: the error says that no int8 candidate was
+    evaluated, and its details (the failed tune's report) hold None, which JSON can carry, never NaN."""
+    import json
+    from types import SimpleNamespace
+
+    from quant.errors import AccuracyError
+
+    record = SimpleNamespace(trials=[inc.Trial(0, 0.989, 1.0)], failures=[], spec=SPEC)
+    run = SimpleNamespace(timeouts=[], swallowed=[], expired=True)
+    with pytest.raises(AccuracyError) as e:
+        inc._outcome(None, record, run, "3.7.1")
+    assert "no int8 candidate was evaluated vs fp32 98.90%" in str(e.value) and "nan" not in str(e.value).lower()
+    assert "tuning.timeout (0 s) ended the search" in str(e.value)
+    d = e.value.details
+    assert d["best_accuracy"] is None and d["trials"] == 0
+    json.dumps({k: v for k, v in d.items() if k != "per_trial"}, allow_nan=False)

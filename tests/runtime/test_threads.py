@@ -63,13 +63,17 @@ def test_root_of_the_initial_namespace_is_not_held_to_the_process_limit(tmp_path
         threads.check_threads(64, _proc(tmp_path / "b", {1: (0, 2)}, uid_map="0 100000 65536\n"), tmp_path / "sys")
 
 
-@pytest.mark.parametrize("layout", ["v2", "v1"])
+@pytest.mark.parametrize("layout", ["v2", "v1", "hybrid"])
 def test_the_tightest_cgroup_pids_limit_of_the_process_and_its_ancestors_counts(tmp_path, monkeypatch, layout):
     monkeypatch.setattr(resource, "getrlimit", lambda r: (resource.RLIM_INFINITY,) * 2)
     sys_root = tmp_path / "sys"
     if layout == "v2":
         proc = _proc(tmp_path, {}, cgroup="0::/system.slice/job.scope\n")
         base = sys_root / "fs" / "cgroup"
+    elif layout == "hybrid":  # v1 controllers at /sys/fs/cgroup, the unified hierarchy below it
+        proc = _proc(tmp_path, {}, cgroup="12:memory:/x\n0::/system.slice/job.scope\n")
+        (sys_root / "fs" / "cgroup" / "memory").mkdir(parents=True)
+        base = sys_root / "fs" / "cgroup" / "unified"
     else:
         proc = _proc(tmp_path, {}, cgroup="12:memory:/x\n8:pids:/system.slice/job.scope\n1:name=systemd:/y\n")
         base = sys_root / "fs" / "cgroup" / "pids"
