@@ -505,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     _finished = False
     previous = handle_signals(_raise_interrupted)
     unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable
+    _excepthooks[:] = [sys.excepthook]
+    sys.excepthook = _excepthook
     main_started = True  # python -m quant's start-up handlers stand aside from now on (quant.__main__)
     wakeup = stop.watch_signals()
     commits = files.commits()
@@ -528,7 +530,21 @@ def main(argv: list[str] | None = None) -> int:
         stop.unwatch_signals(wakeup)
         restore_signals(previous)
         sys.unraisablehook = unraisable
+        sys.excepthook = _excepthooks[0]
         _unblock(blocked)
+
+
+_excepthooks: list = []  # the sys.excepthook main() replaced
+
+
+def _excepthook(kind, value, tb) -> None:
+    """A stop signal's exception that C code printed instead of passing it on (PyErr_Print: an import a C
+    extension makes while the import lock is contended printed "Traceback ... quant.errors.Interrupted: 15"
+    before the closing line) is not printed: the watcher has the signal and ends the run (quant.stop).
+    Anything else is printed as before."""
+    if _received and issubclass(kind, (KeyboardInterrupt, Interrupted)):
+        return
+    (_excepthooks[0] if _excepthooks else sys.__excepthook__)(kind, value, tb)
 
 
 def _unraisable(info) -> None:

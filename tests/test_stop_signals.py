@@ -315,3 +315,21 @@ def test_neural_compressors_timeout_ends_its_calibration_as_a_timeout_not_a_stop
     assert last.startswith("error: no int8 model met the relative 0.01 accuracy criterion after 0 trial(s)"), err
     assert "; tuning.timeout (2 s) ended the search" in last, err
     assert _left_behind(tmp_path) == []
+
+
+def test_a_stop_exception_that_c_code_prints_is_silent_and_every_other_error_is_printed(capsys, monkeypatch):
+    """C code that cannot pass an exception on prints it (PyErr_Print, through sys.excepthook): once main() has a stop
+    signal, its Interrupted/KeyboardInterrupt printed there would stand before the closing line; nothing else is hidden."""
+    from quant import cli
+    from quant.errors import Interrupted
+
+    monkeypatch.setattr(cli, "_excepthooks", [sys.__excepthook__])
+    monkeypatch.setattr(cli, "_received", [signal.SIGTERM])
+    cli._excepthook(Interrupted, Interrupted(signal.SIGTERM), None)
+    cli._excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err == ""
+    cli._excepthook(ValueError, ValueError("a real error"), None)
+    assert "ValueError: a real error" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_received", [])  # no stop signal: printed as Python would
+    cli._excepthook(Interrupted, Interrupted(signal.SIGTERM), None)
+    assert "Interrupted" in capsys.readouterr().err
