@@ -3,6 +3,7 @@ when those are absent, and FAIL instead of skipping when $QUANT_REQUIRE_REAL_DAT
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -38,6 +39,42 @@ LONGEST_FIRST = {name: i for i, name in enumerate(("test_readme.py", "test_class
                                                     "test_hardening.py", "test_interface.py", "test_validate.py"))}
 
 
+CALLED = re.compile(r"\b([A-Za-z_]\w*)\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _source(fn) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return ""
+
+
+def _reached_source(item) -> str:
+    """The test's source with that of the test-module functions it calls (a ``_start`` helper that spawns the
+    command) and of its fixtures, three calls deep: a test is in the tier of what it runs, not of its own lines."""
+    fn = getattr(item, "function", None)
+    if fn is None:
+        return ""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    todo = [(fn, 0)] + [(d.func, 0) for name in getattr(item, "fixturenames", ()) for d in defs.get(name, ())]
+    seen, parts = set(), []
+    while todo:
+        f, depth = todo.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        src = _source(f)
+        parts.append(src)
+        if depth < 3:
+            scope = getattr(inspect.getmodule(f), "__dict__", {})
+            for name in set(CALLED.findall(src)):
+                g = scope.get(name)
+                if inspect.isfunction(g) and not g.__module__.startswith("quant"):
+                    todo.append((g, depth + 1))
+    return "\n".join(parts)
+
+
 def pytest_collection_modifyitems(config, items):
     """The tiers, marked here: ``realdata`` (reads the real MNIST files or zoo models), ``inc`` (runs
     neural-compressor's tuning loop) and ``cli`` (runs the command line in child processes). The fast tier,
@@ -45,9 +82,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.realdata)
-        try:
-            source = inspect.getsource(item.function)
-        except (AttributeError, OSError, TypeError):
+        source = _reached_source(item)
+        if not source:
             continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         if RUNS_INC.search(source) or "tune" in params.values():
