@@ -34,7 +34,7 @@ def _early(signum, frame):
     cli = sys.modules.get("quant.cli")
     if getattr(cli, "main_started", False):  # main() is putting its handlers back: its result comes next
         return
-    name = signal.Signals(signum).name
+    name = signal.Signals(signum).name  # quant.errors.closing_line's words: nothing is imported before these handlers
     line = "interrupted; no output written" if signum == signal.SIGINT else f"interrupted by {name}; no output written"
     try:
         os.write(2, (line + "\n").encode())

@@ -29,7 +29,6 @@ from typing import Callable
 
 from quant import __version__
 from quant.errors import (
-    EXIT_INTERRUPTED,
     EXIT_SYSTEM,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
@@ -38,6 +37,7 @@ from quant.errors import (
     Interrupted,
     QuantError,
     UsageError,
+    closing_line,
     handle_signals,
     printable,
     restore_signals,
@@ -486,11 +486,7 @@ def _ignore_late(signum, frame):
 
 def _stopped(signum: int, committed: bool) -> tuple[str, int]:
     """The closing line after a stop signal and its exit code: it says whether the outputs were written."""
-    if committed:
-        return f"interrupted by {signal.Signals(signum).name} after the outputs were written", 128 + signum
-    if signum == signal.SIGINT:
-        return "interrupted; no output written", EXIT_INTERRUPTED
-    return Interrupted(signum).message, 128 + signum
+    return closing_line(signum, committed), 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:

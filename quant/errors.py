@@ -152,5 +152,13 @@ class Interrupted(BaseException):
 
     @property
     def message(self) -> str:
-        name = signal.Signals(self.signum).name
-        return f"interrupted by {name} after the outputs were written" if self.written else f"interrupted by {name}; no output written"
+        return closing_line(self.signum, self.written)
+
+
+def closing_line(signum: int, written: bool = False) -> str:
+    """The one line a run ended by a stop signal closes with; it says whether the outputs were written.
+    (``python -m quant``'s start-up handler says it too, before this module may be imported.)"""
+    name = signal.Signals(signum).name
+    if written:
+        return f"interrupted by {name} after the outputs were written"
+    return "interrupted; no output written" if signum == signal.SIGINT else f"interrupted by {name}; no output written"

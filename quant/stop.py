@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 
-from quant.errors import Interrupted, ModelError
+from quant.errors import Interrupted, ModelError, closing_line
 
 DEFAULT_TIMEOUT = 600.0  # seconds for one session.run; mnist-12 at the largest batch (10,000 images) takes about 1 s
 _TICK = 0.1  # how often the watcher looks at the running inference
@@ -91,13 +91,8 @@ def _force_exit(signum: int) -> None:
                 os.unlink(p)
             except OSError:
                 pass
-    name = signal.Signals(signum).name
-    if _state.committed:
-        line = f"interrupted by {name} after the outputs were written"
-    else:
-        line = "interrupted; no output written" if signum == signal.SIGINT else f"interrupted by {name}; no output written"
     try:
-        os.write(2, (line + "\n").encode())
+        os.write(2, (closing_line(signum, _state.committed) + "\n").encode())
     finally:
         os._exit(128 + signum)
 
